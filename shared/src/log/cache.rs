@@ -1,0 +1,86 @@
+//! A read cache of recent frame data, bounded in bytes, evicting the oldest insert first.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+/// Key: (file id, frame position).
+pub type CacheKey = (u64, u64);
+
+/// Bounded FIFO cache of frame data.
+#[derive(Debug)]
+pub struct Cache {
+    map: HashMap<CacheKey, Bytes>,
+    order: VecDeque<CacheKey>,
+    bytes: usize,
+    capacity_bytes: usize,
+}
+
+impl Cache {
+    /// A cache holding at most `capacity_bytes` of data.
+    pub fn new(capacity_bytes: usize) -> Self {
+        Cache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            capacity_bytes,
+        }
+    }
+
+    /// The cached data of a frame.
+    pub fn get(&self, key: CacheKey) -> Option<Bytes> {
+        self.map.get(&key).cloned()
+    }
+
+    /// Caches a frame's data, evicting the oldest entries to stay within the bound.
+    pub fn insert(&mut self, key: CacheKey, data: Bytes) {
+        if data.len() > self.capacity_bytes || self.map.contains_key(&key) {
+            return;
+        }
+        self.bytes += data.len();
+        self.map.insert(key, data);
+        self.order.push_back(key);
+        while self.bytes > self.capacity_bytes {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(d) = self.map.remove(&old) {
+                self.bytes -= d.len();
+            }
+        }
+    }
+
+    /// Drops everything cached from a file.
+    pub fn forget_file(&mut self, file_id: u64) {
+        let before = self.map.len();
+        self.map.retain(|k, _| k.0 != file_id);
+        if self.map.len() != before {
+            self.order.retain(|k| k.0 != file_id);
+            self.bytes = self.map.values().map(Bytes::len).sum();
+        }
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_its_bound() {
+        let mut c = Cache::new(100);
+        for i in 0..10 {
+            c.insert((0, i), Bytes::from(vec![0u8; 30]));
+            assert!(c.bytes() <= 100);
+        }
+        assert!(c.get((0, 9)).is_some());
+        assert!(c.get((0, 0)).is_none());
+        c.forget_file(0);
+        assert_eq!(c.bytes(), 0);
+    }
+}

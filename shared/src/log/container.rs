@@ -1,0 +1,764 @@
+//! [`SegmentLog`]: the segments of one container over one write-ahead log. Opening it
+//! recovers: load the checkpoint and file indexes from sled, replay the newer files, cut
+//! a torn tail, refuse corruption.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{watch, Notify};
+
+use super::cache::Cache;
+use super::config::LogConfig;
+use super::error::{LogError, Result};
+use super::files::{
+    create_file, file_path, later_batch_follows, list_files, open_file, read_frame_data, scan_file,
+    sync_dir,
+};
+use super::format::{Op, FILE_HEADER_LEN};
+use super::index::{DataIndex, Extent};
+use super::meta::{Checkpoint, Meta};
+use super::table::{AppendOptions, AttributeId, Release, Table};
+use super::writer::{run, Batch, Writer};
+
+/// Locks a mutex, ignoring poisoning (a panicked holder leaves consistent data here:
+/// every mutation is validated before it is made).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Identifies the group commit an operation rides on; see [`SegmentLog::durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// What the writer has made durable.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Mark {
+    pub seq: u64,
+    pub failed: Option<String>,
+    pub closed: bool,
+}
+
+pub(crate) struct Pending {
+    pub table: Table,
+    pub batch: Batch,
+    pub failed: Option<String>,
+    pub closing: bool,
+}
+
+pub(crate) struct Durable {
+    pub table: Table,
+    pub index: DataIndex,
+    pub files: BTreeMap<u64, Arc<File>>,
+}
+
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub wal_dir: PathBuf,
+    pub config: LogConfig,
+    pub pending: Mutex<Pending>,
+    pub writer_cv: Condvar,
+    pub room: Notify,
+    pub durable: RwLock<Durable>,
+    pub durable_tx: watch::Sender<Mark>,
+    pub cache: Mutex<Cache>,
+    pub meta: Meta,
+}
+
+impl Inner {
+    pub fn fail(&self, reason: String) {
+        lock(&self.pending).failed = Some(reason.clone());
+        self.durable_tx.send_modify(|m| m.failed = Some(reason));
+        self.room.notify_waiters();
+    }
+}
+
+/// A segment as readers see it (durable state only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Name.
+    pub name: String,
+    /// First readable offset.
+    pub start: u64,
+    /// Durable length.
+    pub length: u64,
+    /// Sealed.
+    pub sealed: bool,
+    /// Attributes.
+    pub attributes: BTreeMap<AttributeId, i64>,
+}
+
+/// The result of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Offset of the first byte of `data`.
+    pub offset: u64,
+    /// The bytes read; empty when the wait timed out at the tail or at the end of a
+    /// sealed segment.
+    pub data: Bytes,
+    /// The segment is sealed and `offset + data.len()` is its end.
+    pub end_of_segment: bool,
+}
+
+/// Segments of one container sharing one write-ahead log. See the module docs of
+/// [`crate::log`].
+pub struct SegmentLog {
+    inner: Arc<Inner>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SegmentLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentLog")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+impl SegmentLog {
+    /// Opens the container in `dir` (created if absent), recovering from whatever a crash
+    /// left: a torn tail is cut, corruption is refused with an error naming the file and
+    /// offset.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<SegmentLog> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let wal_dir = dir.join("wal");
+        std::fs::create_dir_all(&wal_dir).map_err(|e| LogError::io(&wal_dir, e))?;
+        let meta_dir = dir.join("meta");
+        let files_on_disk = list_files(&wal_dir)?;
+        if !meta_dir.exists() && !files_on_disk.is_empty() {
+            return Err(LogError::MissingFile {
+                path: meta_dir,
+                reason: "log files exist but their metadata store does not".into(),
+            });
+        }
+        let meta = Meta::open(&meta_dir)?;
+        let recovered = recover(&wal_dir, &meta, &files_on_disk)?;
+        let Recovered {
+            table,
+            index,
+            files,
+            writer,
+        } = recovered;
+        let last_seq = writer.last_seq;
+        let inner = Arc::new(Inner {
+            dir: dir.clone(),
+            wal_dir,
+            pending: Mutex::new(Pending {
+                table: table.clone(),
+                batch: Batch::new(last_seq + 1),
+                failed: None,
+                closing: false,
+            }),
+            writer_cv: Condvar::new(),
+            room: Notify::new(),
+            durable: RwLock::new(Durable {
+                table,
+                index,
+                files,
+            }),
+            durable_tx: watch::channel(Mark {
+                seq: last_seq,
+                ..Mark::default()
+            })
+            .0,
+            cache: Mutex::new(Cache::new(config.cache_bytes)),
+            config,
+            meta,
+        });
+        let thread_inner = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("tributary-log-writer".into())
+            .spawn(move || run(thread_inner, writer))
+            .map_err(|e| LogError::io(&dir, e))?;
+        Ok(SegmentLog {
+            inner,
+            writer: Some(writer),
+        })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    fn submit<T>(&self, f: impl FnOnce(&mut Pending) -> Result<T>) -> Result<(T, Ticket)> {
+        let mut p = lock(&self.inner.pending);
+        if let Some(r) = &p.failed {
+            return Err(LogError::Failed(r.clone()));
+        }
+        if p.closing {
+            return Err(LogError::Closed);
+        }
+        let was_empty = p.batch.is_empty();
+        let out = f(&mut p)?;
+        let ticket = Ticket(p.batch.seq);
+        if was_empty || p.batch.bytes() >= self.inner.config.max_batch_bytes {
+            self.inner.writer_cv.notify_one();
+        }
+        Ok((out, ticket))
+    }
+
+    /// Submits an append without waiting: returns the offset its data will have and the
+    /// ticket to wait on with [`SegmentLog::durable`]. Appends submitted one after the
+    /// other are stored in that order; a conditional append sees the ones before it.
+    /// Refuses with [`LogError::Backpressure`] while the next batch is full.
+    pub fn submit_append(
+        &self,
+        segment: &str,
+        data: &[u8],
+        opts: &AppendOptions,
+    ) -> Result<(u64, Ticket)> {
+        let cfg = &self.inner.config;
+        if data.len() > cfg.max_append_bytes {
+            return Err(LogError::TooLarge {
+                size: data.len(),
+                max: cfg.max_append_bytes,
+            });
+        }
+        if opts.attributes.len() > super::writer::MAX_FRAME_ATTRIBUTES {
+            return Err(LogError::TooManyAttributes);
+        }
+        self.submit(|p| {
+            let queued = p.batch.bytes();
+            if queued >= cfg.max_batch_bytes {
+                return Err(LogError::Backpressure(queued));
+            }
+            let (op, offset) = p.table.check_append(segment, data.len() as u64, opts)?;
+            p.table.apply(&op).map_err(LogError::Failed)?;
+            p.batch.push_append(op, data, cfg.max_frame_data_bytes);
+            Ok(offset)
+        })
+    }
+
+    /// Appends and waits until the data is durable; returns its offset.
+    pub async fn append(&self, segment: &str, data: &[u8], opts: &AppendOptions) -> Result<u64> {
+        loop {
+            let room = self.inner.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.submit_append(segment, data, opts) {
+                Ok((offset, ticket)) => {
+                    self.durable(ticket).await?;
+                    return Ok(offset);
+                }
+                Err(LogError::Backpressure(_)) => room.await,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until the batch of `ticket` is durable (fdatasync'ed).
+    pub async fn durable(&self, ticket: Ticket) -> Result<()> {
+        let mut rx = self.inner.durable_tx.subscribe();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if m.seq >= ticket.0 {
+                    return Ok(());
+                }
+                if let Some(r) = &m.failed {
+                    return Err(LogError::Failed(r.clone()));
+                }
+                if m.closed {
+                    return Err(LogError::Closed);
+                }
+            }
+            rx.changed().await.map_err(|_| LogError::Closed)?;
+        }
+    }
+
+    /// Has the batch of `ticket` been made durable? Never waits.
+    pub fn is_durable(&self, ticket: Ticket) -> Result<bool> {
+        let m = self.inner.durable_tx.borrow();
+        if m.seq >= ticket.0 {
+            return Ok(true);
+        }
+        match &m.failed {
+            Some(r) => Err(LogError::Failed(r.clone())),
+            None => Ok(false),
+        }
+    }
+
+    async fn submit_op(&self, f: impl FnOnce(&Table) -> Result<Option<Op>>) -> Result<()> {
+        let ((), ticket) = self.submit(|p| {
+            if let Some(op) = f(&p.table)? {
+                p.table.apply(&op).map_err(LogError::Failed)?;
+                p.batch.push_op(op);
+            }
+            Ok(())
+        })?;
+        self.durable(ticket).await
+    }
+
+    /// Creates an empty segment.
+    pub async fn create(&self, segment: &str) -> Result<()> {
+        self.submit_op(|t| t.check_create(segment).map(Some)).await
+    }
+
+    /// Seals a segment (idempotent); returns its final length.
+    pub async fn seal(&self, segment: &str) -> Result<u64> {
+        let mut length = 0;
+        self.submit_op(|t| {
+            length = t.get(segment)?.length;
+            t.check_seal(segment)
+        })
+        .await?;
+        Ok(length)
+    }
+
+    /// Drops the data below `offset`; reads below it fail with [`LogError::Truncated`].
+    /// Truncating below the current start does nothing.
+    pub async fn truncate(&self, segment: &str, offset: u64) -> Result<()> {
+        self.submit_op(|t| t.check_truncate(segment, offset)).await
+    }
+
+    /// Atomically appends the whole of the sealed segment `source` to `target` and
+    /// removes `source`; returns the offset in `target` where the source's data starts.
+    /// No data is copied.
+    pub async fn merge(&self, target: &str, source: &str) -> Result<u64> {
+        let mut at = 0;
+        self.submit_op(|t| {
+            let op = t.check_merge(target, source)?;
+            at = t.get(target)?.length;
+            Ok(Some(op))
+        })
+        .await?;
+        Ok(at)
+    }
+
+    /// Deletes a segment and releases its data.
+    pub async fn delete(&self, segment: &str) -> Result<()> {
+        self.submit_op(|t| t.check_delete(segment).map(Some)).await
+    }
+
+    /// The durable state of a segment.
+    pub fn info(&self, segment: &str) -> Result<SegmentInfo> {
+        let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+        let s = d.table.get(segment)?;
+        Ok(SegmentInfo {
+            name: s.name.clone(),
+            start: s.start,
+            length: s.length,
+            sealed: s.sealed,
+            attributes: s.attributes.clone(),
+        })
+    }
+
+    /// Names of all segments (durable state), sorted.
+    pub fn list(&self) -> Vec<String> {
+        let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = d.table.segments().map(|s| s.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Reads up to `max_len` bytes from `offset`. At the tail of an unsealed segment it
+    /// waits up to `timeout` for data and returns empty data if none came.
+    pub async fn read(
+        &self,
+        segment: &str,
+        offset: u64,
+        max_len: usize,
+        timeout: Duration,
+    ) -> Result<ReadResult> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.inner.durable_tx.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(r) = self.try_read(segment, offset, max_len)? {
+                return Ok(r);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => {
+                    return Ok(ReadResult {
+                        offset,
+                        data: Bytes::new(),
+                        end_of_segment: false,
+                    })
+                }
+                Ok(Err(_)) => return Err(LogError::Closed),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Reads without waiting; `None` at the tail of an unsealed segment.
+    pub fn try_read(
+        &self,
+        segment: &str,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Option<ReadResult>> {
+        let (plan, end_of_segment) = {
+            let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+            let s = d.table.get(segment)?;
+            if offset < s.start {
+                return Err(LogError::Truncated {
+                    segment: segment.to_string(),
+                    offset,
+                    start: s.start,
+                });
+            }
+            if offset > s.length {
+                return Err(LogError::BeyondEnd {
+                    segment: segment.to_string(),
+                    offset,
+                    length: s.length,
+                });
+            }
+            if offset == s.length && !s.sealed {
+                return Ok(None);
+            }
+            let n = (s.length - offset).min(max_len as u64);
+            let mut plan: Vec<(Extent, Option<Arc<File>>, u64, u64)> = Vec::new();
+            for (data_id, data_offset, len) in s.locate(offset, n) {
+                let found =
+                    d.index
+                        .find(data_id, data_offset, len)
+                        .ok_or_else(|| LogError::Meta {
+                            path: self.inner.dir.join("meta"),
+                            reason: format!("no extent for data {data_id} at {data_offset}"),
+                        })?;
+                for (e, skip, take) in found {
+                    plan.push((e, d.files.get(&e.file_id).cloned(), skip, take));
+                }
+            }
+            (plan, s.sealed && offset + n == s.length)
+        };
+        let mut parts = Vec::with_capacity(plan.len());
+        for (e, file, skip, take) in plan {
+            let key = (e.file_id, e.frame_pos);
+            let cached = lock(&self.inner.cache).get(key);
+            let data = match cached {
+                Some(d) => d,
+                None => {
+                    let path = file_path(&self.inner.wal_dir, e.file_id);
+                    let file = file.ok_or_else(|| LogError::MissingFile {
+                        path: path.clone(),
+                        reason: "it holds live data".into(),
+                    })?;
+                    let d = read_frame_data(&file, &path, e.frame_pos)?;
+                    if d.len() as u64 != e.len {
+                        return Err(LogError::Corrupt {
+                            path,
+                            offset: e.frame_pos,
+                            reason: format!("frame holds {} bytes, index says {}", d.len(), e.len),
+                        });
+                    }
+                    lock(&self.inner.cache).insert(key, d.clone());
+                    d
+                }
+            };
+            parts.push(data.slice(skip as usize..(skip + take) as usize));
+        }
+        let data = if parts.len() == 1 {
+            parts.pop().unwrap_or_default()
+        } else {
+            let mut b = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in parts {
+                b.extend_from_slice(&p);
+            }
+            b.freeze()
+        };
+        Ok(Some(ReadResult {
+            offset,
+            data,
+            end_of_segment,
+        }))
+    }
+
+    /// Flushes what is pending, stops the writer and waits for it.
+    pub fn close(mut self) -> Result<()> {
+        self.stop();
+        let m = self.inner.durable_tx.borrow().clone();
+        match m.failed {
+            Some(r) => Err(LogError::Failed(r)),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        lock(&self.inner.pending).closing = true;
+        self.inner.writer_cv.notify_one();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Recovered {
+    table: Table,
+    index: DataIndex,
+    files: BTreeMap<u64, Arc<File>>,
+    writer: Writer,
+}
+
+/// Rebuilds the durable state: checkpoint + older files' indexes + replay of the rest.
+fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
+    let cp = meta.checkpoint()?;
+    let has_cp = cp.is_some();
+    let Checkpoint {
+        seq: cp_seq,
+        replay_from,
+        mut table,
+    } = cp.unwrap_or(Checkpoint {
+        seq: 0,
+        replay_from: 0,
+        table: Table::default(),
+    });
+
+    // Files to replay: contiguous from replay_from.
+    let mut replay: Vec<u64> = on_disk
+        .iter()
+        .copied()
+        .filter(|f| *f >= replay_from)
+        .collect();
+    for (i, id) in replay.iter().enumerate() {
+        let expected = replay_from + i as u64;
+        if *id != expected {
+            return Err(LogError::MissingFile {
+                path: file_path(wal_dir, expected),
+                reason: format!("files {replay_from:x}.. must be replayed without a gap"),
+            });
+        }
+    }
+    if has_cp && replay.is_empty() {
+        return Err(LogError::MissingFile {
+            path: file_path(wal_dir, replay_from),
+            reason: "the checkpoint says replay starts there".into(),
+        });
+    }
+
+    let mut index = DataIndex::default();
+    for (id, extents) in meta.file_indexes()? {
+        if id < replay_from {
+            for (d, e) in extents {
+                index.add(d, e);
+            }
+        }
+    }
+
+    // Scan the files to replay.
+    let mut files: BTreeMap<u64, Arc<File>> = BTreeMap::new();
+    let mut post: Vec<(u64, u64, Op)> = Vec::new();
+    let mut per_file: BTreeMap<u64, Vec<(u64, Extent)>> = BTreeMap::new();
+    let mut last_seq = cp_seq;
+    let mut last_len = FILE_HEADER_LEN;
+    let mut i = 0;
+    while i < replay.len() {
+        let id = replay[i];
+        let is_last = i + 1 == replay.len();
+        let path = file_path(wal_dir, id);
+        let file = match open_file(wal_dir, id) {
+            Ok(f) => f,
+            Err(LogError::Corrupt { .. })
+                if is_last
+                    && (!has_cp || id > replay_from)
+                    && std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+                        <= FILE_HEADER_LEN =>
+            {
+                tracing::warn!(file = %path.display(), "removing a log file whose creation was cut off by a crash");
+                std::fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+                sync_dir(wal_dir)?;
+                replay.pop();
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let scan = scan_file(&file, &path, id)?;
+        let mut extents = Vec::new();
+        for (pos, frame) in scan.frames {
+            if frame.seq < last_seq && frame.seq > cp_seq {
+                return Err(LogError::Corrupt {
+                    path,
+                    offset: pos,
+                    reason: format!("batch {} after batch {last_seq}", frame.seq),
+                });
+            }
+            if let Op::Append {
+                seg,
+                data_offset,
+                len,
+                ..
+            } = frame.op
+            {
+                if len > 0 {
+                    let e = Extent {
+                        data_offset,
+                        len,
+                        file_id: id,
+                        frame_pos: pos,
+                    };
+                    extents.push((seg, e));
+                    if frame.seq <= cp_seq {
+                        index.add(seg, e);
+                    }
+                }
+            }
+            if frame.seq > cp_seq {
+                last_seq = frame.seq;
+                post.push((id, pos, frame.op));
+            }
+        }
+        last_len = scan.valid_end;
+        if let Some((pos, reason)) = scan.bad_tail {
+            if !is_last || later_batch_follows(&file, &path, pos + 1, last_seq + 2)? {
+                return Err(LogError::Corrupt {
+                    path,
+                    offset: pos,
+                    reason,
+                });
+            }
+            tracing::warn!(file = %path.display(), offset = pos, %reason, "cutting a torn tail left by a crash");
+            file.set_len(pos)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| LogError::io(&path, e))?;
+        }
+        per_file.insert(id, extents);
+        files.insert(id, Arc::new(file));
+        i += 1;
+    }
+
+    // Drop what the checkpoint says is released, then apply newer operations.
+    let live = table.live_data();
+    let known: Vec<u64> = index.data_ids().collect();
+    for d in known {
+        index.release(Release {
+            data_id: d,
+            below: live.get(&d).copied().unwrap_or(u64::MAX),
+        });
+    }
+    for (file_id, pos, op) in post {
+        let released = table.apply(&op).map_err(|reason| LogError::Corrupt {
+            path: file_path(wal_dir, file_id),
+            offset: pos,
+            reason,
+        })?;
+        if let Op::Append {
+            seg,
+            data_offset,
+            len,
+            ..
+        } = op
+        {
+            if len > 0 {
+                index.add(
+                    seg,
+                    Extent {
+                        data_offset,
+                        len,
+                        file_id,
+                        frame_pos: pos,
+                    },
+                );
+            }
+        }
+        for r in released {
+            index.release(r);
+        }
+    }
+
+    // Older files with live data must be there and sound.
+    let live_old: Vec<u64> = index.live_files().filter(|f| *f < replay_from).collect();
+    for id in live_old {
+        files.insert(id, Arc::new(open_file(wal_dir, id)?));
+    }
+
+    // The active file.
+    let (file, file_id, file_len) = match replay.last() {
+        Some(&id) => {
+            let f = files
+                .get(&id)
+                .ok_or_else(|| LogError::MissingFile {
+                    path: file_path(wal_dir, id),
+                    reason: "active file".into(),
+                })?
+                .try_clone()
+                .map_err(|e| LogError::io(file_path(wal_dir, id), e))?;
+            (f, id, last_len)
+        }
+        None => {
+            let id = on_disk
+                .last()
+                .map_or(replay_from, |l| (l + 1).max(replay_from));
+            let f = create_file(wal_dir, id)?;
+            let reader = f
+                .try_clone()
+                .map_err(|e| LogError::io(file_path(wal_dir, id), e))?;
+            files.insert(id, Arc::new(reader));
+            (f, id, FILE_HEADER_LEN)
+        }
+    };
+    let active_extents = per_file.remove(&file_id).unwrap_or_default();
+
+    // If more than one file was replayed, checkpoint now so the next recovery does not
+    // replay them again.
+    let mut replay_from = replay_from;
+    if !per_file.is_empty() || (!has_cp && file_id > 0) {
+        let cp = Checkpoint {
+            seq: last_seq,
+            replay_from: file_id,
+            table: table.clone(),
+        };
+        let indexes: Vec<(u64, Vec<(u64, Extent)>)> = per_file.into_iter().collect();
+        meta.save(&cp, &indexes)?;
+        replay_from = file_id;
+    }
+
+    // Remove files that hold nothing live and are not replayed.
+    let mut removed = false;
+    for &id in on_disk {
+        if id < replay_from && !index.is_live(id) {
+            files.remove(&id);
+            let path = file_path(wal_dir, id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(path, e)),
+            }
+            meta.remove_file_index(id)?;
+        }
+    }
+    if removed {
+        sync_dir(wal_dir)?;
+    }
+
+    let seg_count = table.segments().count();
+    tracing::info!(
+        dir = %wal_dir.display(),
+        segments = seg_count,
+        batch = last_seq,
+        "segment log recovered"
+    );
+    Ok(Recovered {
+        table,
+        index,
+        files,
+        writer: Writer {
+            file,
+            file_id,
+            file_len,
+            file_extents: active_extents,
+            replay_from,
+            last_seq,
+        },
+    })
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<SegmentLog>();
+    let _ = HashMap::<u8, u8>::new();
+}

@@ -1,0 +1,206 @@
+//! Log files on disk: naming, creation (with the fsyncs that make a new file durable),
+//! scanning for recovery, and reading one frame back with its CRC checked.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::error::{LogError, Result};
+use super::format::{
+    check_file_header, decode_frame, encode_file_header, Frame, FILE_HEADER_LEN, FRAME_HEADER_LEN,
+};
+
+/// Largest frame body any configuration can produce; a length field above it is garbage.
+pub const MAX_FRAME_BODY: usize = 80 << 20;
+
+/// Path of log file `id` in `wal_dir`.
+pub fn file_path(wal_dir: &Path, id: u64) -> PathBuf {
+    wal_dir.join(format!("{id:016x}.log"))
+}
+
+/// Ids of the log files in `wal_dir`, ascending. Other files are ignored.
+pub fn list_files(wal_dir: &Path) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    let rd = std::fs::read_dir(wal_dir).map_err(|e| LogError::io(wal_dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| LogError::io(wal_dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+            continue;
+        };
+        if stem.len() == 16 {
+            if let Ok(id) = u64::from_str_radix(stem, 16) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Fsyncs a directory, so that a created or deleted entry survives power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io(dir, e))
+}
+
+/// Creates log file `id` with its header, fsyncs it and its directory.
+pub fn create_file(wal_dir: &Path, id: u64) -> Result<File> {
+    let path = file_path(wal_dir, id);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| LogError::io(&path, e))?;
+    f.write_all(&encode_file_header(id))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| LogError::io(&path, e))?;
+    sync_dir(wal_dir)?;
+    Ok(f)
+}
+
+/// Opens log file `id` for reading and writing and checks its header.
+pub fn open_file(wal_dir: &Path, id: u64) -> Result<File> {
+    let path = file_path(wal_dir, id);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                LogError::MissingFile {
+                    path: path.clone(),
+                    reason: "it holds live data".into(),
+                }
+            } else {
+                LogError::io(&path, e)
+            }
+        })?;
+    let mut h = [0u8; FILE_HEADER_LEN as usize];
+    let n = read_up_to(&f, &mut h, 0).map_err(|e| LogError::io(&path, e))?;
+    check_file_header(&h[..n], id).map_err(|reason| LogError::Corrupt {
+        path,
+        offset: 0,
+        reason,
+    })?;
+    Ok(f)
+}
+
+fn read_up_to(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], pos + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads the frame at `pos` and returns its append data, after checking length and CRC.
+pub fn read_frame_data(f: &File, path: &Path, pos: u64) -> Result<Bytes> {
+    let corrupt = |offset, reason: String| LogError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    let n = read_up_to(f, &mut h, pos).map_err(|e| LogError::io(path, e))?;
+    let len = super::format::frame_len(&h[..n])
+        .filter(|l| *l <= MAX_FRAME_BODY + FRAME_HEADER_LEN)
+        .ok_or_else(|| corrupt(pos, "frame header unreadable".into()))?;
+    let mut buf = vec![0u8; len];
+    let n = read_up_to(f, &mut buf, pos).map_err(|e| LogError::io(path, e))?;
+    let frame = decode_frame(&buf[..n], MAX_FRAME_BODY).map_err(|e| corrupt(pos, e.to_string()))?;
+    let Frame { data_pos, .. } = frame;
+    Ok(Bytes::from(buf).slice(data_pos..))
+}
+
+/// What a scan of one log file found.
+#[derive(Debug)]
+pub struct Scan {
+    /// Valid frames with their positions.
+    pub frames: Vec<(u64, Frame)>,
+    /// End of the last valid frame.
+    pub valid_end: u64,
+    /// A bad frame at this position that ends the file, and why it is bad.
+    pub bad_tail: Option<(u64, String)>,
+}
+
+/// Reads every frame of a log file, stopping at the first that does not check.
+pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
+    let io = |e| LogError::io(path, e);
+    let file_len = f.metadata().map_err(io)?.len();
+    let mut h = [0u8; FILE_HEADER_LEN as usize];
+    let n = read_up_to(f, &mut h, 0).map_err(io)?;
+    check_file_header(&h[..n], id).map_err(|reason| LogError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason,
+    })?;
+    let mut frames = Vec::new();
+    let mut pos = FILE_HEADER_LEN;
+    let mut buf = Vec::new();
+    let mut bad_tail = None;
+    while pos < file_len {
+        let mut hdr = [0u8; FRAME_HEADER_LEN];
+        let n = read_up_to(f, &mut hdr, pos).map_err(io)?;
+        let len = match super::format::frame_len(&hdr[..n]) {
+            Some(l) if l <= MAX_FRAME_BODY + FRAME_HEADER_LEN => l,
+            _ => {
+                bad_tail = Some((pos, "frame header unreadable".into()));
+                break;
+            }
+        };
+        buf.resize(len, 0);
+        let n = read_up_to(f, &mut buf, pos).map_err(io)?;
+        match decode_frame(&buf[..n], MAX_FRAME_BODY) {
+            Ok(fr) => {
+                pos += fr.frame_len as u64;
+                frames.push((pos - fr.frame_len as u64, fr));
+            }
+            Err(e) => {
+                bad_tail = Some((pos, e.to_string()));
+                break;
+            }
+        }
+    }
+    Ok(Scan {
+        frames,
+        valid_end: pos,
+        bad_tail,
+    })
+}
+
+/// Whether a valid frame from a batch numbered `min_seq` or later starts anywhere in
+/// `[from, end of file)`. Such a frame was written after the batch holding the bad frame
+/// at `from - 1` was fsync'ed, so that bad frame is corruption, not a torn write.
+pub fn later_batch_follows(f: &File, path: &Path, from: u64, min_seq: u64) -> Result<bool> {
+    let file_len = f.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let mut pos = from;
+    let mut hdr = [0u8; FRAME_HEADER_LEN];
+    let mut buf = Vec::new();
+    while pos + FRAME_HEADER_LEN as u64 <= file_len {
+        read_up_to(f, &mut hdr, pos).map_err(|e| LogError::io(path, e))?;
+        if let Some(len) = super::format::frame_len(&hdr) {
+            if len as u64 <= file_len - pos && len <= MAX_FRAME_BODY + FRAME_HEADER_LEN {
+                buf.resize(len, 0);
+                read_up_to(f, &mut buf, pos).map_err(|e| LogError::io(path, e))?;
+                if let Ok(fr) = decode_frame(&buf, MAX_FRAME_BODY) {
+                    if fr.seq >= min_seq {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        pos += 1;
+    }
+    Ok(false)
+}

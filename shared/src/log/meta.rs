@@ -1,0 +1,115 @@
+//! Low-rate metadata in sled: the latest checkpoint and the extent index of every log
+//! file older than it. Written once per log file roll (and once at recovery when more
+//! than one file was replayed), never per append.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{LogError, Result};
+use super::index::{decode_file_index, encode_file_index, Extent};
+use super::table::Table;
+
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const FILE_INDEX_PREFIX: &[u8] = b"fileidx/";
+
+/// The durable state after batch `seq`; every later frame is in files `>= replay_from`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Last batch whose effects are included.
+    pub seq: u64,
+    /// First log file to replay.
+    pub replay_from: u64,
+    /// The segment table.
+    pub table: Table,
+}
+
+/// The sled database of one container.
+#[derive(Debug)]
+pub struct Meta {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Meta {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(8 << 20)
+            .open()
+            .map_err(|e| LogError::Meta {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Meta {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, reason: impl ToString) -> LogError {
+        LogError::Meta {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The latest checkpoint, if any was ever written.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let Some(v) = self.db.get(CHECKPOINT_KEY).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let mut cp: Checkpoint = ciborium::from_reader(&v[..])
+            .map_err(|e| self.err(format!("unreadable checkpoint: {e}")))?;
+        cp.table.reindex();
+        Ok(Some(cp))
+    }
+
+    /// The extent indexes of all files older than the checkpoint.
+    pub fn file_indexes(&self) -> Result<BTreeMap<u64, Vec<(u64, Extent)>>> {
+        let mut out = BTreeMap::new();
+        for kv in self.db.scan_prefix(FILE_INDEX_PREFIX) {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let id = std::str::from_utf8(&k[FILE_INDEX_PREFIX.len()..])
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .ok_or_else(|| self.err("malformed file index key"))?;
+            let ext =
+                decode_file_index(&v).map_err(|e| self.err(format!("index of file {id}: {e}")))?;
+            out.insert(id, ext);
+        }
+        Ok(out)
+    }
+
+    /// Atomically stores a checkpoint and the indexes of files it retires from replay,
+    /// then fsyncs.
+    pub fn save(&self, cp: &Checkpoint, indexes: &[(u64, Vec<(u64, Extent)>)]) -> Result<()> {
+        let mut buf = Vec::new();
+        ciborium::into_writer(cp, &mut buf).map_err(|e| self.err(e))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(CHECKPOINT_KEY, buf);
+        for (id, ext) in indexes {
+            batch.insert(index_key(*id), encode_file_index(ext));
+        }
+        self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets a deleted file's index (no fsync: a leftover index is harmless).
+    pub fn remove_file_index(&self, file_id: u64) -> Result<()> {
+        self.db
+            .remove(index_key(file_id))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+fn index_key(file_id: u64) -> Vec<u8> {
+    let mut k = FILE_INDEX_PREFIX.to_vec();
+    k.extend_from_slice(format!("{file_id:016x}").as_bytes());
+    k
+}

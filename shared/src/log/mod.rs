@@ -1,0 +1,34 @@
+//! The segment log: durable storage of segments, shared by edge and cloud.
+//!
+//! A *container* ([`SegmentLog`]) holds many segments over one write-ahead log with
+//! group commit (see [`writer`]). The log is the storage: segment data is read back from
+//! the log files (through a bounded cache of recent data), never copied into a second
+//! local file, so a byte appended is written to disk once. On-disk layout of a
+//! container directory:
+//!
+//! ```text
+//! DIR/wal/{file_id:016x}.log   log files, format in [`format`]
+//! DIR/meta/                    sled: latest checkpoint + extent index of older files
+//! ```
+//!
+//! Guarantees: an append is acknowledged (its [`Ticket`] durable) only after
+//! `fdatasync`; a torn tail is cut on recovery; a corrupted frame or a missing file is
+//! reported as [`LogError::Corrupt`] / [`LogError::MissingFile`], never served.
+
+mod cache;
+mod config;
+mod container;
+mod error;
+mod files;
+pub mod format;
+mod index;
+mod meta;
+mod table;
+pub mod writer;
+
+pub use config::LogConfig;
+pub use container::{ReadResult, SegmentInfo, SegmentLog, Ticket};
+pub use error::{LogError, Result};
+pub use table::{
+    validate_name, AppendOptions, AttributeCondition, AttributeId, AttributeUpdate, MAX_NAME_LEN,
+};

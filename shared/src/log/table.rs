@@ -1,0 +1,562 @@
+//! The segment table: the state machine the log replays. Pure, no I/O.
+//!
+//! The same [`Table`] type is kept twice by a container: the *pending* table, which
+//! validates operations as they are submitted (so pipelined conditional appends see each
+//! other), and the *durable* table, which applies operations after their batch is
+//! fsync'ed and is what readers see. Recovery replays frames into a durable table.
+//!
+//! Data placement: every segment owns a "data id" (its segment id) whose bytes are
+//! written by appends to it. A segment's content is a list of [`Piece`]s, each a range
+//! of some data id. A merge moves the source's pieces to the end of the target, so no
+//! byte is copied; the source's data id then belongs to the target.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{LogError, Result};
+use super::format::Op;
+
+/// Identifier of a segment attribute (a writer id is a UUID, hence 128 bits).
+pub type AttributeId = u128;
+
+/// When an attribute update applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeCondition {
+    /// Always.
+    Always,
+    /// Only if the new value is greater than the current one; an absent attribute counts
+    /// as smaller than any value. This is the idempotent writer's check: the value is the
+    /// writer's last event number.
+    Greater,
+    /// Only if the current value is this one (`None`: the attribute is absent).
+    Equals(Option<i64>),
+}
+
+/// One attribute update carried by an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttributeUpdate {
+    /// Attribute id.
+    pub id: AttributeId,
+    /// New value.
+    pub value: i64,
+    /// Condition under which it applies; if any condition of an append fails, nothing of
+    /// that append is stored.
+    pub condition: AttributeCondition,
+}
+
+/// Conditions and attribute updates of an append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendOptions {
+    /// Append only if the segment's current length (including appends submitted but not
+    /// yet durable) is this.
+    pub expected_length: Option<u64>,
+    /// Attribute updates stored atomically with the data.
+    pub attributes: Vec<AttributeUpdate>,
+}
+
+/// A range of a data id that forms part of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// Offset in the segment where the piece starts.
+    pub seg_offset: u64,
+    /// Whose data.
+    pub data_id: u64,
+    /// Offset in that data id.
+    pub data_offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// The state of one segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentState {
+    /// Internal id, never reused.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// First offset still stored (everything below was truncated).
+    pub start: u64,
+    /// Length: offset of the next append.
+    pub length: u64,
+    /// Bytes written to this segment's own data id.
+    pub own_len: u64,
+    /// Sealed segments take no more appends.
+    pub sealed: bool,
+    /// Attributes.
+    pub attributes: BTreeMap<AttributeId, i64>,
+    /// Where the bytes in `[start, length)` live, in segment order.
+    pub pieces: Vec<Piece>,
+}
+
+/// Data of `data_id` below `below` is no longer part of any segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    /// Whose data.
+    pub data_id: u64,
+    /// Everything below this data offset is released (`u64::MAX`: all of it).
+    pub below: u64,
+}
+
+/// All segments of a container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Table {
+    segs: BTreeMap<u64, SegmentState>,
+    #[serde(skip)]
+    names: HashMap<String, u64>,
+    next_id: u64,
+}
+
+impl PartialEq for Table {
+    fn eq(&self, other: &Self) -> bool {
+        self.segs == other.segs && self.next_id == other.next_id
+    }
+}
+
+/// Longest segment name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Checks a segment name: 1 to 255 bytes of `A-Z a-z 0-9 . _ - / #`, no empty path
+/// part, no `.` or `..` part.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(LogError::InvalidName {
+            name: name.chars().take(300).collect(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("longer than 255 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-/#".contains(&b))
+    {
+        return bad("only A-Z a-z 0-9 . _ - / # are allowed");
+    }
+    if name
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        return bad("empty, '.' or '..' path part");
+    }
+    Ok(())
+}
+
+impl Table {
+    /// Rebuilds the name index after deserialization.
+    pub fn reindex(&mut self) {
+        self.names = self.segs.values().map(|s| (s.name.clone(), s.id)).collect();
+    }
+
+    /// The segment with this name.
+    pub fn get(&self, name: &str) -> Result<&SegmentState> {
+        self.names
+            .get(name)
+            .and_then(|id| self.segs.get(id))
+            .ok_or_else(|| LogError::NoSuchSegment(name.to_string()))
+    }
+
+    /// All segments, by id.
+    pub fn segments(&self) -> impl Iterator<Item = &SegmentState> {
+        self.segs.values()
+    }
+
+    /// Validates a create.
+    pub fn check_create(&self, name: &str) -> Result<Op> {
+        validate_name(name)?;
+        if self.names.contains_key(name) {
+            return Err(LogError::SegmentExists(name.to_string()));
+        }
+        Ok(Op::Create {
+            seg: self.next_id,
+            name: name.to_string(),
+        })
+    }
+
+    /// Validates an append of `len` bytes; returns the op and the segment offset where
+    /// the data will start.
+    pub fn check_append(&self, name: &str, len: u64, opts: &AppendOptions) -> Result<(Op, u64)> {
+        let s = self.get(name)?;
+        if s.sealed {
+            return Err(LogError::Sealed(name.to_string()));
+        }
+        if let Some(expected) = opts.expected_length {
+            if expected != s.length {
+                return Err(LogError::BadOffset {
+                    segment: name.to_string(),
+                    expected,
+                    actual: s.length,
+                });
+            }
+        }
+        let mut attrs: Vec<(AttributeId, i64)> = Vec::with_capacity(opts.attributes.len());
+        for u in &opts.attributes {
+            let current = attrs
+                .iter()
+                .rev()
+                .find(|(id, _)| *id == u.id)
+                .map(|(_, v)| *v)
+                .or_else(|| s.attributes.get(&u.id).copied());
+            let ok = match u.condition {
+                AttributeCondition::Always => true,
+                AttributeCondition::Greater => current.is_none_or(|c| u.value > c),
+                AttributeCondition::Equals(e) => current == e,
+            };
+            if !ok {
+                return Err(LogError::AttributeConflict {
+                    segment: name.to_string(),
+                    id: u.id,
+                    current,
+                });
+            }
+            attrs.retain(|(id, _)| *id != u.id);
+            attrs.push((u.id, u.value));
+        }
+        Ok((
+            Op::Append {
+                seg: s.id,
+                data_offset: s.own_len,
+                len,
+                attrs,
+            },
+            s.length,
+        ))
+    }
+
+    /// Validates a seal; returns `None` if the segment is already sealed.
+    pub fn check_seal(&self, name: &str) -> Result<Option<Op>> {
+        let s = self.get(name)?;
+        Ok((!s.sealed).then_some(Op::Seal { seg: s.id }))
+    }
+
+    /// Validates a truncation; returns `None` if nothing would change.
+    pub fn check_truncate(&self, name: &str, offset: u64) -> Result<Option<Op>> {
+        let s = self.get(name)?;
+        if offset > s.length {
+            return Err(LogError::BeyondEnd {
+                segment: name.to_string(),
+                offset,
+                length: s.length,
+            });
+        }
+        Ok((offset > s.start).then_some(Op::Truncate {
+            seg: s.id,
+            start: offset,
+        }))
+    }
+
+    /// Validates a merge of `source` onto the end of `target`.
+    pub fn check_merge(&self, target: &str, source: &str) -> Result<Op> {
+        let t = self.get(target)?;
+        let s = self.get(source)?;
+        let bad = |reason| {
+            Err(LogError::BadMerge {
+                target: target.to_string(),
+                source_name: source.to_string(),
+                reason,
+            })
+        };
+        if t.id == s.id {
+            return bad("a segment cannot be merged into itself");
+        }
+        if !s.sealed {
+            return bad("the source must be sealed first");
+        }
+        if t.sealed {
+            return Err(LogError::Sealed(target.to_string()));
+        }
+        if s.start != 0 {
+            return bad("the source has been truncated");
+        }
+        Ok(Op::Merge {
+            target: t.id,
+            source: s.id,
+        })
+    }
+
+    /// Validates a delete.
+    pub fn check_delete(&self, name: &str) -> Result<Op> {
+        Ok(Op::Delete {
+            seg: self.get(name)?.id,
+        })
+    }
+
+    /// Applies a validated (or replayed) operation; returns the data it releases. An
+    /// error means the operation does not fit this state: a replayed log that says so is
+    /// corrupt.
+    pub fn apply(&mut self, op: &Op) -> std::result::Result<Vec<Release>, String> {
+        match op {
+            Op::Create { seg, name } => {
+                if *seg < self.next_id || self.names.contains_key(name) {
+                    return Err(format!("create of {name:?} with id {seg} conflicts"));
+                }
+                self.next_id = seg + 1;
+                self.names.insert(name.clone(), *seg);
+                self.segs.insert(
+                    *seg,
+                    SegmentState {
+                        id: *seg,
+                        name: name.clone(),
+                        start: 0,
+                        length: 0,
+                        own_len: 0,
+                        sealed: false,
+                        attributes: BTreeMap::new(),
+                        pieces: Vec::new(),
+                    },
+                );
+                Ok(Vec::new())
+            }
+            Op::Append {
+                seg,
+                data_offset,
+                len,
+                attrs,
+            } => {
+                let s = seg_mut(&mut self.segs, *seg)?;
+                if s.sealed || *data_offset != s.own_len {
+                    return Err(format!(
+                        "append to segment {seg} at data offset {data_offset} does not fit \
+                         (own length {}, sealed {})",
+                        s.own_len, s.sealed
+                    ));
+                }
+                match s.pieces.last_mut() {
+                    Some(p) if p.data_id == *seg && p.data_offset + p.len == *data_offset => {
+                        p.len += len
+                    }
+                    _ if *len > 0 => s.pieces.push(Piece {
+                        seg_offset: s.length,
+                        data_id: *seg,
+                        data_offset: *data_offset,
+                        len: *len,
+                    }),
+                    _ => {}
+                }
+                s.own_len += len;
+                s.length += len;
+                for (id, v) in attrs {
+                    s.attributes.insert(*id, *v);
+                }
+                Ok(Vec::new())
+            }
+            Op::Seal { seg } => {
+                seg_mut(&mut self.segs, *seg)?.sealed = true;
+                Ok(Vec::new())
+            }
+            Op::Truncate { seg, start } => {
+                let s = seg_mut(&mut self.segs, *seg)?;
+                if *start > s.length || *start < s.start {
+                    return Err(format!("truncate of segment {seg} to {start} does not fit"));
+                }
+                s.start = *start;
+                let mut released = Vec::new();
+                let keep_from = s
+                    .pieces
+                    .iter()
+                    .position(|p| p.seg_offset + p.len > *start)
+                    .unwrap_or(s.pieces.len());
+                for p in s.pieces.drain(..keep_from) {
+                    released.push(Release {
+                        data_id: p.data_id,
+                        below: p.data_offset + p.len,
+                    });
+                }
+                if let Some(p) = s.pieces.first_mut() {
+                    if p.seg_offset < *start {
+                        let cut = start - p.seg_offset;
+                        p.seg_offset += cut;
+                        p.data_offset += cut;
+                        p.len -= cut;
+                        released.push(Release {
+                            data_id: p.data_id,
+                            below: p.data_offset,
+                        });
+                    }
+                }
+                Ok(released)
+            }
+            Op::Merge { target, source } => {
+                let src = self
+                    .segs
+                    .remove(source)
+                    .ok_or_else(|| format!("merge of unknown segment id {source}"))?;
+                self.names.remove(&src.name);
+                let t = seg_mut(&mut self.segs, *target)?;
+                if t.sealed || !src.sealed || src.start != 0 {
+                    return Err(format!("merge of {source} into {target} does not fit"));
+                }
+                let base = t.length;
+                t.pieces.extend(src.pieces.iter().map(|p| Piece {
+                    seg_offset: base + p.seg_offset,
+                    ..*p
+                }));
+                t.length += src.length;
+                Ok(Vec::new())
+            }
+            Op::Delete { seg } => {
+                let s = self
+                    .segs
+                    .remove(seg)
+                    .ok_or_else(|| format!("delete of unknown segment id {seg}"))?;
+                self.names.remove(&s.name);
+                let mut ids: Vec<u64> = s.pieces.iter().map(|p| p.data_id).collect();
+                ids.push(s.id);
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(ids
+                    .into_iter()
+                    .map(|data_id| Release {
+                        data_id,
+                        below: u64::MAX,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// For each data id still part of some segment, the lowest data offset that is.
+    /// Used on recovery to drop index entries of released data.
+    pub fn live_data(&self) -> HashMap<u64, u64> {
+        let mut live: HashMap<u64, u64> = HashMap::new();
+        for s in self.segs.values() {
+            for p in &s.pieces {
+                live.entry(p.data_id)
+                    .and_modify(|o| *o = (*o).min(p.data_offset))
+                    .or_insert(p.data_offset);
+            }
+        }
+        live
+    }
+}
+
+fn seg_mut(
+    segs: &mut BTreeMap<u64, SegmentState>,
+    id: u64,
+) -> std::result::Result<&mut SegmentState, String> {
+    segs.get_mut(&id)
+        .ok_or_else(|| format!("operation on unknown segment id {id}"))
+}
+
+impl SegmentState {
+    /// Splits `[offset, offset + len)` of this segment into ranges of data ids, in order:
+    /// `(data_id, data_offset, len)`. The range must lie within `[start, length)`.
+    pub fn locate(&self, offset: u64, len: u64) -> Vec<(u64, u64, u64)> {
+        let end = offset + len;
+        let first = self
+            .pieces
+            .partition_point(|p| p.seg_offset + p.len <= offset);
+        let mut out = Vec::new();
+        for p in &self.pieces[first..] {
+            if p.seg_offset >= end {
+                break;
+            }
+            let from = offset.max(p.seg_offset);
+            let to = end.min(p.seg_offset + p.len);
+            out.push((p.data_id, p.data_offset + (from - p.seg_offset), to - from));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(t: &mut Table, op: Op) -> Vec<Release> {
+        t.apply(&op).expect("applies")
+    }
+
+    fn append(t: &mut Table, name: &str, len: u64) -> u64 {
+        let (op, off) = t
+            .check_append(name, len, &AppendOptions::default())
+            .expect("valid");
+        run(t, op);
+        off
+    }
+
+    #[test]
+    fn names_are_validated() {
+        for ok in ["a", "scope/stream/0.#epoch.0", "A-b_c"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(256);
+        for bad in ["", "a//b", "/a", "a/", "a b", "a/../b", "é", long.as_str()] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn merge_then_truncate_releases_the_right_data() {
+        let mut t = Table::default();
+        let op = t.check_create("t").expect("create");
+        run(&mut t, op);
+        let op = t.check_create("s").expect("create");
+        run(&mut t, op);
+        append(&mut t, "t", 10);
+        append(&mut t, "s", 5);
+        let op = t.check_seal("s").expect("seal").expect("op");
+        run(&mut t, op);
+        let op = t.check_merge("t", "s").expect("merge");
+        run(&mut t, op);
+        assert!(t.get("s").is_err());
+        assert_eq!(append(&mut t, "t", 3), 15);
+        let seg = t.get("t").expect("t");
+        assert_eq!(seg.length, 18);
+        assert_eq!(seg.locate(8, 9), vec![(0, 8, 2), (1, 0, 5), (0, 10, 2)]);
+        let op = t.check_truncate("t", 12).expect("ok").expect("op");
+        let rel = run(&mut t, op);
+        assert_eq!(
+            rel,
+            vec![
+                Release {
+                    data_id: 0,
+                    below: 10
+                },
+                Release {
+                    data_id: 1,
+                    below: 2
+                }
+            ]
+        );
+        let live = t.live_data();
+        assert_eq!(live.get(&0), Some(&10));
+        assert_eq!(live.get(&1), Some(&2));
+    }
+
+    #[test]
+    fn attribute_conditions() {
+        let mut t = Table::default();
+        let op = t.check_create("s").expect("create");
+        run(&mut t, op);
+        let upd = |value, condition| AppendOptions {
+            expected_length: None,
+            attributes: vec![AttributeUpdate {
+                id: 9,
+                value,
+                condition,
+            }],
+        };
+        let (op, _) = t
+            .check_append("s", 1, &upd(5, AttributeCondition::Greater))
+            .expect("absent < 5");
+        run(&mut t, op);
+        assert!(matches!(
+            t.check_append("s", 1, &upd(5, AttributeCondition::Greater)),
+            Err(LogError::AttributeConflict {
+                current: Some(5),
+                ..
+            })
+        ));
+        assert!(t
+            .check_append("s", 1, &upd(1, AttributeCondition::Equals(Some(4))))
+            .is_err());
+        assert!(t
+            .check_append("s", 1, &upd(1, AttributeCondition::Equals(Some(5))))
+            .is_ok());
+    }
+}

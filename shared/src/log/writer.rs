@@ -1,0 +1,364 @@
+//! Group commit: appenders fill a [`Batch`]; one writer thread takes it whole, writes it
+//! with one `pwrite`, one `fdatasync`, then applies it to the durable table and tells
+//! waiters. Concurrent appends to any number of segments share that one fsync.
+//!
+//! The fsyncs of the write path, in order:
+//! 1. every batch: `fdatasync` of the active log file before anything is acknowledged;
+//! 2. on roll: the new file's header (`fsync`), its directory entry (`fsync` of `wal/`),
+//!    then the checkpoint and the old file's index in sled (`flush`);
+//! 3. on deleting a file: `fsync` of `wal/`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::container::{lock, Inner};
+use super::error::{LogError, Result};
+use super::files::{create_file, file_path, sync_dir};
+use super::format::{encode_frame, Op, APPEND_FIXED_LEN, ATTRIBUTE_LEN, FILE_HEADER_LEN};
+use super::index::Extent;
+use super::meta::Checkpoint;
+
+/// Attribute updates one append frame may carry before it is closed.
+pub const MAX_FRAME_ATTRIBUTES: usize = 4096;
+
+/// A frame encoded into a batch.
+#[derive(Debug)]
+pub(crate) struct FrameMeta {
+    pos: usize,
+    end: usize,
+    data_pos: usize,
+    op: Op,
+}
+
+#[derive(Debug)]
+struct OpenAppend {
+    data_offset: u64,
+    attrs: Vec<(u128, i64)>,
+    data: Vec<u8>,
+}
+
+/// Operations waiting for the next group commit. Appends to one segment are coalesced
+/// into one frame (up to `max_frame_data_bytes`), so a busy batch costs one frame header
+/// per segment, not per event.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub seq: u64,
+    buf: Vec<u8>,
+    frames: Vec<FrameMeta>,
+    open: HashMap<u64, OpenAppend>,
+    open_bytes: usize,
+    pub first_at: Option<Instant>,
+}
+
+impl Batch {
+    pub fn new(seq: u64) -> Self {
+        Batch {
+            seq,
+            buf: Vec::new(),
+            frames: Vec::new(),
+            open: HashMap::new(),
+            open_bytes: 0,
+            first_at: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.open.is_empty()
+    }
+
+    /// Bytes this batch will write, roughly.
+    pub fn bytes(&self) -> usize {
+        self.buf.len() + self.open_bytes
+    }
+
+    fn encode(&mut self, op: Op, data: &[u8]) {
+        let pos = self.buf.len();
+        encode_frame(&mut self.buf, self.seq, &op, data);
+        let data_pos = match &op {
+            Op::Append { attrs, .. } => pos + APPEND_FIXED_LEN + attrs.len() * ATTRIBUTE_LEN,
+            _ => self.buf.len(),
+        };
+        self.frames.push(FrameMeta {
+            pos,
+            end: self.buf.len(),
+            data_pos,
+            op,
+        });
+    }
+
+    fn close(&mut self, seg: u64) {
+        if let Some(o) = self.open.remove(&seg) {
+            self.open_bytes -= o.data.len();
+            let op = Op::Append {
+                seg,
+                data_offset: o.data_offset,
+                len: o.data.len() as u64,
+                attrs: o.attrs,
+            };
+            self.encode(op, &o.data);
+        }
+    }
+
+    fn touch(&mut self) {
+        if self.first_at.is_none() {
+            self.first_at = Some(Instant::now());
+        }
+    }
+
+    /// Adds a non-append operation after the appends already batched for its segments.
+    pub fn push_op(&mut self, op: Op) {
+        match &op {
+            Op::Merge { target, source } => {
+                self.close(*target);
+                self.close(*source);
+            }
+            Op::Seal { seg } | Op::Truncate { seg, .. } | Op::Delete { seg } => self.close(*seg),
+            Op::Create { .. } | Op::Append { .. } => {}
+        }
+        self.touch();
+        self.encode(op, &[]);
+    }
+
+    /// Adds an append (validated against the pending table).
+    pub fn push_append(&mut self, op: Op, data: &[u8], max_frame_data_bytes: usize) {
+        let Op::Append {
+            seg,
+            data_offset,
+            attrs,
+            ..
+        } = op
+        else {
+            return self.push_op(op);
+        };
+        self.touch();
+        if let Some(o) = self.open.get(&seg) {
+            if o.data.len() + data.len() > max_frame_data_bytes
+                || o.attrs.len() + attrs.len() > MAX_FRAME_ATTRIBUTES
+            {
+                self.close(seg);
+            }
+        }
+        let o = self.open.entry(seg).or_insert_with(|| OpenAppend {
+            data_offset,
+            attrs: Vec::new(),
+            data: Vec::new(),
+        });
+        debug_assert_eq!(o.data_offset + o.data.len() as u64, data_offset);
+        o.data.extend_from_slice(data);
+        self.open_bytes += data.len();
+        for (id, v) in attrs {
+            match o.attrs.iter_mut().find(|(i, _)| *i == id) {
+                Some(a) => a.1 = v,
+                None => o.attrs.push((id, v)),
+            }
+        }
+    }
+
+    /// Encodes the appends still open; call once, before writing.
+    pub fn finish(&mut self) {
+        let mut segs: Vec<u64> = self.open.keys().copied().collect();
+        segs.sort_unstable();
+        for s in segs {
+            self.close(s);
+        }
+    }
+}
+
+/// The writer thread's own state: the active file and what it holds.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    pub file: File,
+    pub file_id: u64,
+    pub file_len: u64,
+    /// Extents written to the active file, stored in sled when it is rolled.
+    pub file_extents: Vec<(u64, Extent)>,
+    /// First file the persisted checkpoint replays; older files may be deleted.
+    pub replay_from: u64,
+    /// Last batch made durable.
+    pub last_seq: u64,
+}
+
+/// The writer thread's loop: take a batch, commit it, until closed or failed.
+pub(crate) fn run(inner: Arc<Inner>, mut w: Writer) {
+    while let Some(batch) = next_batch(&inner) {
+        if let Err(e) = w.commit(&inner, batch) {
+            tracing::error!(dir = %inner.dir.display(), error = %e, "segment log write failed; refusing all writes until reopened");
+            inner.fail(e.to_string());
+            return;
+        }
+    }
+    inner.durable_tx.send_modify(|m| m.closed = true);
+}
+
+fn next_batch(inner: &Inner) -> Option<Batch> {
+    let cfg = &inner.config;
+    let mut p = lock(&inner.pending);
+    loop {
+        if p.batch.is_empty() {
+            if p.closing {
+                return None;
+            }
+            p = inner.writer_cv.wait(p).unwrap_or_else(|e| e.into_inner());
+            continue;
+        }
+        if !p.closing && p.batch.bytes() < cfg.max_batch_bytes {
+            if let Some(first) = p.batch.first_at {
+                let deadline = first + cfg.commit_delay;
+                let now = Instant::now();
+                if now < deadline {
+                    p = inner
+                        .writer_cv
+                        .wait_timeout(p, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
+            }
+        }
+        let next = Batch::new(p.batch.seq + 1);
+        let mut b = std::mem::replace(&mut p.batch, next);
+        drop(p);
+        inner.room.notify_waiters();
+        b.finish();
+        return Some(b);
+    }
+}
+
+impl Writer {
+    fn path(&self, inner: &Inner) -> std::path::PathBuf {
+        file_path(&inner.wal_dir, self.file_id)
+    }
+
+    fn commit(&mut self, inner: &Inner, b: Batch) -> Result<()> {
+        if self.file_len >= inner.config.max_file_bytes {
+            self.roll(inner)?;
+        }
+        let base = self.file_len;
+        self.file
+            .write_all_at(&b.buf, base)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| LogError::io(self.path(inner), e))?;
+        self.file_len += b.buf.len() as u64;
+
+        let mut emptied = Vec::new();
+        {
+            let mut d = inner.durable.write().unwrap_or_else(|e| e.into_inner());
+            for fm in &b.frames {
+                let released = d
+                    .table
+                    .apply(&fm.op)
+                    .map_err(|r| LogError::Failed(format!("internal inconsistency: {r}")))?;
+                if let Op::Append {
+                    seg,
+                    data_offset,
+                    len,
+                    ..
+                } = fm.op
+                {
+                    if len > 0 {
+                        let e = Extent {
+                            data_offset,
+                            len,
+                            file_id: self.file_id,
+                            frame_pos: base + fm.pos as u64,
+                        };
+                        d.index.add(seg, e);
+                        self.file_extents.push((seg, e));
+                    }
+                }
+                for r in released {
+                    emptied.extend(d.index.release(r));
+                }
+            }
+        }
+        {
+            let mut c = lock(&inner.cache);
+            for fm in &b.frames {
+                if matches!(fm.op, Op::Append { len, .. } if len > 0) {
+                    c.insert(
+                        (self.file_id, base + fm.pos as u64),
+                        Bytes::copy_from_slice(&b.buf[fm.data_pos..fm.end]),
+                    );
+                }
+            }
+        }
+        self.last_seq = b.seq;
+        inner.durable_tx.send_modify(|m| m.seq = b.seq);
+        self.delete_files(inner, emptied)
+    }
+
+    /// Starts the next log file and checkpoints, so recovery replays from there.
+    fn roll(&mut self, inner: &Inner) -> Result<()> {
+        let new_id = self.file_id + 1;
+        let file = create_file(&inner.wal_dir, new_id)?;
+        let reader = file
+            .try_clone()
+            .map_err(|e| LogError::io(file_path(&inner.wal_dir, new_id), e))?;
+        let table = inner
+            .durable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .table
+            .clone();
+        let cp = Checkpoint {
+            seq: self.last_seq,
+            replay_from: new_id,
+            table,
+        };
+        let index = std::mem::take(&mut self.file_extents);
+        inner.meta.save(&cp, &[(self.file_id, index)])?;
+        let dead: Vec<u64> = {
+            let mut d = inner.durable.write().unwrap_or_else(|e| e.into_inner());
+            d.files.insert(new_id, Arc::new(reader));
+            d.files
+                .keys()
+                .copied()
+                .filter(|id| *id < new_id && !d.index.is_live(*id))
+                .collect()
+        };
+        tracing::debug!(file = new_id, "log file rolled");
+        self.file = file;
+        self.file_id = new_id;
+        self.file_len = FILE_HEADER_LEN;
+        self.replay_from = new_id;
+        self.delete_files(inner, dead)
+    }
+
+    /// Deletes files that hold no live data and are no longer replayed.
+    fn delete_files(&mut self, inner: &Inner, candidates: Vec<u64>) -> Result<()> {
+        let mut deleted = false;
+        for id in candidates {
+            if id >= self.replay_from {
+                continue;
+            }
+            let path = file_path(&inner.wal_dir, id);
+            inner
+                .durable
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .files
+                .remove(&id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(path, e)),
+            }
+            lock(&inner.cache).forget_file(id);
+            inner.meta.remove_file_index(id)?;
+            tracing::debug!(
+                file = id,
+                "log file deleted: all its data truncated or moved"
+            );
+            deleted = true;
+        }
+        if deleted {
+            sync_dir(&inner.wal_dir)?;
+        }
+        Ok(())
+    }
+}
