@@ -388,3 +388,22 @@ async fn backpressure_refuses_then_recovers() {
         .await
         .expect("append");
 }
+
+#[tokio::test]
+async fn no_op_operations_do_not_wait_forever() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SegmentLog::open(dir.path(), LogConfig::default()).expect("open");
+    log.create("s").await.expect("create");
+    log.append("s", b"abc", &none()).await.expect("append");
+    log.truncate("s", 2).await.expect("truncate");
+    let quick = Duration::from_secs(5);
+    tokio::time::timeout(quick, log.truncate("s", 1))
+        .await
+        .expect("a truncate below the start returns at once")
+        .expect("ok");
+    log.seal("s").await.expect("seal");
+    tokio::time::timeout(quick, log.seal("s"))
+        .await
+        .expect("a second seal returns at once")
+        .expect("ok");
+}

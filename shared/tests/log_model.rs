@@ -1,0 +1,271 @@
+//! Model-based property test: random operations and restarts against a simple
+//! in-memory model of segments. Tiny log files make rolls, checkpoints and file
+//! deletion happen constantly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tributary::log::{
+    AppendOptions, AttributeCondition, AttributeUpdate, LogConfig, LogError, SegmentLog,
+};
+
+const NAMES: [&str; 4] = ["a", "b/0", "c/0#txn", "d"];
+
+#[derive(Debug, Clone)]
+enum Step {
+    Create(usize),
+    Append {
+        seg: usize,
+        len: usize,
+        byte: u8,
+        expect_len: Option<bool>,
+        attr: Option<(u8, i64)>,
+    },
+    Seal(usize),
+    Truncate(usize, f64),
+    Merge(usize, usize),
+    Delete(usize),
+    Read(usize, f64, usize),
+    Restart,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let seg = 0..NAMES.len();
+    prop_oneof![
+        2 => seg.clone().prop_map(Step::Create),
+        8 => (seg.clone(), 0..3000usize, any::<u8>(), proptest::option::of(any::<bool>()),
+              proptest::option::of((0..3u8, 0..20i64)))
+            .prop_map(|(seg, len, byte, expect_len, attr)| Step::Append { seg, len, byte, expect_len, attr }),
+        1 => seg.clone().prop_map(Step::Seal),
+        1 => (seg.clone(), 0.0..1.0f64).prop_map(|(s, f)| Step::Truncate(s, f)),
+        1 => (seg.clone(), seg.clone()).prop_map(|(a, b)| Step::Merge(a, b)),
+        1 => seg.clone().prop_map(Step::Delete),
+        3 => (seg, 0.0..1.0f64, 1..5000usize).prop_map(|(s, f, n)| Step::Read(s, f, n)),
+        1 => Just(Step::Restart),
+    ]
+}
+
+#[derive(Debug, Clone, Default)]
+struct Model {
+    data: Vec<u8>,
+    start: usize,
+    sealed: bool,
+    attrs: BTreeMap<u128, i64>,
+}
+
+fn kind(e: &LogError) -> &'static str {
+    match e {
+        LogError::NoSuchSegment(_) => "missing",
+        LogError::SegmentExists(_) => "exists",
+        LogError::Sealed(_) => "sealed",
+        LogError::BadOffset { .. } => "offset",
+        LogError::AttributeConflict { .. } => "attr",
+        LogError::BadMerge { .. } => "merge",
+        LogError::Truncated { .. } => "truncated",
+        LogError::BeyondEnd { .. } => "beyond",
+        other => panic!("unexpected error: {other}"),
+    }
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        max_file_bytes: 8 << 10,
+        cache_bytes: 16 << 10,
+        max_frame_data_bytes: 2 << 10,
+        ..LogConfig::default()
+    }
+}
+
+async fn check_all(log: &SegmentLog, model: &HashMap<usize, Model>) {
+    let mut names: Vec<String> = model.keys().map(|i| NAMES[*i].to_string()).collect();
+    names.sort();
+    assert_eq!(log.list(), names);
+    for (i, m) in model {
+        let info = log.info(NAMES[*i]).expect("info");
+        assert_eq!(info.length as usize, m.data.len(), "{}", NAMES[*i]);
+        assert_eq!(info.start as usize, m.start);
+        assert_eq!(info.sealed, m.sealed);
+        assert_eq!(info.attributes, m.attrs);
+        let mut at = m.start;
+        while at < m.data.len() {
+            let r = log
+                .read(NAMES[*i], at as u64, 1 << 20, Duration::ZERO)
+                .await
+                .expect("read");
+            assert!(!r.data.is_empty());
+            assert_eq!(&r.data[..], &m.data[at..at + r.data.len()]);
+            at += r.data.len();
+        }
+    }
+}
+
+async fn run(steps: Vec<Step>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = SegmentLog::open(dir.path(), config()).expect("open");
+    let mut model: HashMap<usize, Model> = HashMap::new();
+    for step in steps {
+        match step {
+            Step::Create(i) => {
+                let got = log.create(NAMES[i]).await.map_err(|e| kind(&e));
+                let want = if model.contains_key(&i) {
+                    Err("exists")
+                } else {
+                    model.insert(i, Model::default());
+                    Ok(())
+                };
+                assert_eq!(got, want);
+            }
+            Step::Append {
+                seg,
+                len,
+                byte,
+                expect_len,
+                attr,
+            } => {
+                let data = vec![byte; len];
+                let m = model.get(&seg);
+                let expected_length = expect_len.map(|right| {
+                    let l = m.map_or(0, |m| m.data.len() as u64);
+                    if right {
+                        l
+                    } else {
+                        l + 1
+                    }
+                });
+                let attributes = attr
+                    .map(|(id, value)| AttributeUpdate {
+                        id: id as u128,
+                        value,
+                        condition: AttributeCondition::Greater,
+                    })
+                    .into_iter()
+                    .collect();
+                let opts = AppendOptions {
+                    expected_length,
+                    attributes,
+                };
+                let got = log
+                    .append(NAMES[seg], &data, &opts)
+                    .await
+                    .map_err(|e| kind(&e));
+                let want = match model.get_mut(&seg) {
+                    None => Err("missing"),
+                    Some(m) if m.sealed => Err("sealed"),
+                    Some(m) if expected_length.is_some_and(|l| l != m.data.len() as u64) => {
+                        Err("offset")
+                    }
+                    Some(m)
+                        if attr.is_some_and(|(id, v)| {
+                            m.attrs.get(&(id as u128)).is_some_and(|c| v <= *c)
+                        }) =>
+                    {
+                        Err("attr")
+                    }
+                    Some(m) => {
+                        let off = m.data.len() as u64;
+                        m.data.extend_from_slice(&data);
+                        if let Some((id, v)) = attr {
+                            m.attrs.insert(id as u128, v);
+                        }
+                        Ok(off)
+                    }
+                };
+                assert_eq!(got, want);
+            }
+            Step::Seal(i) => {
+                let got = log.seal(NAMES[i]).await.map_err(|e| kind(&e));
+                let want = match model.get_mut(&i) {
+                    None => Err("missing"),
+                    Some(m) => {
+                        m.sealed = true;
+                        Ok(m.data.len() as u64)
+                    }
+                };
+                assert_eq!(got, want);
+            }
+            Step::Truncate(i, f) => {
+                let at = model
+                    .get(&i)
+                    .map_or(0, |m| (m.data.len() as f64 * f) as usize);
+                let got = log
+                    .truncate(NAMES[i], at as u64)
+                    .await
+                    .map_err(|e| kind(&e));
+                let want = match model.get_mut(&i) {
+                    None => Err("missing"),
+                    Some(m) => {
+                        m.start = m.start.max(at);
+                        Ok(())
+                    }
+                };
+                assert_eq!(got, want);
+            }
+            Step::Merge(t, s) => {
+                let got = log.merge(NAMES[t], NAMES[s]).await.map_err(|e| kind(&e));
+                let want = match (model.get(&t), model.get(&s)) {
+                    (None, _) | (_, None) => Err("missing"),
+                    _ if t == s => Err("merge"),
+                    (_, Some(src)) if !src.sealed => Err("merge"),
+                    (Some(tm), _) if tm.sealed => Err("sealed"),
+                    (_, Some(src)) if src.start != 0 => Err("merge"),
+                    (Some(tm), Some(_)) => {
+                        let at = tm.data.len() as u64;
+                        let src = model.remove(&s).expect("source");
+                        model
+                            .get_mut(&t)
+                            .expect("target")
+                            .data
+                            .extend_from_slice(&src.data);
+                        Ok(at)
+                    }
+                };
+                assert_eq!(got, want);
+            }
+            Step::Delete(i) => {
+                let got = log.delete(NAMES[i]).await.map_err(|e| kind(&e));
+                let want = model.remove(&i).map(|_| ()).ok_or("missing");
+                assert_eq!(got, want);
+            }
+            Step::Read(i, f, n) => {
+                let Some(m) = model.get(&i) else {
+                    continue;
+                };
+                let at = (m.data.len() as f64 * f) as usize;
+                let got = log
+                    .read(NAMES[i], at as u64, n, Duration::ZERO)
+                    .await
+                    .map(|r| r.data.to_vec())
+                    .map_err(|e| kind(&e));
+                let want = if at < m.start {
+                    Err("truncated")
+                } else {
+                    Ok(m.data[at..m.data.len().min(at + n)].to_vec())
+                };
+                assert_eq!(got, want);
+            }
+            Step::Restart => {
+                log.close().expect("close");
+                log = SegmentLog::open(dir.path(), config()).expect("reopen");
+                check_all(&log, &model).await;
+            }
+        }
+    }
+    check_all(&log, &model).await;
+    log.close().expect("close");
+    let log = SegmentLog::open(dir.path(), config()).expect("final reopen");
+    check_all(&log, &model).await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn log_matches_model(steps in proptest::collection::vec(step(), 1..120)) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(run(steps));
+    }
+}
