@@ -108,11 +108,12 @@ async fn run(steps: Vec<Step>) {
         match step {
             Step::Create(i) => {
                 let got = log.create(NAMES[i]).await.map_err(|e| kind(&e));
-                let want = if model.contains_key(&i) {
-                    Err("exists")
-                } else {
-                    model.insert(i, Model::default());
-                    Ok(())
+                let want = match model.entry(i) {
+                    std::collections::hash_map::Entry::Occupied(_) => Err("exists"),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(Model::default());
+                        Ok(())
+                    }
                 };
                 assert_eq!(got, want);
             }
