@@ -3,11 +3,13 @@
 //! deletion happen constantly.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use tributary::log::{
-    AppendOptions, AttributeCondition, AttributeUpdate, LogConfig, LogError, SegmentLog,
+    AppendOptions, AttributeCondition, AttributeUpdate, FsTier2, LogConfig, LogError, SegmentLog,
+    Tier2,
 };
 
 const NAMES: [&str; 4] = ["a", "b/0", "c/0#txn", "d"];
@@ -27,6 +29,7 @@ enum Step {
     Merge(usize, usize),
     Delete(usize),
     Read(usize, f64, usize),
+    MoveToTier2,
     Restart,
 }
 
@@ -42,6 +45,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (seg.clone(), seg.clone()).prop_map(|(a, b)| Step::Merge(a, b)),
         1 => seg.clone().prop_map(Step::Delete),
         3 => (seg, 0.0..1.0f64, 1..5000usize).prop_map(|(s, f, n)| Step::Read(s, f, n)),
+        1 => Just(Step::MoveToTier2),
         1 => Just(Step::Restart),
     ]
 }
@@ -102,7 +106,10 @@ async fn check_all(log: &SegmentLog, model: &HashMap<usize, Model>) {
 
 async fn run(steps: Vec<Step>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut log = SegmentLog::open(dir.path(), config()).expect("open");
+    let t2dir = tempfile::tempdir().expect("tempdir");
+    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
+    let open = || SegmentLog::open_tiered(dir.path(), config(), tier2.clone());
+    let mut log = open().expect("open");
     let mut model: HashMap<usize, Model> = HashMap::new();
     for step in steps {
         match step {
@@ -245,16 +252,19 @@ async fn run(steps: Vec<Step>) {
                 };
                 assert_eq!(got, want);
             }
+            Step::MoveToTier2 => {
+                log.move_to_tier2(4096).await.expect("move to tier 2");
+            }
             Step::Restart => {
                 log.close().expect("close");
-                log = SegmentLog::open(dir.path(), config()).expect("reopen");
+                log = open().expect("reopen");
                 check_all(&log, &model).await;
             }
         }
     }
     check_all(&log, &model).await;
     log.close().expect("close");
-    let log = SegmentLog::open(dir.path(), config()).expect("final reopen");
+    let log = open().expect("final reopen");
     check_all(&log, &model).await;
 }
 

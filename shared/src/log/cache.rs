@@ -50,6 +50,14 @@ impl Cache {
         }
     }
 
+    /// Drops one entry.
+    pub fn forget_file_key(&mut self, file_id: u64, pos: u64) {
+        if let Some(d) = self.map.remove(&(file_id, pos)) {
+            self.bytes -= d.len();
+            self.order.retain(|k| *k != (file_id, pos));
+        }
+    }
+
     /// Drops everything cached from a file.
     pub fn forget_file(&mut self, file_id: u64) {
         let before = self.map.len();

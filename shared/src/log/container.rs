@@ -2,9 +2,10 @@
 //! recovers: load the checkpoint and file indexes from sled, replay the newer files, cut
 //! a torn tail, refuse corruption.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,9 +21,10 @@ use super::files::{
     sync_dir,
 };
 use super::format::{Op, FILE_HEADER_LEN};
-use super::index::{DataIndex, Extent};
-use super::meta::{Checkpoint, Meta};
+use super::index::{Chunk, DataIndex, Extent, Source};
+use super::meta::{chunk_name, Checkpoint, Meta};
 use super::table::{AppendOptions, AttributeId, Release, Table};
+use super::tier2::Tier2;
 use super::writer::{run, Batch, Writer};
 
 /// Locks a mutex, ignoring poisoning (a panicked holder leaves consistent data here:
@@ -67,6 +69,11 @@ pub(crate) struct Inner {
     pub durable_tx: watch::Sender<Mark>,
     pub cache: Mutex<Cache>,
     pub meta: Meta,
+    pub tier2: Option<Arc<dyn Tier2>>,
+    /// First file the persisted checkpoint replays; older files may be deleted.
+    pub replay_from: AtomicU64,
+    /// Tier-2 chunks no segment needs any more, to delete on the next move.
+    pub garbage: Mutex<Vec<(u64, Chunk)>>,
 }
 
 impl Inner {
@@ -75,7 +82,54 @@ impl Inner {
         self.durable_tx.send_modify(|m| m.failed = Some(reason));
         self.room.notify_waiters();
     }
+
+    /// Deletes the files among `candidates` that hold no live data and are no longer
+    /// replayed, then fsyncs the directory.
+    pub fn delete_files(&self, candidates: Vec<u64>) -> Result<()> {
+        let replay_from = self.replay_from.load(Ordering::SeqCst);
+        let mut deleted = false;
+        for id in candidates {
+            {
+                let mut d = self.durable.write().unwrap_or_else(|e| e.into_inner());
+                if id >= replay_from || d.index.is_live(id) {
+                    continue;
+                }
+                d.files.remove(&id);
+            }
+            let path = file_path(&self.wal_dir, id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(path, e)),
+            }
+            lock(&self.cache).forget_file(id);
+            self.meta.remove_file_index(id)?;
+            tracing::debug!(
+                file = id,
+                "log file deleted: all its data truncated or moved"
+            );
+            deleted = true;
+        }
+        if deleted {
+            sync_dir(&self.wal_dir)?;
+        }
+        Ok(())
+    }
 }
+
+/// What one [`SegmentLog::move_to_tier2`] pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoveStats {
+    /// Chunks written to Tier-2.
+    pub chunks_written: u64,
+    /// Bytes moved.
+    pub bytes_moved: u64,
+    /// Chunks deleted from Tier-2 because no segment needs them.
+    pub chunks_deleted: u64,
+}
+
+/// Cache key space of Tier-2 chunks (log frames use their file id, never this).
+const TIER2_CACHE: u64 = u64::MAX;
 
 /// A segment as readers see it (durable state only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,8 +176,26 @@ impl std::fmt::Debug for SegmentLog {
 impl SegmentLog {
     /// Opens the container in `dir` (created if absent), recovering from whatever a crash
     /// left: a torn tail is cut, corruption is refused with an error naming the file and
-    /// offset.
+    /// offset. The log is the only storage (the edge).
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<SegmentLog> {
+        Self::open_with(dir, config, None)
+    }
+
+    /// Like [`SegmentLog::open`], with a Tier-2 that [`SegmentLog::move_to_tier2`] moves
+    /// data to (the cloud).
+    pub fn open_tiered(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        tier2: Arc<dyn Tier2>,
+    ) -> Result<SegmentLog> {
+        Self::open_with(dir, config, Some(tier2))
+    }
+
+    fn open_with(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        tier2: Option<Arc<dyn Tier2>>,
+    ) -> Result<SegmentLog> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let wal_dir = dir.join("wal");
@@ -143,7 +215,15 @@ impl SegmentLog {
             index,
             files,
             writer,
+            replay_from,
+            garbage,
         } = recovered;
+        if tier2.is_none() && index.tiered_ids().next().is_some() {
+            return Err(LogError::Meta {
+                path: meta_dir,
+                reason: "segment data is on Tier-2, but no Tier-2 is configured".into(),
+            });
+        }
         let last_seq = writer.last_seq;
         let inner = Arc::new(Inner {
             dir: dir.clone(),
@@ -169,6 +249,9 @@ impl SegmentLog {
             cache: Mutex::new(Cache::new(config.cache_bytes)),
             config,
             meta,
+            tier2,
+            replay_from: AtomicU64::new(replay_from),
+            garbage: Mutex::new(garbage),
         });
         let thread_inner = inner.clone();
         let writer = std::thread::Builder::new()
@@ -371,7 +454,7 @@ impl SegmentLog {
         let mut rx = self.inner.durable_tx.subscribe();
         loop {
             rx.borrow_and_update();
-            if let Some(r) = self.try_read(segment, offset, max_len)? {
+            if let Some(r) = self.try_read(segment, offset, max_len).await? {
                 return Ok(r);
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -389,7 +472,7 @@ impl SegmentLog {
     }
 
     /// Reads without waiting; `None` at the tail of an unsealed segment.
-    pub fn try_read(
+    async fn try_read(
         &self,
         segment: &str,
         offset: u64,
@@ -416,7 +499,7 @@ impl SegmentLog {
                 return Ok(None);
             }
             let n = (s.length - offset).min(max_len as u64);
-            let mut plan: Vec<(Extent, Option<Arc<File>>, u64, u64)> = Vec::new();
+            let mut plan: Vec<(Source, Option<Arc<File>>)> = Vec::new();
             for (data_id, data_offset, len) in s.locate(offset, n) {
                 let found =
                     d.index
@@ -425,35 +508,21 @@ impl SegmentLog {
                             path: self.inner.dir.join("meta"),
                             reason: format!("no extent for data {data_id} at {data_offset}"),
                         })?;
-                for (e, skip, take) in found {
-                    plan.push((e, d.files.get(&e.file_id).cloned(), skip, take));
+                for src in found {
+                    let file = match &src {
+                        Source::Log(e, ..) => d.files.get(&e.file_id).cloned(),
+                        Source::Tier2(..) => None,
+                    };
+                    plan.push((src, file));
                 }
             }
             (plan, s.sealed && offset + n == s.length)
         };
         let mut parts = Vec::with_capacity(plan.len());
-        for (e, file, skip, take) in plan {
-            let key = (e.file_id, e.frame_pos);
-            let cached = lock(&self.inner.cache).get(key);
-            let data = match cached {
-                Some(d) => d,
-                None => {
-                    let path = file_path(&self.inner.wal_dir, e.file_id);
-                    let file = file.ok_or_else(|| LogError::MissingFile {
-                        path: path.clone(),
-                        reason: "it holds live data".into(),
-                    })?;
-                    let d = read_frame_data(&file, &path, e.frame_pos)?;
-                    if d.len() as u64 != e.len {
-                        return Err(LogError::Corrupt {
-                            path,
-                            offset: e.frame_pos,
-                            reason: format!("frame holds {} bytes, index says {}", d.len(), e.len),
-                        });
-                    }
-                    lock(&self.inner.cache).insert(key, d.clone());
-                    d
-                }
+        for (src, file) in plan {
+            let (data, skip, take) = match src {
+                Source::Log(e, skip, take) => (self.frame_data(&e, file)?, skip, take),
+                Source::Tier2(c, skip, take) => (self.chunk_data(&c).await?, skip, take),
             };
             parts.push(data.slice(skip as usize..(skip + take) as usize));
         }
@@ -471,6 +540,161 @@ impl SegmentLog {
             data,
             end_of_segment,
         }))
+    }
+
+    /// The data of one log frame, from the cache or the file (CRC checked).
+    fn frame_data(&self, e: &Extent, file: Option<Arc<File>>) -> Result<Bytes> {
+        let key = (e.file_id, e.frame_pos);
+        if let Some(d) = lock(&self.inner.cache).get(key) {
+            return Ok(d);
+        }
+        let path = file_path(&self.inner.wal_dir, e.file_id);
+        let file = file.ok_or_else(|| LogError::MissingFile {
+            path: path.clone(),
+            reason: "it holds live data".into(),
+        })?;
+        let d = read_frame_data(&file, &path, e.frame_pos)?;
+        if d.len() as u64 != e.len {
+            return Err(LogError::Corrupt {
+                path,
+                offset: e.frame_pos,
+                reason: format!("frame holds {} bytes, index says {}", d.len(), e.len),
+            });
+        }
+        lock(&self.inner.cache).insert(key, d.clone());
+        Ok(d)
+    }
+
+    /// The data of one Tier-2 chunk, from the cache or Tier-2 (CRC checked).
+    async fn chunk_data(&self, c: &Chunk) -> Result<Bytes> {
+        let key = (TIER2_CACHE, c.id);
+        if let Some(d) = lock(&self.inner.cache).get(key) {
+            return Ok(d);
+        }
+        let tier2 = self.tier2()?;
+        let d = tier2
+            .read_chunk(&c.name)
+            .await
+            .map_err(|e| LogError::Tier2(format!("reading chunk {}: {e}", c.name)))?;
+        if d.len() as u64 != c.len || crc32c::crc32c(&d) != c.crc {
+            return Err(LogError::Tier2(format!(
+                "chunk {} is corrupt: {} bytes, expected {} with CRC {:08x}",
+                c.name,
+                d.len(),
+                c.len,
+                c.crc
+            )));
+        }
+        lock(&self.inner.cache).insert(key, d.clone());
+        Ok(d)
+    }
+
+    fn tier2(&self) -> Result<&Arc<dyn Tier2>> {
+        self.inner
+            .tier2
+            .as_ref()
+            .ok_or_else(|| LogError::Tier2("no Tier-2 is configured".into()))
+    }
+
+    /// Moves durable data from the log to Tier-2, oldest first, in chunks of up to
+    /// `max_chunk_bytes`, and deletes what no segment needs any more: Tier-2 chunks
+    /// below a truncation, and log files whose data has all moved. A chunk counts only
+    /// once Tier-2 has it durably and the metadata store records it; a crash in between
+    /// leaves the data in the log and an orphan object at most.
+    pub async fn move_to_tier2(&self, max_chunk_bytes: u64) -> Result<MoveStats> {
+        let tier2 = self.tier2()?.clone();
+        let mut stats = MoveStats::default();
+        let garbage = std::mem::take(&mut *lock(&self.inner.garbage));
+        for (data_id, c) in garbage {
+            tier2
+                .delete_chunk(&c.name)
+                .await
+                .map_err(|e| LogError::Tier2(format!("deleting chunk {}: {e}", c.name)))?;
+            self.inner.meta.remove_chunk(data_id, c.data_offset)?;
+            lock(&self.inner.cache).forget_file_key(TIER2_CACHE, c.id);
+            stats.chunks_deleted += 1;
+        }
+        // Move what the log holds now; data appended meanwhile waits for the next pass.
+        let budget = {
+            let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+            d.index.log_bytes()
+        };
+        let mut examined = 0;
+        while examined < budget {
+            let runs = {
+                let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+                d.index
+                    .movable(max_chunk_bytes)
+                    .into_iter()
+                    .map(|(id, run)| {
+                        let files: Vec<Option<Arc<File>>> = run
+                            .iter()
+                            .map(|e| d.files.get(&e.file_id).cloned())
+                            .collect();
+                        (id, run, files)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            if runs.is_empty() {
+                break;
+            }
+            for (data_id, run, files) in runs {
+                examined += run.iter().map(|e| e.len).sum::<u64>();
+                self.move_run(tier2.as_ref(), data_id, &run, files, &mut stats)
+                    .await?;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Copies one run of log extents into a new chunk and switches reads over to it.
+    async fn move_run(
+        &self,
+        tier2: &dyn Tier2,
+        data_id: u64,
+        run: &[Extent],
+        files: Vec<Option<Arc<File>>>,
+        stats: &mut MoveStats,
+    ) -> Result<()> {
+        let len: u64 = run.iter().map(|e| e.len).sum();
+        let mut data = BytesMut::with_capacity(len as usize);
+        for (e, f) in run.iter().zip(files) {
+            data.extend_from_slice(&self.frame_data(e, f)?);
+        }
+        let data = data.freeze();
+        let id = self.inner.meta.next_chunk_id()?;
+        let chunk = Chunk {
+            data_offset: run[0].data_offset,
+            len,
+            id,
+            crc: crc32c::crc32c(&data),
+            name: chunk_name(id).into(),
+        };
+        tier2
+            .write_chunk(&chunk.name, data)
+            .await
+            .map_err(|e| LogError::Tier2(format!("writing chunk {}: {e}", chunk.name)))?;
+        self.inner.meta.put_chunk(data_id, &chunk)?;
+        let emptied = {
+            let mut d = self
+                .inner
+                .durable
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            d.index.add_chunk(data_id, chunk.clone())
+        };
+        match emptied {
+            Some(files) => {
+                stats.chunks_written += 1;
+                stats.bytes_moved += len;
+                self.inner.delete_files(files)
+            }
+            // Truncated or deleted while it was being written.
+            None => {
+                lock(&self.inner.garbage).push((data_id, chunk));
+                Ok(())
+            }
+        }
     }
 
     /// Flushes what is pending, stops the writer and waits for it.
@@ -503,6 +727,8 @@ struct Recovered {
     index: DataIndex,
     files: BTreeMap<u64, Arc<File>>,
     writer: Writer,
+    replay_from: u64,
+    garbage: Vec<(u64, Chunk)>,
 }
 
 /// Rebuilds the durable state: checkpoint + older files' indexes + replay of the rest.
@@ -542,6 +768,10 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
     }
 
     let mut index = DataIndex::default();
+    for (data_id, chunk) in meta.chunks()? {
+        index.restore_chunk(data_id, chunk);
+    }
+    let mut garbage = Vec::new();
     for (id, extents) in meta.file_indexes()? {
         if id < replay_from {
             for (d, e) in extents {
@@ -634,11 +864,15 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
     // Drop what the checkpoint says is released, then apply newer operations.
     let live = table.live_data();
     let known: Vec<u64> = index.data_ids().collect();
-    for d in known {
-        index.release(Release {
+    for d in known
+        .into_iter()
+        .chain(index.tiered_ids().collect::<Vec<_>>())
+    {
+        let freed = index.release(Release {
             data_id: d,
             below: live.get(&d).copied().unwrap_or(u64::MAX),
         });
+        garbage.extend(freed.chunks.into_iter().map(|c| (d, c)));
     }
     for (file_id, pos, op) in post {
         let released = table.apply(&op).map_err(|reason| LogError::Corrupt {
@@ -666,7 +900,8 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
             }
         }
         for r in released {
-            index.release(r);
+            let freed = index.release(r);
+            garbage.extend(freed.chunks.into_iter().map(|c| (r.data_id, c)));
         }
     }
 
@@ -751,15 +986,9 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
             file_id,
             file_len,
             file_extents: active_extents,
-            replay_from,
             last_seq,
         },
+        replay_from,
+        garbage,
     })
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<SegmentLog>();
-    let _ = HashMap::<u8, u8>::new();
 }

@@ -121,6 +121,9 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    /// Tier-2 failed, holds a corrupt chunk, or is not configured.
+    #[error("tier-2: {0}")]
+    Tier2(String),
     /// A write or fsync failed earlier; the log refuses everything until it is reopened.
     #[error("the log stopped after a write failure and must be reopened: {0}")]
     Failed(String),

@@ -1,7 +1,9 @@
-//! Where durable data lives: for each data id, its extents in the log files, and how
-//! many live extents each file holds (a file with none can be deleted).
+//! Where durable data lives: for each data id, the chunks on Tier-2 that hold its
+//! oldest bytes (below `tiered_to`), then its extents in the log files, and how many live
+//! extents each file holds (a file with none can be deleted).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::table::Release;
 
@@ -18,23 +20,79 @@ pub struct Extent {
     pub frame_pos: u64,
 }
 
+/// A run of one data id's bytes moved to a Tier-2 chunk (the whole chunk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset of the first byte in the data id.
+    pub data_offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Unique number of the chunk; its Tier-2 name derives from it.
+    pub id: u64,
+    /// CRC32C of the chunk's bytes, checked when it is read back.
+    pub crc: u32,
+    /// Tier-2 object name.
+    pub name: Arc<str>,
+}
+
+/// Where a range of data is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// In a log frame: skip, take.
+    Log(Extent, u64, u64),
+    /// In a Tier-2 chunk: skip, take.
+    Tier2(Chunk, u64, u64),
+}
+
+/// What a release freed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Freed {
+    /// Files that no longer hold a live extent.
+    pub files: Vec<u64>,
+    /// Tier-2 chunks no longer part of any segment.
+    pub chunks: Vec<Chunk>,
+}
+
 /// Extents of every live data id.
 #[derive(Debug, Default)]
 pub struct DataIndex {
     by_data: HashMap<u64, VecDeque<Extent>>,
+    chunks: HashMap<u64, VecDeque<Chunk>>,
+    tiered_to: HashMap<u64, u64>,
     file_refs: BTreeMap<u64, u64>,
 }
 
 impl DataIndex {
-    /// Adds an extent after the data id's last one.
+    /// Adds an extent after the data id's last one; ignored if that data is already on
+    /// Tier-2.
     pub fn add(&mut self, data_id: u64, e: Extent) {
+        if e.data_offset + e.len <= self.tiered_to.get(&data_id).copied().unwrap_or(0) {
+            return;
+        }
         self.by_data.entry(data_id).or_default().push_back(e);
         *self.file_refs.entry(e.file_id).or_default() += 1;
     }
 
-    /// Drops the extents that lie entirely below the release point; returns the files
-    /// that no longer hold any live extent.
-    pub fn release(&mut self, r: Release) -> Vec<u64> {
+    /// Drops the extents and chunks that lie entirely below the release point.
+    pub fn release(&mut self, r: Release) -> Freed {
+        let mut freed = Freed::default();
+        if let Some(q) = self.chunks.get_mut(&r.data_id) {
+            while q.front().is_some_and(|c| c.data_offset + c.len <= r.below) {
+                freed.chunks.extend(q.pop_front());
+            }
+            if q.is_empty() {
+                self.chunks.remove(&r.data_id);
+            }
+        }
+        if r.below == u64::MAX {
+            self.tiered_to.remove(&r.data_id);
+        }
+        freed.files = self.release_log(r);
+        freed
+    }
+
+    /// Drops the log extents entirely below the release point; returns emptied files.
+    fn release_log(&mut self, r: Release) -> Vec<u64> {
         let mut emptied = Vec::new();
         let Some(q) = self.by_data.get_mut(&r.data_id) else {
             return emptied;
@@ -59,36 +117,111 @@ impl DataIndex {
         emptied
     }
 
-    /// The extents covering `[data_offset, data_offset + len)` of a data id, each with
-    /// how many of its bytes to skip and take. `None` if some byte is not indexed.
-    pub fn find(
-        &self,
-        data_id: u64,
-        data_offset: u64,
-        len: u64,
-    ) -> Option<Vec<(Extent, u64, u64)>> {
-        let q = self.by_data.get(&data_id)?;
-        let mut i = q.partition_point(|e| e.data_offset + e.len <= data_offset);
-        let mut at = data_offset;
-        let end = data_offset + len;
+    /// Records that `chunk` now holds its range (which must start at the data id's
+    /// first log extent) and drops the log extents it replaces. Returns the files that
+    /// no longer hold a live extent, or `None` if that range is no longer live (it was
+    /// truncated meanwhile) and the chunk is garbage.
+    pub fn add_chunk(&mut self, data_id: u64, chunk: Chunk) -> Option<Vec<u64>> {
+        let end = chunk.data_offset + chunk.len;
+        let first_log = self
+            .by_data
+            .get(&data_id)
+            .and_then(|q| q.front())
+            .map(|e| e.data_offset);
+        if first_log != Some(chunk.data_offset) {
+            return None;
+        }
+        self.tiered_to.insert(data_id, end);
+        self.chunks.entry(data_id).or_default().push_back(chunk);
+        Some(self.release_log(Release {
+            data_id,
+            below: end,
+        }))
+    }
+
+    /// Registers a chunk found in the metadata store on recovery (before any extent).
+    pub fn restore_chunk(&mut self, data_id: u64, chunk: Chunk) {
+        let end = chunk.data_offset + chunk.len;
+        let t = self.tiered_to.entry(data_id).or_default();
+        *t = (*t).max(end);
+        self.chunks.entry(data_id).or_default().push_back(chunk);
+    }
+
+    /// Runs of log extents that could move to Tier-2: per data id, the oldest extents,
+    /// up to about `max_bytes`.
+    pub fn movable(&self, max_bytes: u64) -> Vec<(u64, Vec<Extent>)> {
         let mut out = Vec::new();
-        while at < end {
-            let e = q.get(i)?;
-            if e.data_offset > at {
-                return None;
+        for (id, q) in &self.by_data {
+            let mut run: Vec<Extent> = Vec::new();
+            let mut bytes = 0;
+            for e in q {
+                if !run.is_empty() && bytes + e.len > max_bytes {
+                    break;
+                }
+                bytes += e.len;
+                run.push(*e);
             }
-            let skip = at - e.data_offset;
-            let take = (e.len - skip).min(end - at);
-            out.push((*e, skip, take));
-            at += take;
-            i += 1;
+            if !run.is_empty() {
+                out.push((*id, run));
+            }
+        }
+        out.sort_by_key(|(id, run)| (run[0].file_id, *id));
+        out
+    }
+
+    /// Where `[data_offset, data_offset + len)` of a data id is, in order. `None` if
+    /// some byte is not indexed.
+    pub fn find(&self, data_id: u64, data_offset: u64, len: u64) -> Option<Vec<Source>> {
+        let end = data_offset + len;
+        let tiered = self.tiered_to.get(&data_id).copied().unwrap_or(0);
+        let mut at = data_offset;
+        let mut out = Vec::new();
+        if at < tiered {
+            let q = self.chunks.get(&data_id)?;
+            let mut i = q.partition_point(|c| c.data_offset + c.len <= at);
+            while at < end.min(tiered) {
+                let c = q.get(i)?;
+                if c.data_offset > at {
+                    return None;
+                }
+                let skip = at - c.data_offset;
+                let take = (c.len - skip).min(end - at);
+                out.push(Source::Tier2(c.clone(), skip, take));
+                at += take;
+                i += 1;
+            }
+        }
+        if at < end {
+            let q = self.by_data.get(&data_id)?;
+            let mut i = q.partition_point(|e| e.data_offset + e.len <= at);
+            while at < end {
+                let e = q.get(i)?;
+                if e.data_offset > at {
+                    return None;
+                }
+                let skip = at - e.data_offset;
+                let take = (e.len - skip).min(end - at);
+                out.push(Source::Log(*e, skip, take));
+                at += take;
+                i += 1;
+            }
         }
         Some(out)
     }
 
-    /// Data ids with at least one extent.
+    /// Data ids with at least one log extent.
     pub fn data_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.by_data.keys().copied()
+    }
+
+    /// Bytes held in log extents.
+    pub fn log_bytes(&self) -> u64 {
+        self.by_data.values().flatten().map(|e| e.len).sum()
+    }
+
+    /// Data ids with Tier-2 chunks.
+    pub fn tiered_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.chunks.keys().copied()
     }
 
     /// Files holding at least one live extent.
@@ -168,13 +301,20 @@ mod tests {
         ix.add(1, ext(10, 10, 1));
         ix.add(2, ext(0, 5, 1));
         let got = ix.find(1, 5, 10).expect("indexed");
-        assert_eq!(got, vec![(ext(0, 10, 0), 5, 5), (ext(10, 10, 1), 0, 5)]);
+        assert_eq!(
+            got,
+            vec![
+                Source::Log(ext(0, 10, 0), 5, 5),
+                Source::Log(ext(10, 10, 1), 0, 5)
+            ]
+        );
         assert!(ix.find(1, 15, 10).is_none());
         assert_eq!(
             ix.release(Release {
                 data_id: 1,
                 below: 12
-            }),
+            })
+            .files,
             vec![0]
         );
         assert!(!ix.is_live(0));
@@ -182,16 +322,52 @@ mod tests {
             ix.release(Release {
                 data_id: 1,
                 below: u64::MAX
-            }),
+            })
+            .files,
             Vec::<u64>::new()
         );
         assert_eq!(
             ix.release(Release {
                 data_id: 2,
                 below: u64::MAX
-            }),
+            })
+            .files,
             vec![1]
         );
+    }
+
+    #[test]
+    fn chunks_replace_log_extents() {
+        let mut ix = DataIndex::default();
+        ix.add(1, ext(0, 10, 0));
+        ix.add(1, ext(10, 10, 1));
+        let chunk = |off, len, id| Chunk {
+            data_offset: off,
+            len,
+            id,
+            crc: 0,
+            name: format!("c{id}").into(),
+        };
+        assert_eq!(ix.add_chunk(1, chunk(0, 10, 1)), Some(vec![0]));
+        let got = ix.find(1, 5, 10).expect("indexed");
+        assert_eq!(
+            got,
+            vec![
+                Source::Tier2(chunk(0, 10, 1), 5, 5),
+                Source::Log(ext(10, 10, 1), 0, 5)
+            ]
+        );
+        // A log extent below the Tier-2 boundary (replayed after recovery) is ignored.
+        ix.add(1, ext(0, 10, 0));
+        assert!(!ix.is_live(0));
+        // A chunk whose range was truncated meanwhile is refused.
+        let freed = ix.release(Release {
+            data_id: 1,
+            below: 20,
+        });
+        assert_eq!(freed.chunks, vec![chunk(0, 10, 1)]);
+        assert_eq!(freed.files, vec![1]);
+        assert_eq!(ix.add_chunk(1, chunk(10, 10, 2)), None);
     }
 
     #[test]

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{LogError, Result};
-use super::index::{decode_file_index, encode_file_index, Extent};
+use super::index::{decode_file_index, encode_file_index, Chunk, Extent};
 use super::table::Table;
 
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 const FILE_INDEX_PREFIX: &[u8] = b"fileidx/";
+const CHUNK_PREFIX: &[u8] = b"chunk/";
 
 /// The durable state after batch `seq`; every later frame is in files `>= replay_from`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +100,61 @@ impl Meta {
         Ok(())
     }
 
+    /// A number no chunk has had.
+    pub fn next_chunk_id(&self) -> Result<u64> {
+        self.db.generate_id().map_err(|e| self.err(e))
+    }
+
+    /// Records (and fsyncs) that a chunk on Tier-2 holds a range of a data id.
+    pub fn put_chunk(&self, data_id: u64, c: &Chunk) -> Result<()> {
+        let mut v = Vec::with_capacity(20);
+        v.extend_from_slice(&c.len.to_le_bytes());
+        v.extend_from_slice(&c.id.to_le_bytes());
+        v.extend_from_slice(&c.crc.to_le_bytes());
+        self.db
+            .insert(chunk_key(data_id, c.data_offset), v)
+            .map_err(|e| self.err(e))?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets a deleted chunk.
+    pub fn remove_chunk(&self, data_id: u64, data_offset: u64) -> Result<()> {
+        self.db
+            .remove(chunk_key(data_id, data_offset))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every chunk recorded, by data id and offset.
+    pub fn chunks(&self) -> Result<Vec<(u64, Chunk)>> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(CHUNK_PREFIX) {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let k = &k[CHUNK_PREFIX.len()..];
+            if k.len() != 16 || v.len() != 20 {
+                return Err(self.err("malformed chunk record"));
+            }
+            let u = |b: &[u8]| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                a
+            };
+            let id = u64::from_le_bytes(u(&v[8..16]));
+            out.push((
+                u64::from_be_bytes(u(&k[0..8])),
+                Chunk {
+                    data_offset: u64::from_be_bytes(u(&k[8..16])),
+                    len: u64::from_le_bytes(u(&v[0..8])),
+                    id,
+                    crc: u32::from_le_bytes([v[16], v[17], v[18], v[19]]),
+                    name: chunk_name(id).into(),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
     /// Forgets a deleted file's index (no fsync: a leftover index is harmless).
     pub fn remove_file_index(&self, file_id: u64) -> Result<()> {
         self.db
@@ -106,6 +162,18 @@ impl Meta {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
+
+fn chunk_key(data_id: u64, data_offset: u64) -> Vec<u8> {
+    let mut k = CHUNK_PREFIX.to_vec();
+    k.extend_from_slice(&data_id.to_be_bytes());
+    k.extend_from_slice(&data_offset.to_be_bytes());
+    k
+}
+
+/// Tier-2 object name of chunk `id`.
+pub fn chunk_name(id: u64) -> String {
+    format!("{id:016x}.chunk")
 }
 
 fn index_key(file_id: u64) -> Vec<u8> {

@@ -24,11 +24,13 @@ pub mod format;
 mod index;
 mod meta;
 mod table;
+pub mod tier2;
 pub mod writer;
 
 pub use config::LogConfig;
-pub use container::{ReadResult, SegmentInfo, SegmentLog, Ticket};
+pub use container::{MoveStats, ReadResult, SegmentInfo, SegmentLog, Ticket};
 pub use error::{LogError, Result};
 pub use table::{
     validate_name, AppendOptions, AttributeCondition, AttributeId, AttributeUpdate, MAX_NAME_LEN,
 };
+pub use tier2::{FsTier2, Tier2, Tier2Error};

@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::container::{lock, Inner};
 use super::error::{LogError, Result};
-use super::files::{create_file, file_path, sync_dir};
+use super::files::{create_file, file_path};
 use super::format::{encode_frame, Op, APPEND_FIXED_LEN, ATTRIBUTE_LEN, FILE_HEADER_LEN};
 use super::index::Extent;
 use super::meta::Checkpoint;
@@ -177,8 +177,6 @@ pub(crate) struct Writer {
     pub file_len: u64,
     /// Extents written to the active file, stored in sled when it is rolled.
     pub file_extents: Vec<(u64, Extent)>,
-    /// First file the persisted checkpoint replays; older files may be deleted.
-    pub replay_from: u64,
     /// Last batch made durable.
     pub last_seq: u64,
 }
@@ -272,7 +270,9 @@ impl Writer {
                     }
                 }
                 for r in released {
-                    emptied.extend(d.index.release(r));
+                    let freed = d.index.release(r);
+                    emptied.extend(freed.files);
+                    lock(&inner.garbage).extend(freed.chunks.into_iter().map(|c| (r.data_id, c)));
                 }
             }
         }
@@ -289,7 +289,7 @@ impl Writer {
         }
         self.last_seq = b.seq;
         inner.durable_tx.send_modify(|m| m.seq = b.seq);
-        self.delete_files(inner, emptied)
+        inner.delete_files(emptied)
     }
 
     /// Starts the next log file and checkpoints, so recovery replays from there.
@@ -325,40 +325,9 @@ impl Writer {
         self.file = file;
         self.file_id = new_id;
         self.file_len = FILE_HEADER_LEN;
-        self.replay_from = new_id;
-        self.delete_files(inner, dead)
-    }
-
-    /// Deletes files that hold no live data and are no longer replayed.
-    fn delete_files(&mut self, inner: &Inner, candidates: Vec<u64>) -> Result<()> {
-        let mut deleted = false;
-        for id in candidates {
-            if id >= self.replay_from {
-                continue;
-            }
-            let path = file_path(&inner.wal_dir, id);
-            inner
-                .durable
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .files
-                .remove(&id);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io(path, e)),
-            }
-            lock(&inner.cache).forget_file(id);
-            inner.meta.remove_file_index(id)?;
-            tracing::debug!(
-                file = id,
-                "log file deleted: all its data truncated or moved"
-            );
-            deleted = true;
-        }
-        if deleted {
-            sync_dir(&inner.wal_dir)?;
-        }
-        Ok(())
+        inner
+            .replay_from
+            .store(new_id, std::sync::atomic::Ordering::SeqCst);
+        inner.delete_files(dead)
     }
 }

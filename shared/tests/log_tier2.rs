@@ -1,0 +1,161 @@
+//! Moving segment data from the log to Tier-2 (filesystem backend): reads do not change,
+//! log files are deleted once their data has moved, truncation deletes chunks, and all of
+//! it survives a restart.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tributary::log::{AppendOptions, FsTier2, LogConfig, LogError, SegmentLog, Tier2};
+
+fn config() -> LogConfig {
+    LogConfig {
+        max_file_bytes: 16 << 10,
+        cache_bytes: 4 << 10,
+        ..LogConfig::default()
+    }
+}
+
+fn count(dir: &Path, ext: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(ext))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn read_all(log: &SegmentLog, seg: &str) -> Vec<u8> {
+    let info = log.info(seg).expect("info");
+    let mut out = Vec::new();
+    let mut at = info.start;
+    while at < info.length {
+        let r = log.read(seg, at, 3000, Duration::ZERO).await.expect("read");
+        at += r.data.len() as u64;
+        out.extend_from_slice(&r.data);
+    }
+    out
+}
+
+#[tokio::test]
+async fn data_moves_to_tier2_and_reads_do_not_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t2dir = tempfile::tempdir().expect("tempdir");
+    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
+    let wal = dir.path().join("wal");
+    let mut expect: Vec<Vec<u8>> = vec![Vec::new(); 3];
+    {
+        let log = SegmentLog::open_tiered(dir.path(), config(), tier2.clone()).expect("open");
+        for s in 0..3 {
+            log.create(&format!("s{s}")).await.expect("create");
+        }
+        for i in 0..300u32 {
+            let s = (i % 3) as usize;
+            let data = format!("{i:05}-").repeat(50).into_bytes();
+            log.append(&format!("s{s}"), &data, &AppendOptions::default())
+                .await
+                .expect("append");
+            expect[s].extend_from_slice(&data);
+        }
+        let files_before = count(&wal, ".log");
+        assert!(files_before > 3);
+        let stats = log.move_to_tier2(8 << 10).await.expect("move");
+        assert!(stats.chunks_written >= 3, "{stats:?}");
+        assert_eq!(
+            stats.bytes_moved,
+            expect.iter().map(|e| e.len() as u64).sum::<u64>()
+        );
+        let files_after = count(&wal, ".log");
+        assert!(
+            files_after <= 2,
+            "moved files should be deleted ({files_before} -> {files_after})"
+        );
+        assert_eq!(count(t2dir.path(), ".chunk") as u64, stats.chunks_written);
+        for s in 0..3 {
+            assert_eq!(read_all(&log, &format!("s{s}")).await, expect[s]);
+        }
+        // New data lands in the log again, after the tiered part.
+        log.append("s0", b"tail", &AppendOptions::default())
+            .await
+            .expect("append");
+        expect[0].extend_from_slice(b"tail");
+        assert_eq!(read_all(&log, "s0").await, expect[0]);
+    }
+    // Restart: chunk locations come back from the metadata store.
+    let log = SegmentLog::open_tiered(dir.path(), config(), tier2.clone()).expect("reopen");
+    for s in 0..3 {
+        assert_eq!(read_all(&log, &format!("s{s}")).await, expect[s]);
+    }
+    // Truncation makes chunks garbage; the next pass deletes them.
+    let chunks = count(t2dir.path(), ".chunk");
+    let len = log.info("s1").expect("info").length;
+    log.truncate("s1", len).await.expect("truncate");
+    log.delete("s2").await.expect("delete");
+    let stats = log.move_to_tier2(8 << 10).await.expect("move");
+    assert!(stats.chunks_deleted > 0, "{stats:?}");
+    assert!(count(t2dir.path(), ".chunk") < chunks);
+    assert!(matches!(
+        log.read("s1", 0, 10, Duration::ZERO).await,
+        Err(LogError::Truncated { .. })
+    ));
+    assert_eq!(read_all(&log, "s0").await, expect[0]);
+    drop(log);
+
+    // Without its Tier-2, the container refuses to open rather than lose data.
+    let e = SegmentLog::open(dir.path(), config()).expect_err("needs tier2");
+    assert!(e.to_string().contains("Tier-2"), "{e}");
+}
+
+#[tokio::test]
+async fn merge_spans_tiers_and_corrupt_chunks_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t2dir = tempfile::tempdir().expect("tempdir");
+    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
+    let cfg = LogConfig {
+        cache_bytes: 0,
+        ..config()
+    };
+    let log = SegmentLog::open_tiered(dir.path(), cfg, tier2).expect("open");
+    log.create("t").await.expect("create");
+    log.create("x").await.expect("create");
+    log.append("t", &[1u8; 5000], &AppendOptions::default())
+        .await
+        .expect("append");
+    log.append("x", &[2u8; 5000], &AppendOptions::default())
+        .await
+        .expect("append");
+    log.move_to_tier2(1 << 20).await.expect("move");
+    log.seal("x").await.expect("seal");
+    log.append("t", &[3u8; 10], &AppendOptions::default())
+        .await
+        .expect("append");
+    log.merge("t", "x").await.expect("merge");
+    let got = read_all(&log, "t").await;
+    assert_eq!(got.len(), 10_010);
+    assert!(got[..5000].iter().all(|b| *b == 1));
+    assert!(got[5000..5010].iter().all(|b| *b == 3));
+    assert!(got[5010..].iter().all(|b| *b == 2));
+
+    // Flip a byte in a chunk: the read fails and names the chunk.
+    let chunk = std::fs::read_dir(t2dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".chunk"))
+        .expect("a chunk")
+        .path();
+    let mut bytes = std::fs::read(&chunk).expect("read chunk");
+    bytes[100] ^= 1;
+    std::fs::write(&chunk, bytes).expect("write chunk");
+    let mut errors = 0;
+    for at in [0u64, 5010] {
+        if let Err(e) = log.read("t", at, 100, Duration::ZERO).await {
+            assert!(matches!(e, LogError::Tier2(_)), "{e}");
+            assert!(e.to_string().contains(".chunk"), "{e}");
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 1, "exactly the corrupted chunk is refused");
+}
