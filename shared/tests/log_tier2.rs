@@ -74,8 +74,8 @@ async fn data_moves_to_tier2_and_reads_do_not_change() {
             "moved files should be deleted ({files_before} -> {files_after})"
         );
         assert_eq!(count(t2dir.path(), ".chunk") as u64, stats.chunks_written);
-        for s in 0..3 {
-            assert_eq!(read_all(&log, &format!("s{s}")).await, expect[s]);
+        for (s, want) in expect.iter().enumerate() {
+            assert_eq!(&read_all(&log, &format!("s{s}")).await, want);
         }
         // New data lands in the log again, after the tiered part.
         log.append("s0", b"tail", &AppendOptions::default())
@@ -86,8 +86,8 @@ async fn data_moves_to_tier2_and_reads_do_not_change() {
     }
     // Restart: chunk locations come back from the metadata store.
     let log = SegmentLog::open_tiered(dir.path(), config(), tier2.clone()).expect("reopen");
-    for s in 0..3 {
-        assert_eq!(read_all(&log, &format!("s{s}")).await, expect[s]);
+    for (s, want) in expect.iter().enumerate() {
+        assert_eq!(&read_all(&log, &format!("s{s}")).await, want);
     }
     // Truncation makes chunks garbage; the next pass deletes them.
     let chunks = count(t2dir.path(), ".chunk");
