@@ -407,3 +407,14 @@ async fn no_op_operations_do_not_wait_forever() {
         .expect("a second seal returns at once")
         .expect("ok");
 }
+
+#[tokio::test]
+async fn a_second_open_of_the_same_container_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SegmentLog::open(dir.path(), LogConfig::default()).expect("open");
+    let e = SegmentLog::open(dir.path(), LogConfig::default()).expect_err("locked");
+    assert!(e.to_string().contains("another process"), "{e}");
+    log.close().expect("close");
+    // Once closed, it opens again at once.
+    SegmentLog::open(dir.path(), LogConfig::default()).expect("reopen");
+}

@@ -34,21 +34,40 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`. sled locks its directory; a container
+    /// closed a moment ago may still hold the lock while sled's threads wind down, so
+    /// this waits up to 2 s for it before saying another process has the container.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::LowSpace)
-            .cache_capacity(8 << 20)
-            .open()
-            .map_err(|e| LogError::Meta {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::LowSpace)
+                .cache_capacity(8 << 20)
+                .open();
+            let reason = match opened {
+                Ok(db) => {
+                    return Ok(Meta {
+                        db,
+                        path: path.to_path_buf(),
+                    })
+                }
+                // sled reports its lock as a plain I/O error with this text.
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                    "the container is open in another process (its metadata store is locked)"
+                        .to_string()
+                }
+                Err(e) => e.to_string(),
+            };
+            return Err(LogError::Meta {
                 path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        Ok(Meta {
-            db,
-            path: path.to_path_buf(),
-        })
+                reason,
+            });
+        }
     }
 
     fn err(&self, reason: impl ToString) -> LogError {
