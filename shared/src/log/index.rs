@@ -235,50 +235,93 @@ impl DataIndex {
     }
 }
 
-const INDEX_ENTRY_LEN: usize = 40;
+const FILE_INDEX_VERSION: u8 = 1;
 
-/// Encodes the extents of one log file for the metadata store: per extent
-/// `data_id, data_offset, len, file_id, frame_pos` (u64 LE each), then a CRC32C.
-pub fn encode_file_index(extents: &[(u64, Extent)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(extents.len() * INDEX_ENTRY_LEN + 4);
-    for (id, e) in extents {
-        for v in [*id, e.data_offset, e.len, e.file_id, e.frame_pos] {
-            out.extend_from_slice(&v.to_le_bytes());
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8], pos: &mut usize) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos).ok_or("file index truncated")?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
         }
+    }
+    Err("file index varint too long".into())
+}
+
+/// Encodes the extents of one log file (in file order) for the metadata store, about six
+/// bytes an extent: version u8, then per extent the varints `data_id`, `frame_pos` minus
+/// the previous extent's, `len`, and `data_offset + 1` (or 0 when it continues the same
+/// data id's previous extent in this file); then a CRC32C of all that.
+pub fn encode_file_index(extents: &[(u64, Extent)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(extents.len() * 6 + 5);
+    out.push(FILE_INDEX_VERSION);
+    let mut next: HashMap<u64, u64> = HashMap::new();
+    let mut last_pos = 0;
+    for (id, e) in extents {
+        put_varint(&mut out, *id);
+        put_varint(&mut out, e.frame_pos - last_pos);
+        put_varint(&mut out, e.len);
+        let continues = next.get(id) == Some(&e.data_offset);
+        put_varint(&mut out, if continues { 0 } else { e.data_offset + 1 });
+        next.insert(*id, e.data_offset + e.len);
+        last_pos = e.frame_pos;
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// Decodes [`encode_file_index`]; `Err` names what is wrong.
-pub fn decode_file_index(b: &[u8]) -> Result<Vec<(u64, Extent)>, String> {
-    if b.len() < 4 || (b.len() - 4) % INDEX_ENTRY_LEN != 0 {
+/// Decodes [`encode_file_index`] for file `file_id`; `Err` names what is wrong.
+pub fn decode_file_index(b: &[u8], file_id: u64) -> Result<Vec<(u64, Extent)>, String> {
+    if b.len() < 5 {
         return Err(format!("file index of impossible length {}", b.len()));
     }
     let (body, crc) = b.split_at(b.len() - 4);
     if crc32c::crc32c(body).to_le_bytes() != crc {
         return Err("file index CRC mismatch".into());
     }
-    let u = |s: &[u8]| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        u64::from_le_bytes(a)
-    };
-    Ok(body
-        .chunks_exact(INDEX_ENTRY_LEN)
-        .map(|c| {
-            (
-                u(&c[0..8]),
-                Extent {
-                    data_offset: u(&c[8..16]),
-                    len: u(&c[16..24]),
-                    file_id: u(&c[24..32]),
-                    frame_pos: u(&c[32..40]),
-                },
-            )
-        })
-        .collect())
+    if body[0] != FILE_INDEX_VERSION {
+        return Err(format!("unknown file index version {}", body[0]));
+    }
+    let mut pos = 1;
+    let mut out = Vec::new();
+    let mut next: HashMap<u64, u64> = HashMap::new();
+    let mut last_pos = 0u64;
+    while pos < body.len() {
+        let id = get_varint(body, &mut pos)?;
+        let frame_pos = last_pos
+            .checked_add(get_varint(body, &mut pos)?)
+            .ok_or("file index position overflows")?;
+        let len = get_varint(body, &mut pos)?;
+        let data_offset = match get_varint(body, &mut pos)? {
+            0 => *next
+                .get(&id)
+                .ok_or("file index continues an unknown extent")?,
+            v => v - 1,
+        };
+        next.insert(id, data_offset.saturating_add(len));
+        last_pos = frame_pos;
+        out.push((
+            id,
+            Extent {
+                data_offset,
+                len,
+                file_id,
+                frame_pos,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -372,12 +415,25 @@ mod tests {
 
     #[test]
     fn file_index_roundtrip_and_corruption() {
-        let v = vec![(3, ext(0, 10, 7)), (4, ext(5, 1, 7))];
+        let e = |off, len, pos| Extent {
+            data_offset: off,
+            len,
+            file_id: 7,
+            frame_pos: pos,
+        };
+        let v = vec![
+            (3, e(0, 10, 32)),
+            (4, e(500, 1, 80)),
+            (3, e(10, 20, 120)),
+            (u64::MAX, e(u64::MAX - 1, 1, 300)),
+        ];
         let enc = encode_file_index(&v);
-        assert_eq!(decode_file_index(&enc), Ok(v));
+        assert!(enc.len() < v.len() * 8 + 40, "{} bytes", enc.len());
+        assert_eq!(decode_file_index(&enc, 7), Ok(v));
         let mut bad = enc.clone();
         bad[3] ^= 1;
-        assert!(decode_file_index(&bad).is_err());
-        assert!(decode_file_index(&enc[..enc.len() - 1]).is_err());
+        assert!(decode_file_index(&bad, 7).is_err());
+        assert!(decode_file_index(&enc[..enc.len() - 1], 7).is_err());
+        assert_eq!(decode_file_index(&encode_file_index(&[]), 7), Ok(vec![]));
     }
 }

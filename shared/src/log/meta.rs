@@ -97,8 +97,8 @@ impl Meta {
                 .ok()
                 .and_then(|s| u64::from_str_radix(s, 16).ok())
                 .ok_or_else(|| self.err("malformed file index key"))?;
-            let ext =
-                decode_file_index(&v).map_err(|e| self.err(format!("index of file {id}: {e}")))?;
+            let ext = decode_file_index(&v, id)
+                .map_err(|e| self.err(format!("index of file {id}: {e}")))?;
             out.insert(id, ext);
         }
         Ok(out)
