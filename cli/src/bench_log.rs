@@ -5,7 +5,7 @@
 //! Each appender is a std thread (the log's writer is its own thread, no async runtime
 //! is involved in the hot path) that submits appends without waiting, keeps up to
 //! `--window` of them in flight, and polls [`SegmentLog::is_durable`] to acknowledge
-//! them in order. An event's latency runs from just before its submission to the poll
+//! them in order; with nothing to do it blocks on its oldest ticket. An event's latency runs from just before its submission to the poll
 //! that saw it durable.
 
 use std::collections::VecDeque;
@@ -266,6 +266,17 @@ fn append_loop(
     let mut payload: Vec<u8> = (0..args.event_bytes)
         .map(|i| (i % 251) as u8 ^ me as u8)
         .collect();
+    // Only to block on the oldest ticket when there is nothing else to do, so idle
+    // appenders sleep instead of taking CPU from the log's writer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("building an appender runtime")?;
+    let wait_oldest = |inflight: &VecDeque<(Ticket, Instant)>| -> Result<()> {
+        if let Some(&(t, _)) = inflight.front() {
+            rt.block_on(log.durable(t))?;
+        }
+        Ok(())
+    };
     let mut out = Appended::default();
     let mut inflight: VecDeque<(Ticket, Instant)> = VecDeque::with_capacity(args.window);
     let mut acked: Option<Ticket> = None;
@@ -277,7 +288,7 @@ fn append_loop(
         }
         if inflight.len() >= args.window {
             if ack(log, &mut inflight, &mut acked, &mut out.latencies_us)? == 0 {
-                std::thread::yield_now();
+                wait_oldest(&inflight)?;
             }
             continue;
         }
@@ -299,16 +310,15 @@ fn append_loop(
             }
             Err(LogError::Backpressure(_)) => {
                 out.backpressured += 1;
-                if ack(log, &mut inflight, &mut acked, &mut out.latencies_us)? == 0 {
-                    std::thread::yield_now();
-                }
+                ack(log, &mut inflight, &mut acked, &mut out.latencies_us)?;
+                rt.block_on(log.wait_for_room());
             }
             Err(e) => return Err(e).with_context(|| format!("appending to {}", mine[next])),
         }
     }
     while !inflight.is_empty() {
         if ack(log, &mut inflight, &mut acked, &mut out.latencies_us)? == 0 {
-            std::thread::yield_now();
+            wait_oldest(&inflight)?;
         }
     }
     out.done = Some(Instant::now());

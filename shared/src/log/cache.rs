@@ -1,4 +1,8 @@
 //! A read cache of recent frame data, bounded in bytes, evicting the oldest insert first.
+//!
+//! Entries may be slices of one larger buffer (a written batch); the buffer is freed when
+//! its last slice is evicted. Eviction is in insertion order and a batch's slices are
+//! inserted together, so besides the bound at most one batch is partly held.
 
 use std::collections::{HashMap, VecDeque};
 

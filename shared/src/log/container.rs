@@ -230,7 +230,7 @@ impl SegmentLog {
             wal_dir,
             pending: Mutex::new(Pending {
                 table: table.clone(),
-                batch: Batch::new(last_seq + 1),
+                batch: Batch::new(last_seq + 1, 0),
                 failed: None,
                 closing: false,
             }),
@@ -322,18 +322,32 @@ impl SegmentLog {
     /// Appends and waits until the data is durable; returns its offset.
     pub async fn append(&self, segment: &str, data: &[u8], opts: &AppendOptions) -> Result<u64> {
         loop {
-            let room = self.inner.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
             match self.submit_append(segment, data, opts) {
                 Ok((offset, ticket)) => {
                     self.durable(ticket).await?;
                     return Ok(offset);
                 }
-                Err(LogError::Backpressure(_)) => room.await,
+                Err(LogError::Backpressure(_)) => self.wait_for_room().await,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits until the next batch has room, after [`LogError::Backpressure`].
+    pub async fn wait_for_room(&self) {
+        let room = self.inner.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        {
+            let p = lock(&self.inner.pending);
+            if p.batch.bytes() < self.inner.config.max_batch_bytes
+                || p.failed.is_some()
+                || p.closing
+            {
+                return;
+            }
+        }
+        room.await
     }
 
     /// Waits until the batch of `ticket` is durable (fdatasync'ed).

@@ -56,10 +56,12 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub fn new(seq: u64) -> Self {
+    /// An empty batch whose buffer has room for `capacity` bytes (the size of the
+    /// previous batch, so a busy log does not regrow it every time).
+    pub fn new(seq: u64, capacity: usize) -> Self {
         Batch {
             seq,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(capacity),
             frames: Vec::new(),
             open: HashMap::new(),
             open_bytes: 0,
@@ -218,7 +220,10 @@ fn next_batch(inner: &Inner) -> Option<Batch> {
                 }
             }
         }
-        let next = Batch::new(p.batch.seq + 1);
+        let next = Batch::new(
+            p.batch.seq + 1,
+            p.batch.bytes().min(cfg.max_batch_bytes * 2),
+        );
         let mut b = std::mem::replace(&mut p.batch, next);
         drop(p);
         inner.room.notify_waiters();
@@ -237,11 +242,13 @@ impl Writer {
             self.roll(inner)?;
         }
         let base = self.file_len;
+        // Frozen, so the read cache can hold slices of it instead of copies.
+        let buf = Bytes::from(b.buf);
         self.file
-            .write_all_at(&b.buf, base)
+            .write_all_at(&buf, base)
             .and_then(|_| self.file.sync_data())
             .map_err(|e| LogError::io(self.path(inner), e))?;
-        self.file_len += b.buf.len() as u64;
+        self.file_len += buf.len() as u64;
 
         let mut emptied = Vec::new();
         {
@@ -282,7 +289,7 @@ impl Writer {
                 if matches!(fm.op, Op::Append { len, .. } if len > 0) {
                     c.insert(
                         (self.file_id, base + fm.pos as u64),
-                        Bytes::copy_from_slice(&b.buf[fm.data_pos..fm.end]),
+                        buf.slice(fm.data_pos..fm.end),
                     );
                 }
             }
