@@ -55,7 +55,7 @@ impl Cache {
     }
 
     /// Drops one entry.
-    pub fn forget_file_key(&mut self, file_id: u64, pos: u64) {
+    pub fn forget(&mut self, file_id: u64, pos: u64) {
         if let Some(d) = self.map.remove(&(file_id, pos)) {
             self.bytes -= d.len();
             self.order.retain(|k| *k != (file_id, pos));

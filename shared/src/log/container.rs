@@ -625,7 +625,7 @@ impl SegmentLog {
                 .await
                 .map_err(|e| LogError::Tier2(format!("deleting chunk {}: {e}", c.name)))?;
             self.inner.meta.remove_chunk(data_id, c.data_offset)?;
-            lock(&self.inner.cache).forget_file_key(TIER2_CACHE, c.id);
+            lock(&self.inner.cache).forget(TIER2_CACHE, c.id);
             stats.chunks_deleted += 1;
         }
         // Move what the log holds now; data appended meanwhile waits for the next pass.
