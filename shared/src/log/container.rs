@@ -25,7 +25,7 @@ use super::index::{Chunk, DataIndex, Extent, Source};
 use super::meta::{chunk_name, Checkpoint, Meta};
 use super::table::{AppendOptions, AttributeId, Release, Table};
 use super::tier2::Tier2;
-use super::writer::{run, Batch, Writer};
+use super::writer::{run, Batch, Syncer, Writer};
 
 /// Locks a mutex, ignoring poisoning (a panicked holder leaves consistent data here:
 /// every mutation is validated before it is made).
@@ -215,6 +215,7 @@ impl SegmentLog {
             index,
             files,
             writer,
+            syncer,
             replay_from,
             garbage,
         } = recovered;
@@ -224,7 +225,7 @@ impl SegmentLog {
                 reason: "segment data is on Tier-2, but no Tier-2 is configured".into(),
             });
         }
-        let last_seq = writer.last_seq;
+        let last_seq = syncer.last_seq;
         let inner = Arc::new(Inner {
             dir: dir.clone(),
             wal_dir,
@@ -256,7 +257,7 @@ impl SegmentLog {
         let thread_inner = inner.clone();
         let writer = std::thread::Builder::new()
             .name("tributary-log-writer".into())
-            .spawn(move || run(thread_inner, writer))
+            .spawn(move || run(thread_inner, writer, syncer))
             .map_err(|e| LogError::io(&dir, e))?;
         Ok(SegmentLog {
             inner,
@@ -741,6 +742,7 @@ struct Recovered {
     index: DataIndex,
     files: BTreeMap<u64, Arc<File>>,
     writer: Writer,
+    syncer: Syncer,
     replay_from: u64,
     garbage: Vec<(u64, Chunk)>,
 }
@@ -996,9 +998,12 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
         index,
         files,
         writer: Writer {
-            file,
+            file: Arc::new(file),
             file_id,
             file_len,
+        },
+        syncer: Syncer {
+            file_id,
             file_extents: active_extents,
             last_seq,
         },

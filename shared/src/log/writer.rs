@@ -1,6 +1,7 @@
-//! Group commit: appenders fill a [`Batch`]; one writer thread takes it whole, writes it
-//! with one `pwrite`, one `fdatasync`, then applies it to the durable table and tells
-//! waiters. Concurrent appends to any number of segments share that one fsync.
+//! Group commit: appenders fill a [`Batch`]; a writer thread takes it whole and writes it
+//! with one `pwrite`; a syncer thread `fdatasync`s it, applies it to the durable table
+//! and tells waiters. Concurrent appends to any number of segments share that one fsync,
+//! and the next batch is written while the previous one is being fsync'ed.
 //!
 //! The fsyncs of the write path, in order:
 //! 1. every batch: `fdatasync` of the active log file before anything is acknowledged;
@@ -11,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -171,27 +173,70 @@ impl Batch {
     }
 }
 
-/// The writer thread's own state: the active file and what it holds.
+/// The writer thread's state: the active file it appends to.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    pub file: File,
+    pub file: Arc<File>,
     pub file_id: u64,
     pub file_len: u64,
+}
+
+/// The syncer thread's state: what the active file holds, and the last durable batch.
+#[derive(Debug)]
+pub(crate) struct Syncer {
+    pub file_id: u64,
     /// Extents written to the active file, stored in sled when it is rolled.
     pub file_extents: Vec<(u64, Extent)>,
     /// Last batch made durable.
     pub last_seq: u64,
 }
 
-/// The writer thread's loop: take a batch, commit it, until closed or failed.
-pub(crate) fn run(inner: Arc<Inner>, mut w: Writer) {
-    while let Some(batch) = next_batch(&inner) {
-        if let Err(e) = w.commit(&inner, batch) {
-            tracing::error!(dir = %inner.dir.display(), error = %e, "segment log write failed; refusing all writes until reopened");
-            inner.fail(e.to_string());
+/// From the writer to the syncer, in log order.
+enum Written {
+    /// A batch written (not yet fsync'ed) at `base` of file `file_id`.
+    Batch {
+        seq: u64,
+        buf: Bytes,
+        frames: Vec<FrameMeta>,
+        file: Arc<File>,
+        file_id: u64,
+        base: u64,
+    },
+    /// Every later batch goes to this new file (created and fsync'ed).
+    Rolled { file_id: u64, file: Arc<File> },
+}
+
+/// The writer thread: takes batches and writes them; a syncer thread it starts fsyncs,
+/// applies and acknowledges them. The hand-over is a rendezvous, so batch k+1 is being
+/// written while batch k is fsync'ed, and a batch grows while both are busy.
+pub(crate) fn run(inner: Arc<Inner>, mut w: Writer, s: Syncer) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Written>(0);
+    let syncer = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("tributary-log-sync".into())
+            .spawn(move || s.run(&inner, rx))
+    };
+    let syncer = match syncer {
+        Ok(h) => h,
+        Err(e) => {
+            inner.fail(format!("cannot start the log's sync thread: {e}"));
             return;
         }
+    };
+    while let Some(batch) = next_batch(&inner) {
+        match w.write(&inner, batch, &tx) {
+            Ok(true) => {}
+            Ok(false) => break, // the syncer stopped after a failure
+            Err(e) => {
+                tracing::error!(dir = %inner.dir.display(), error = %e, "segment log write failed; refusing all writes until reopened");
+                inner.fail(e.to_string());
+                break;
+            }
+        }
     }
+    drop(tx);
+    let _ = syncer.join();
     inner.durable_tx.send_modify(|m| m.closed = true);
 }
 
@@ -233,27 +278,78 @@ fn next_batch(inner: &Inner) -> Option<Batch> {
 }
 
 impl Writer {
-    fn path(&self, inner: &Inner) -> std::path::PathBuf {
-        file_path(&inner.wal_dir, self.file_id)
-    }
-
-    fn commit(&mut self, inner: &Inner, b: Batch) -> Result<()> {
+    /// Writes one batch (rolling to a new file first if the active one is full) and
+    /// hands it to the syncer. `Ok(false)`: the syncer has stopped.
+    fn write(&mut self, inner: &Inner, b: Batch, tx: &SyncSender<Written>) -> Result<bool> {
         if self.file_len >= inner.config.max_file_bytes {
-            self.roll(inner)?;
+            let file_id = self.file_id + 1;
+            let file = Arc::new(create_file(&inner.wal_dir, file_id)?);
+            self.file = file.clone();
+            self.file_id = file_id;
+            self.file_len = FILE_HEADER_LEN;
+            if tx.send(Written::Rolled { file_id, file }).is_err() {
+                return Ok(false);
+            }
         }
         let base = self.file_len;
         // Frozen, so the read cache can hold slices of it instead of copies.
         let buf = Bytes::from(b.buf);
         self.file
             .write_all_at(&buf, base)
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| LogError::io(self.path(inner), e))?;
+            .map_err(|e| LogError::io(file_path(&inner.wal_dir, self.file_id), e))?;
         self.file_len += buf.len() as u64;
+        let sent = tx.send(Written::Batch {
+            seq: b.seq,
+            buf,
+            frames: b.frames,
+            file: self.file.clone(),
+            file_id: self.file_id,
+            base,
+        });
+        Ok(sent.is_ok())
+    }
+}
 
+impl Syncer {
+    fn run(mut self, inner: &Inner, rx: Receiver<Written>) {
+        for w in rx {
+            let done = match w {
+                Written::Batch {
+                    seq,
+                    buf,
+                    frames,
+                    file,
+                    file_id,
+                    base,
+                } => file
+                    .sync_data()
+                    .map_err(|e| LogError::io(file_path(&inner.wal_dir, file_id), e))
+                    .and_then(|()| self.apply(inner, seq, &buf, &frames, file_id, base)),
+                Written::Rolled { file_id, file } => self.roll(inner, file_id, file),
+            };
+            if let Err(e) = done {
+                tracing::error!(dir = %inner.dir.display(), error = %e, "segment log sync failed; refusing all writes until reopened");
+                inner.fail(e.to_string());
+                return;
+            }
+        }
+    }
+
+    /// Applies a durable batch to the durable table and index, caches its data,
+    /// acknowledges it, and deletes files it emptied.
+    fn apply(
+        &mut self,
+        inner: &Inner,
+        seq: u64,
+        buf: &Bytes,
+        frames: &[FrameMeta],
+        file_id: u64,
+        base: u64,
+    ) -> Result<()> {
         let mut emptied = Vec::new();
         {
             let mut d = inner.durable.write().unwrap_or_else(|e| e.into_inner());
-            for fm in &b.frames {
+            for fm in frames {
                 let released = d
                     .table
                     .apply(&fm.op)
@@ -269,7 +365,7 @@ impl Writer {
                         let e = Extent {
                             data_offset,
                             len,
-                            file_id: self.file_id,
+                            file_id,
                             frame_pos: base + fm.pos as u64,
                         };
                         d.index.add(seg, e);
@@ -285,27 +381,23 @@ impl Writer {
         }
         {
             let mut c = lock(&inner.cache);
-            for fm in &b.frames {
+            for fm in frames {
                 if matches!(fm.op, Op::Append { len, .. } if len > 0) {
                     c.insert(
-                        (self.file_id, base + fm.pos as u64),
+                        (file_id, base + fm.pos as u64),
                         buf.slice(fm.data_pos..fm.end),
                     );
                 }
             }
         }
-        self.last_seq = b.seq;
-        inner.durable_tx.send_modify(|m| m.seq = b.seq);
+        self.last_seq = seq;
+        inner.durable_tx.send_modify(|m| m.seq = seq);
         inner.delete_files(emptied)
     }
 
-    /// Starts the next log file and checkpoints, so recovery replays from there.
-    fn roll(&mut self, inner: &Inner) -> Result<()> {
-        let new_id = self.file_id + 1;
-        let file = create_file(&inner.wal_dir, new_id)?;
-        let reader = file
-            .try_clone()
-            .map_err(|e| LogError::io(file_path(&inner.wal_dir, new_id), e))?;
+    /// Every batch of the previous file is durable and applied: checkpoint, so that
+    /// recovery replays from the new file, and delete files nothing needs.
+    fn roll(&mut self, inner: &Inner, new_id: u64, reader: Arc<File>) -> Result<()> {
         let table = inner
             .durable
             .read()
@@ -321,7 +413,7 @@ impl Writer {
         inner.meta.save(&cp, &[(self.file_id, index)])?;
         let dead: Vec<u64> = {
             let mut d = inner.durable.write().unwrap_or_else(|e| e.into_inner());
-            d.files.insert(new_id, Arc::new(reader));
+            d.files.insert(new_id, reader);
             d.files
                 .keys()
                 .copied()
@@ -329,9 +421,7 @@ impl Writer {
                 .collect()
         };
         tracing::debug!(file = new_id, "log file rolled");
-        self.file = file;
         self.file_id = new_id;
-        self.file_len = FILE_HEADER_LEN;
         inner
             .replay_from
             .store(new_id, std::sync::atomic::Ordering::SeqCst);
