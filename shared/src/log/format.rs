@@ -118,6 +118,13 @@ pub fn check_file_header(h: &[u8], file_id: u64) -> Result<(), String> {
 /// Appends one frame holding `op` (and `data` for an append) to `out`.
 /// For `Op::Append`, `len` must equal `data.len()`.
 pub fn encode_frame(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
+    encode_frame_head(out, seq, op, data);
+    out.extend_from_slice(data);
+}
+
+/// Appends everything of a frame but its data to `out`; the length and CRC cover
+/// `data`, which the caller writes right after (a vectored write needs no copy).
+pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     let put64 = |o: &mut Vec<u8>, v: u64| o.extend_from_slice(&v.to_le_bytes());
@@ -138,7 +145,6 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&v.to_le_bytes());
             }
-            out.extend_from_slice(data);
         }
         Op::Create { seg, name } => {
             out.push(KIND_CREATE);
@@ -170,9 +176,11 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
             put64(out, *seg);
         }
     }
-    let body_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+    let body_len = (out.len() - start - FRAME_HEADER_LEN + data.len()) as u32;
     let len_bytes = body_len.to_le_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), &out[start + FRAME_HEADER_LEN..]);
+    let head_crc =
+        crc32c::crc32c_append(crc32c::crc32c(&len_bytes), &out[start + FRAME_HEADER_LEN..]);
+    let crc = crc32c::crc32c_append(head_crc, data);
     out[start..start + 4].copy_from_slice(&len_bytes);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,19 +21,21 @@ use bytes::Bytes;
 use super::container::{lock, Inner};
 use super::error::{LogError, Result};
 use super::files::{create_file, file_path};
-use super::format::{encode_frame, Op, APPEND_FIXED_LEN, ATTRIBUTE_LEN, FILE_HEADER_LEN};
+use super::format::{encode_frame_head, Op, FILE_HEADER_LEN};
 use super::index::Extent;
 use super::meta::Checkpoint;
 
 /// Attribute updates one append frame may carry before it is closed.
 pub const MAX_FRAME_ATTRIBUTES: usize = 4096;
 
-/// A frame encoded into a batch.
+/// A frame of a batch: its header in the batch's header buffer, its data beside it.
 #[derive(Debug)]
 pub(crate) struct FrameMeta {
+    /// Position of the frame in the batch as written.
     pos: usize,
-    end: usize,
-    data_pos: usize,
+    /// The header's range in the batch's header buffer.
+    head: std::ops::Range<usize>,
+    data: Bytes,
     op: Op,
 }
 
@@ -50,7 +52,10 @@ struct OpenAppend {
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub seq: u64,
+    /// Frame headers, back to back; the data of each frame is in its `FrameMeta`.
     buf: Vec<u8>,
+    /// Bytes the frames take in the log.
+    len: usize,
     frames: Vec<FrameMeta>,
     open: HashMap<u64, OpenAppend>,
     open_bytes: usize,
@@ -63,7 +68,8 @@ impl Batch {
     pub fn new(seq: u64, capacity: usize) -> Self {
         Batch {
             seq,
-            buf: Vec::with_capacity(capacity),
+            buf: Vec::with_capacity(capacity.min(1 << 20)),
+            len: 0,
             frames: Vec::new(),
             open: HashMap::new(),
             open_bytes: 0,
@@ -77,20 +83,19 @@ impl Batch {
 
     /// Bytes this batch will write, roughly.
     pub fn bytes(&self) -> usize {
-        self.buf.len() + self.open_bytes
+        self.len + self.open_bytes
     }
 
-    fn encode(&mut self, op: Op, data: &[u8]) {
-        let pos = self.buf.len();
-        encode_frame(&mut self.buf, self.seq, &op, data);
-        let data_pos = match &op {
-            Op::Append { attrs, .. } => pos + APPEND_FIXED_LEN + attrs.len() * ATTRIBUTE_LEN,
-            _ => self.buf.len(),
-        };
+    fn encode(&mut self, op: Op, data: Bytes) {
+        let start = self.buf.len();
+        encode_frame_head(&mut self.buf, self.seq, &op, &data);
+        let head = start..self.buf.len();
+        let pos = self.len;
+        self.len += head.len() + data.len();
         self.frames.push(FrameMeta {
             pos,
-            end: self.buf.len(),
-            data_pos,
+            head,
+            data,
             op,
         });
     }
@@ -104,7 +109,12 @@ impl Batch {
                 len: o.data.len() as u64,
                 attrs: o.attrs,
             };
-            self.encode(op, &o.data);
+            let mut data = o.data;
+            // The read cache counts `len`; do not let it hold much unused capacity.
+            if data.capacity() > data.len() + data.len() / 4 {
+                data.shrink_to_fit();
+            }
+            self.encode(op, Bytes::from(data));
         }
     }
 
@@ -125,7 +135,7 @@ impl Batch {
             Op::Create { .. } | Op::Append { .. } => {}
         }
         self.touch();
-        self.encode(op, &[]);
+        self.encode(op, Bytes::new());
     }
 
     /// Adds an append (validated against the pending table).
@@ -150,7 +160,8 @@ impl Batch {
         let o = self.open.entry(seg).or_insert_with(|| OpenAppend {
             data_offset,
             attrs: Vec::new(),
-            data: Vec::new(),
+            // Room for a few more like it, so a busy frame regrows rarely.
+            data: Vec::with_capacity((data.len() * 8).clamp(256, max_frame_data_bytes)),
         });
         debug_assert_eq!(o.data_offset + o.data.len() as u64, data_offset);
         o.data.extend_from_slice(data);
@@ -196,7 +207,6 @@ enum Written {
     /// A batch written (not yet fsync'ed) at `base` of file `file_id`.
     Batch {
         seq: u64,
-        buf: Bytes,
         frames: Vec<FrameMeta>,
         file: Arc<File>,
         file_id: u64,
@@ -292,15 +302,19 @@ impl Writer {
             }
         }
         let base = self.file_len;
-        // Frozen, so the read cache can hold slices of it instead of copies.
-        let buf = Bytes::from(b.buf);
-        self.file
-            .write_all_at(&buf, base)
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(b.frames.len() * 2);
+        for fm in &b.frames {
+            slices.push(IoSlice::new(&b.buf[fm.head.clone()]));
+            if !fm.data.is_empty() {
+                slices.push(IoSlice::new(&fm.data));
+            }
+        }
+        write_all_vectored_at(&self.file, &mut slices, base)
             .map_err(|e| LogError::io(file_path(&inner.wal_dir, self.file_id), e))?;
-        self.file_len += buf.len() as u64;
+        drop(slices);
+        self.file_len += b.len as u64;
         let sent = tx.send(Written::Batch {
             seq: b.seq,
-            buf,
             frames: b.frames,
             file: self.file.clone(),
             file_id: self.file_id,
@@ -316,7 +330,6 @@ impl Syncer {
             let done = match w {
                 Written::Batch {
                     seq,
-                    buf,
                     frames,
                     file,
                     file_id,
@@ -324,7 +337,7 @@ impl Syncer {
                 } => file
                     .sync_data()
                     .map_err(|e| LogError::io(file_path(&inner.wal_dir, file_id), e))
-                    .and_then(|()| self.apply(inner, seq, &buf, &frames, file_id, base)),
+                    .and_then(|()| self.apply(inner, seq, &frames, file_id, base)),
                 Written::Rolled { file_id, file } => self.roll(inner, file_id, file),
             };
             if let Err(e) = done {
@@ -341,7 +354,6 @@ impl Syncer {
         &mut self,
         inner: &Inner,
         seq: u64,
-        buf: &Bytes,
         frames: &[FrameMeta],
         file_id: u64,
         base: u64,
@@ -382,11 +394,8 @@ impl Syncer {
         {
             let mut c = lock(&inner.cache);
             for fm in frames {
-                if matches!(fm.op, Op::Append { len, .. } if len > 0) {
-                    c.insert(
-                        (file_id, base + fm.pos as u64),
-                        buf.slice(fm.data_pos..fm.end),
-                    );
+                if !fm.data.is_empty() {
+                    c.insert((file_id, base + fm.pos as u64), fm.data.clone());
                 }
             }
         }
@@ -427,4 +436,24 @@ impl Syncer {
             .store(new_id, std::sync::atomic::Ordering::SeqCst);
         inner.delete_files(dead)
     }
+}
+
+/// Most buffers one `writev` takes (Linux `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Writes all of `slices` at `pos`, with as few `writev` calls as `IOV_MAX` allows. The
+/// writer thread is the only user of the file's cursor (reads use `pread`).
+fn write_all_vectored_at(file: &File, slices: &mut [IoSlice<'_>], pos: u64) -> std::io::Result<()> {
+    let mut f = file;
+    f.seek(SeekFrom::Start(pos))?;
+    let mut rest = slices;
+    while !rest.is_empty() {
+        let take = rest.len().min(IOV_MAX);
+        let n = f.write_vectored(&rest[..take])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
