@@ -418,6 +418,30 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_frame(&bytes, 1 << 20);
+            let _ = check_file_header(&bytes, 0);
+            let _ = frame_len(&bytes);
+        }
+
+        #[test]
+        fn a_frame_with_any_content_roundtrips(
+            seq in proptest::num::u64::ANY,
+            seg in proptest::num::u64::ANY,
+            attrs in proptest::collection::vec((proptest::num::u128::ANY, proptest::num::i64::ANY), 0..8),
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+        ) {
+            let op = Op::Append { seg, data_offset: 0, len: data.len() as u64, attrs };
+            let mut buf = Vec::new();
+            encode_frame(&mut buf, seq, &op, &data);
+            let f = decode_frame(&buf, 1 << 20).expect("decodes");
+            proptest::prop_assert_eq!(f.op, op);
+            proptest::prop_assert_eq!(&buf[f.data_pos..], &data[..]);
+        }
+    }
+
     #[test]
     fn file_header_checks() {
         let h = encode_file_header(5);

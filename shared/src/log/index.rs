@@ -413,6 +413,17 @@ mod tests {
         assert_eq!(ix.add_chunk(1, chunk(10, 10, 2)), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_file_index_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode_file_index(&bytes, 1);
+            // Also with a valid CRC, so the body decoder itself is exercised.
+            let mut b = bytes.clone();
+            b.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+            let _ = decode_file_index(&b, 1);
+        }
+    }
+
     #[test]
     fn file_index_roundtrip_and_corruption() {
         let e = |off, len, pos| Extent {
