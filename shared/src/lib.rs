@@ -1,7 +1,11 @@
 //! Tributary: durable stream storage for the edge and the cloud.
 //!
-//! This crate is the public library. Today it holds the storage engine every stream
-//! stands on ([`log`]) and the event framing used inside segments ([`event`]).
+//! This crate is the public library: the storage engine every stream stands on
+//! ([`log`]), the event framing used inside segments ([`event`]), the wire protocol
+//! ([`wire`]), TLS helpers ([`tls`]), and the segment service over QUIC with its client
+//! ([`service`]).
 
 pub mod event;
 pub mod log;
+pub mod tls;
+pub mod wire;

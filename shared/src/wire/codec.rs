@@ -1,0 +1,209 @@
+//! Frame encoding and decoding. Pure functions plus one async reader.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::messages::DataHeader;
+use super::MAX_FRAME_LEN;
+
+const KIND_CONTROL: u8 = 1;
+const KIND_DATA: u8 = 2;
+
+/// Why bytes on a stream are not a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A frame announced more bytes than allowed.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The frame's bytes do not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The stream failed or ended mid-frame.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A control message, still CBOR (decode with [`Frame::control`]).
+    Control(Bytes),
+    /// A data frame: header and raw payload.
+    Data(DataHeader, Bytes),
+}
+
+impl Frame {
+    /// Decodes a control frame's message.
+    pub fn control<T: DeserializeOwned>(&self) -> Result<T, WireError> {
+        match self {
+            Frame::Control(b) => ciborium::from_reader(b.as_ref())
+                .map_err(|e| WireError::Malformed(format!("control message: {e}"))),
+            Frame::Data(..) => Err(WireError::Malformed(
+                "expected a control message, got data".into(),
+            )),
+        }
+    }
+}
+
+/// Encodes a control message as a frame.
+pub fn encode_control<T: Serialize>(msg: &T) -> Bytes {
+    let mut body = Vec::new();
+    // Serializing our own message types into a Vec cannot fail.
+    let _ = ciborium::into_writer(msg, &mut body);
+    let mut out = BytesMut::with_capacity(5 + body.len());
+    out.put_u32((1 + body.len()) as u32);
+    out.put_u8(KIND_CONTROL);
+    out.put_slice(&body);
+    out.freeze()
+}
+
+/// Encodes a data frame's header; the payload is written after it as is. Returns the
+/// header bytes to send before `payload_len` bytes of payload.
+pub fn encode_data(header: &DataHeader, payload_len: usize) -> Bytes {
+    let mut h = Vec::new();
+    let _ = ciborium::into_writer(header, &mut h);
+    let mut out = BytesMut::with_capacity(7 + h.len());
+    out.put_u32((1 + 2 + h.len() + payload_len) as u32);
+    out.put_u8(KIND_DATA);
+    out.put_u16(h.len() as u16);
+    out.put_slice(&h);
+    out.freeze()
+}
+
+/// Decodes one frame body (the bytes after the length field).
+pub fn decode_frame(mut body: Bytes) -> Result<Frame, WireError> {
+    if body.is_empty() {
+        return Err(WireError::Malformed("empty frame".into()));
+    }
+    match body.get_u8() {
+        KIND_CONTROL => Ok(Frame::Control(body)),
+        KIND_DATA => {
+            if body.len() < 2 {
+                return Err(WireError::Malformed("data frame without header".into()));
+            }
+            let hlen = body.get_u16() as usize;
+            if body.len() < hlen {
+                return Err(WireError::Malformed("data header longer than frame".into()));
+            }
+            let h = body.split_to(hlen);
+            let header: DataHeader = ciborium::from_reader(h.as_ref())
+                .map_err(|e| WireError::Malformed(format!("data header: {e}")))?;
+            Ok(Frame::Data(header, body))
+        }
+        k => Err(WireError::Malformed(format!("unknown frame kind {k}"))),
+    }
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream. Refuses a frame longer than
+/// `max_len` before reading it.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_len: usize,
+) -> Result<Option<Frame>, WireError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(WireError::Malformed(
+                "stream ended inside a frame header".into(),
+            ));
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max_len.min(MAX_FRAME_LEN) {
+        return Err(WireError::TooLarge {
+            len,
+            max: max_len.min(MAX_FRAME_LEN),
+        });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            WireError::Malformed("stream ended inside a frame".into())
+        } else {
+            WireError::Io(e)
+        }
+    })?;
+    decode_frame(Bytes::from(body)).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::messages::{Request, Response};
+    use super::*;
+
+    #[tokio::test]
+    async fn control_and_data_roundtrip_through_a_stream() {
+        let req = Request::Read {
+            segment: "s/0".into(),
+            offset: 7,
+            max_len: 100,
+            wait_ms: 5,
+        };
+        let mut wire = encode_control(&req).to_vec();
+        let payload = b"raw bytes, not re-encoded";
+        let h = DataHeader::Append {
+            event_number: 3,
+            event_count: 2,
+        };
+        wire.extend_from_slice(&encode_data(&h, payload.len()));
+        wire.extend_from_slice(payload);
+        let mut r = &wire[..];
+        let f = read_frame(&mut r, MAX_FRAME_LEN)
+            .await
+            .expect("ok")
+            .expect("frame");
+        assert_eq!(f.control::<Request>().expect("request"), req);
+        let f = read_frame(&mut r, MAX_FRAME_LEN)
+            .await
+            .expect("ok")
+            .expect("frame");
+        assert_eq!(f, Frame::Data(h, Bytes::from_static(payload)));
+        assert!(read_frame(&mut r, MAX_FRAME_LEN)
+            .await
+            .expect("ok")
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_truncated_and_garbage_frames_are_errors() {
+        let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1];
+        assert!(matches!(
+            read_frame(&mut r, MAX_FRAME_LEN).await,
+            Err(WireError::TooLarge { .. })
+        ));
+        let full = encode_control(&Response::Ok);
+        let mut r = &full[..full.len() - 1];
+        assert!(matches!(
+            read_frame(&mut r, MAX_FRAME_LEN).await,
+            Err(WireError::Malformed(_))
+        ));
+        let mut r: &[u8] = &[0, 0, 0, 3, 1, 0xff, 0xff];
+        let f = read_frame(&mut r, MAX_FRAME_LEN).await.expect("a frame");
+        assert!(f.expect("some").control::<Request>().is_err());
+        let mut r: &[u8] = &[0, 0, 0, 1, 9];
+        assert!(read_frame(&mut r, MAX_FRAME_LEN).await.is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_frame_bodies_never_panic(b in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            if let Ok(f) = decode_frame(Bytes::from(b)) {
+                let _ = f.control::<Request>();
+                let _ = f.control::<Response>();
+            }
+        }
+    }
+}
