@@ -7,5 +7,6 @@
 
 pub mod event;
 pub mod log;
+pub mod service;
 pub mod tls;
 pub mod wire;

@@ -1,0 +1,336 @@
+//! Client side of the segment service.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::wire::{
+    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, Request, Response,
+    SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection could not be made (unreachable, TLS refused, ...).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Server address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection or stream failed.
+    #[error("connection lost: {0}")]
+    Connection(String),
+    /// The server refused the request.
+    #[error("server refused ({code:?}): {message}")]
+    Server {
+        /// Stable error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Io(e) => ClientError::Connection(e.to_string()),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+fn conn_err(e: impl ToString) -> ClientError {
+    ClientError::Connection(e.to_string())
+}
+
+fn refused(r: Response) -> ClientError {
+    match r {
+        Response::Error { code, message } => ClientError::Server { code, message },
+        other => ClientError::Protocol(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// A connection to a segment server.
+#[derive(Debug)]
+pub struct SegmentClient {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+impl SegmentClient {
+    /// Connects, authenticates both ways with `tls`, and does the protocol handshake.
+    /// `server_name` must be in the server's certificate.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: quinn::ClientConfig,
+    ) -> Result<Self, ClientError> {
+        // Loopback servers are reached from loopback (tests and namespaces use only that).
+        let bind: SocketAddr = match (addr.is_ipv4(), addr.ip().is_loopback()) {
+            (true, true) => ([127, 0, 0, 1], 0).into(),
+            (true, false) => ([0, 0, 0, 0], 0).into(),
+            (false, true) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+            (false, false) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let cerr = |reason: String| ClientError::Connect { addr, reason };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| cerr(e.to_string()))?;
+        endpoint.set_default_client_config(tls);
+        let conn = endpoint
+            .connect(addr, server_name)
+            .map_err(|e| cerr(e.to_string()))?
+            .await
+            .map_err(|e| cerr(e.to_string()))?;
+        let client = SegmentClient { endpoint, conn };
+        let hello = Request::Hello {
+            versions: vec![PROTOCOL_VERSION],
+            client: format!("tributary {}", env!("CARGO_PKG_VERSION")),
+        };
+        match client.call(&hello).await {
+            Ok(Response::HelloOk { .. }) => Ok(client),
+            // With mutual TLS, a refused client certificate surfaces on first use.
+            Ok(other) => Err(cerr(refused(other).to_string())),
+            Err(e) => Err(cerr(e.to_string())),
+        }
+    }
+
+    /// One request on its own stream, one control reply.
+    async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+        let r = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+            send.write_all(&encode_control(req))
+                .await
+                .map_err(conn_err)?;
+            send.finish().map_err(conn_err)?;
+            match read_frame(&mut recv, MAX_FRAME_LEN).await? {
+                Some(f) => Ok(f.control::<Response>()?),
+                None => Err(ClientError::Connection(
+                    "the server closed the stream".into(),
+                )),
+            }
+        };
+        r.await.map_err(|e| self.why(e))
+    }
+
+    /// Replaces a bare "connection lost" by the reason the connection closed (a TLS
+    /// alert such as an unknown CA, the server shutting down, ...).
+    fn why(&self, e: ClientError) -> ClientError {
+        match (e, self.conn.close_reason()) {
+            (ClientError::Connection(_), Some(reason)) => {
+                ClientError::Connection(reason.to_string())
+            }
+            (e, _) => e,
+        }
+    }
+
+    async fn ok(&self, req: Request) -> Result<(), ClientError> {
+        match self.call(&req).await? {
+            Response::Ok => Ok(()),
+            other => Err(refused(other)),
+        }
+    }
+
+    /// Creates a segment.
+    pub async fn create_segment(&self, segment: &str) -> Result<(), ClientError> {
+        self.ok(Request::CreateSegment {
+            segment: segment.into(),
+        })
+        .await
+    }
+
+    /// Seals a segment.
+    pub async fn seal_segment(&self, segment: &str) -> Result<(), ClientError> {
+        self.ok(Request::SealSegment {
+            segment: segment.into(),
+        })
+        .await
+    }
+
+    /// Truncates a segment below `offset`.
+    pub async fn truncate_segment(&self, segment: &str, offset: u64) -> Result<(), ClientError> {
+        self.ok(Request::TruncateSegment {
+            segment: segment.into(),
+            offset,
+        })
+        .await
+    }
+
+    /// Merges the sealed `source` onto `target`.
+    pub async fn merge_segments(&self, target: &str, source: &str) -> Result<(), ClientError> {
+        self.ok(Request::MergeSegments {
+            target: target.into(),
+            source: source.into(),
+        })
+        .await
+    }
+
+    /// Deletes a segment.
+    pub async fn delete_segment(&self, segment: &str) -> Result<(), ClientError> {
+        self.ok(Request::DeleteSegment {
+            segment: segment.into(),
+        })
+        .await
+    }
+
+    /// A segment's state.
+    pub async fn segment_info(&self, segment: &str) -> Result<SegmentInfoWire, ClientError> {
+        match self
+            .call(&Request::SegmentInfo {
+                segment: segment.into(),
+            })
+            .await?
+        {
+            Response::Info(i) => Ok(i),
+            other => Err(refused(other)),
+        }
+    }
+
+    /// Reads up to `max_len` bytes from `offset`, waiting up to `wait` at the tail.
+    /// Returns the bytes and whether they end a sealed segment.
+    pub async fn read(
+        &self,
+        segment: &str,
+        offset: u64,
+        max_len: u32,
+        wait: Duration,
+    ) -> Result<(Bytes, bool), ClientError> {
+        let req = Request::Read {
+            segment: segment.into(),
+            offset,
+            max_len,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+        send.write_all(&encode_control(&req))
+            .await
+            .map_err(conn_err)?;
+        send.finish().map_err(conn_err)?;
+        match read_frame(&mut recv, MAX_FRAME_LEN).await? {
+            Some(Frame::Data(DataHeader::Read { end_of_segment, .. }, data)) => {
+                Ok((data, end_of_segment))
+            }
+            Some(f @ Frame::Control(_)) => Err(refused(f.control::<Response>()?)),
+            Some(other) => Err(ClientError::Protocol(format!("unexpected frame {other:?}"))),
+            None => Err(ClientError::Connection(
+                "the server closed the stream".into(),
+            )),
+        }
+    }
+
+    /// Opens an append session to `segment` as `writer_id`.
+    pub async fn append_session(
+        &self,
+        segment: &str,
+        writer_id: u128,
+    ) -> Result<AppendSession, ClientError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+        let req = Request::SetupAppend {
+            segment: segment.into(),
+            writer_id,
+        };
+        send.write_all(&encode_control(&req))
+            .await
+            .map_err(conn_err)?;
+        let reply = match read_frame(&mut recv, MAX_FRAME_LEN).await? {
+            Some(f) => f.control::<Response>()?,
+            None => {
+                return Err(ClientError::Connection(
+                    "the server closed the stream".into(),
+                ))
+            }
+        };
+        match reply {
+            Response::AppendSetup {
+                last_event_number,
+                length,
+            } => Ok(AppendSession {
+                send,
+                recv,
+                last_event_number,
+                length,
+            }),
+            other => Err(refused(other)),
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// An acknowledgement of an append session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Last event number of the acknowledged block.
+    pub event_number: i64,
+    /// Segment offset after it.
+    pub end_offset: u64,
+    /// It had been stored before and was not stored again.
+    pub duplicate: bool,
+}
+
+/// Pipelined appends to one segment: [`AppendSession::send`] does not wait for earlier
+/// acknowledgements; [`AppendSession::ack`] returns them in order.
+#[derive(Debug)]
+pub struct AppendSession {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Last event number the segment held from this writer when the session opened.
+    pub last_event_number: Option<i64>,
+    /// Segment length when the session opened.
+    pub length: u64,
+}
+
+impl AppendSession {
+    /// Sends a block of `event_count` whole events whose last is number `event_number`.
+    pub async fn send(
+        &mut self,
+        event_number: i64,
+        event_count: u32,
+        block: &[u8],
+    ) -> Result<(), ClientError> {
+        let h = DataHeader::Append {
+            event_number,
+            event_count,
+        };
+        self.send
+            .write_all(&encode_data(&h, block.len()))
+            .await
+            .map_err(conn_err)?;
+        self.send.write_all(block).await.map_err(conn_err)
+    }
+
+    /// The next acknowledgement, in order.
+    pub async fn ack(&mut self) -> Result<Ack, ClientError> {
+        match read_frame(&mut self.recv, MAX_FRAME_LEN).await? {
+            Some(f) => match f.control::<Response>()? {
+                Response::Appended {
+                    event_number,
+                    end_offset,
+                    duplicate,
+                } => Ok(Ack {
+                    event_number,
+                    end_offset,
+                    duplicate,
+                }),
+                other => Err(refused(other)),
+            },
+            None => Err(ClientError::Connection(
+                "the server ended the session".into(),
+            )),
+        }
+    }
+
+    /// Ends the session after the blocks sent so far.
+    pub fn finish(&mut self) -> Result<(), ClientError> {
+        self.send.finish().map_err(conn_err)
+    }
+}
