@@ -101,7 +101,7 @@ pub struct Release {
 /// All segments of a container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Table {
-    segs: BTreeMap<u64, SegmentState>,
+    segs: HashMap<u64, SegmentState>,
     #[serde(skip)]
     names: HashMap<String, u64>,
     next_id: u64,
@@ -435,7 +435,7 @@ impl Table {
 }
 
 fn seg_mut(
-    segs: &mut BTreeMap<u64, SegmentState>,
+    segs: &mut HashMap<u64, SegmentState>,
     id: u64,
 ) -> std::result::Result<&mut SegmentState, String> {
     segs.get_mut(&id)
