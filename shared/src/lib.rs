@@ -8,5 +8,6 @@
 pub mod event;
 pub mod log;
 pub mod service;
+pub mod stream;
 pub mod tls;
 pub mod wire;

@@ -1,0 +1,16 @@
+//! The stream model, as in Pravega: a scope holds streams; a stream is a set of
+//! segments that covers the routing-key space; scaling seals segments and creates
+//! successors over the same key ranges, in a new epoch. Pure logic, no I/O: the
+//! controller persists it and drives the segment store.
+//!
+//! The key space is `[0, 2^32)`: a routing key hashes (CRC32C) to a point in it, and each
+//! active segment owns a contiguous range. Ranges are printed as fractions of the space.
+
+mod model;
+mod scaling;
+
+pub use model::{
+    key_point, segment_name, validate_scoped_name, KeyRange, RetentionPolicy, ScalingPolicy,
+    SegmentId, SegmentRecord, StreamConfig, StreamCut, StreamError, StreamMeta, KEY_SPACE,
+};
+pub use scaling::{scale_decision, LoadSample, ScaleDecision};
