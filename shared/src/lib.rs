@@ -5,6 +5,7 @@
 //! ([`wire`]), TLS helpers ([`tls`]), and the segment service over QUIC with its client
 //! ([`service`]).
 
+pub mod controller;
 pub mod event;
 pub mod log;
 pub mod service;

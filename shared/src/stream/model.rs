@@ -464,26 +464,32 @@ impl StreamMeta {
     /// of the cut, the offset below which it can be truncated.
     pub fn truncate(&mut self, cut: &StreamCut) -> Result<Vec<SegmentId>, StreamError> {
         self.validate_cut(cut)?;
-        // Everything that is a (transitive) predecessor of a segment of the cut is
-        // before the head.
-        let mut before = Vec::new();
-        let mut stack: Vec<SegmentId> = cut.positions.keys().copied().collect();
-        while let Some(id) = stack.pop() {
-            for p in &self.segment(id)?.predecessors {
-                if !before.contains(p) {
-                    before.push(*p);
-                    stack.push(*p);
-                }
-            }
-        }
+        let before = self.before(cut);
         if cut.positions.keys().any(|id| before.contains(id)) {
             return Err(StreamError::InvalidCut(
                 "a segment of the cut precedes another one of it".into(),
             ));
         }
         self.head = cut.clone();
-        before.sort();
         Ok(before)
+    }
+
+    /// The segments entirely before `cut`: every (transitive) predecessor of its
+    /// segments, sorted.
+    pub fn before(&self, cut: &StreamCut) -> Vec<SegmentId> {
+        let mut before = Vec::new();
+        let mut stack: Vec<SegmentId> = cut.positions.keys().copied().collect();
+        while let Some(id) = stack.pop() {
+            let Ok(rec) = self.segment(id) else { continue };
+            for p in &rec.predecessors {
+                if !before.contains(p) {
+                    before.push(*p);
+                    stack.push(*p);
+                }
+            }
+        }
+        before.sort();
+        before
     }
 }
 
