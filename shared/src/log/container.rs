@@ -96,14 +96,8 @@ impl Inner {
                 }
                 d.files.remove(&id);
             }
-            let path = file_path(&self.wal_dir, id);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io(path, e)),
-            }
+            remove_log_file(&self.wal_dir, &self.meta, id)?;
             lock(&self.cache).forget_file(id);
-            self.meta.remove_file_index(id)?;
             tracing::debug!(
                 file = id,
                 "log file deleted: all its data truncated or moved"
@@ -231,7 +225,7 @@ impl SegmentLog {
             wal_dir,
             pending: Mutex::new(Pending {
                 table: table.clone(),
-                batch: Batch::new(last_seq + 1, 0),
+                batch: Batch::new(last_seq + 1, None),
                 failed: None,
                 closing: false,
             }),
@@ -263,11 +257,6 @@ impl SegmentLog {
             inner,
             writer: Some(writer),
         })
-    }
-
-    /// The configuration it was opened with.
-    pub fn config(&self) -> &LogConfig {
-        &self.inner.config
     }
 
     fn submit<T>(&self, f: impl FnOnce(&mut Pending) -> Result<T>) -> Result<(T, Ticket)> {
@@ -737,6 +726,18 @@ impl Drop for SegmentLog {
     }
 }
 
+/// Deletes a log file (already gone is fine) and forgets its index; the caller fsyncs
+/// the directory once for all files it removes.
+fn remove_log_file(wal_dir: &Path, meta: &Meta, id: u64) -> Result<()> {
+    let path = file_path(wal_dir, id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(LogError::io(path, e)),
+    }
+    meta.remove_file_index(id)
+}
+
 struct Recovered {
     table: Table,
     index: DataIndex,
@@ -973,13 +974,8 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
     for &id in on_disk {
         if id < replay_from && !index.is_live(id) {
             files.remove(&id);
-            let path = file_path(wal_dir, id);
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io(path, e)),
-            }
-            meta.remove_file_index(id)?;
+            remove_log_file(wal_dir, meta, id)?;
+            removed = true;
         }
     }
     if removed {

@@ -10,7 +10,8 @@ use bytes::Bytes;
 
 use super::error::{LogError, Result};
 use super::format::{
-    check_file_header, decode_frame, encode_file_header, Frame, FILE_HEADER_LEN, FRAME_HEADER_LEN,
+    check_file_header, decode_frame, encode_file_header, frame_len, Frame, FILE_HEADER_LEN,
+    FRAME_HEADER_LEN,
 };
 
 /// Largest frame body any configuration can produce; a length field above it is garbage.
@@ -81,14 +82,36 @@ pub fn open_file(wal_dir: &Path, id: u64) -> Result<File> {
                 LogError::io(&path, e)
             }
         })?;
+    check_header(&f, &path, id)?;
+    Ok(f)
+}
+
+/// Checks the header of an open log file.
+fn check_header(f: &File, path: &Path, id: u64) -> Result<()> {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
-    let n = read_up_to(&f, &mut h, 0).map_err(|e| LogError::io(&path, e))?;
+    let n = read_up_to(f, &mut h, 0).map_err(|e| LogError::io(path, e))?;
     check_file_header(&h[..n], id).map_err(|reason| LogError::Corrupt {
-        path,
+        path: path.to_path_buf(),
         offset: 0,
         reason,
-    })?;
-    Ok(f)
+    })
+}
+
+/// Reads the frame at `pos` into `buf` and checks it. The outer error is an I/O
+/// failure; the inner one says why the bytes there are not a frame.
+fn read_frame_at(
+    f: &File,
+    pos: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<std::result::Result<Frame, String>> {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    let n = read_up_to(f, &mut h, pos)?;
+    let Some(len) = frame_len(&h[..n]).filter(|l| *l <= MAX_FRAME_BODY + FRAME_HEADER_LEN) else {
+        return Ok(Err("frame header unreadable".into()));
+    };
+    buf.resize(len, 0);
+    let n = read_up_to(f, buf, pos)?;
+    Ok(decode_frame(&buf[..n], MAX_FRAME_BODY).map_err(|e| e.to_string()))
 }
 
 fn read_up_to(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
@@ -106,21 +129,15 @@ fn read_up_to(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
 
 /// Reads the frame at `pos` and returns its append data, after checking length and CRC.
 pub fn read_frame_data(f: &File, path: &Path, pos: u64) -> Result<Bytes> {
-    let corrupt = |offset, reason: String| LogError::Corrupt {
-        path: path.to_path_buf(),
-        offset,
-        reason,
-    };
-    let mut h = [0u8; FRAME_HEADER_LEN];
-    let n = read_up_to(f, &mut h, pos).map_err(|e| LogError::io(path, e))?;
-    let len = super::format::frame_len(&h[..n])
-        .filter(|l| *l <= MAX_FRAME_BODY + FRAME_HEADER_LEN)
-        .ok_or_else(|| corrupt(pos, "frame header unreadable".into()))?;
-    let mut buf = vec![0u8; len];
-    let n = read_up_to(f, &mut buf, pos).map_err(|e| LogError::io(path, e))?;
-    let frame = decode_frame(&buf[..n], MAX_FRAME_BODY).map_err(|e| corrupt(pos, e.to_string()))?;
-    let Frame { data_pos, .. } = frame;
-    Ok(Bytes::from(buf).slice(data_pos..))
+    let mut buf = Vec::new();
+    let frame = read_frame_at(f, pos, &mut buf)
+        .map_err(|e| LogError::io(path, e))?
+        .map_err(|reason| LogError::Corrupt {
+            path: path.to_path_buf(),
+            offset: pos,
+            reason,
+        })?;
+    Ok(Bytes::from(buf).slice(frame.data_pos..))
 }
 
 /// What a scan of one log file found.
@@ -138,36 +155,20 @@ pub struct Scan {
 pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
     let io = |e| LogError::io(path, e);
     let file_len = f.metadata().map_err(io)?.len();
-    let mut h = [0u8; FILE_HEADER_LEN as usize];
-    let n = read_up_to(f, &mut h, 0).map_err(io)?;
-    check_file_header(&h[..n], id).map_err(|reason| LogError::Corrupt {
-        path: path.to_path_buf(),
-        offset: 0,
-        reason,
-    })?;
+    check_header(f, path, id)?;
     let mut frames = Vec::new();
     let mut pos = FILE_HEADER_LEN;
     let mut buf = Vec::new();
     let mut bad_tail = None;
     while pos < file_len {
-        let mut hdr = [0u8; FRAME_HEADER_LEN];
-        let n = read_up_to(f, &mut hdr, pos).map_err(io)?;
-        let len = match super::format::frame_len(&hdr[..n]) {
-            Some(l) if l <= MAX_FRAME_BODY + FRAME_HEADER_LEN => l,
-            _ => {
-                bad_tail = Some((pos, "frame header unreadable".into()));
-                break;
-            }
-        };
-        buf.resize(len, 0);
-        let n = read_up_to(f, &mut buf, pos).map_err(io)?;
-        match decode_frame(&buf[..n], MAX_FRAME_BODY) {
+        match read_frame_at(f, pos, &mut buf).map_err(io)? {
             Ok(fr) => {
-                pos += fr.frame_len as u64;
-                frames.push((pos - fr.frame_len as u64, fr));
+                let len = fr.frame_len as u64;
+                frames.push((pos, fr));
+                pos += len;
             }
-            Err(e) => {
-                bad_tail = Some((pos, e.to_string()));
+            Err(reason) => {
+                bad_tail = Some((pos, reason));
                 break;
             }
         }
@@ -183,24 +184,20 @@ pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
 /// `[from, end of file)`. Such a frame was written after the batch holding the bad frame
 /// at `from - 1` was fsync'ed, so that bad frame is corruption, not a torn write.
 pub fn later_batch_follows(f: &File, path: &Path, from: u64, min_seq: u64) -> Result<bool> {
-    let file_len = f.metadata().map_err(|e| LogError::io(path, e))?.len();
-    let mut pos = from;
+    let io = |e| LogError::io(path, e);
+    let file_len = f.metadata().map_err(io)?.len();
     let mut hdr = [0u8; FRAME_HEADER_LEN];
     let mut buf = Vec::new();
-    while pos + FRAME_HEADER_LEN as u64 <= file_len {
-        read_up_to(f, &mut hdr, pos).map_err(|e| LogError::io(path, e))?;
-        if let Some(len) = super::format::frame_len(&hdr) {
-            if len as u64 <= file_len - pos && len <= MAX_FRAME_BODY + FRAME_HEADER_LEN {
-                buf.resize(len, 0);
-                read_up_to(f, &mut buf, pos).map_err(|e| LogError::io(path, e))?;
-                if let Ok(fr) = decode_frame(&buf, MAX_FRAME_BODY) {
-                    if fr.seq >= min_seq {
-                        return Ok(true);
-                    }
+    for pos in from..file_len.saturating_sub(FRAME_HEADER_LEN as u64 - 1) {
+        // Only lengths that fit in the file are worth reading at every byte offset.
+        read_up_to(f, &mut hdr, pos).map_err(io)?;
+        if frame_len(&hdr).is_some_and(|len| len as u64 <= file_len - pos) {
+            if let Ok(fr) = read_frame_at(f, pos, &mut buf).map_err(io)? {
+                if fr.seq >= min_seq {
+                    return Ok(true);
                 }
             }
         }
-        pos += 1;
     }
     Ok(false)
 }

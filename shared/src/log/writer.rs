@@ -25,6 +25,9 @@ use super::format::{encode_frame_head, Op, FILE_HEADER_LEN};
 use super::index::Extent;
 use super::meta::Checkpoint;
 
+/// Bytes a frame header takes, roughly (an append frame without attributes: 35).
+const HEADER_ESTIMATE: usize = 40;
+
 /// Attribute updates one append frame may carry before it is closed.
 pub const MAX_FRAME_ATTRIBUTES: usize = 4096;
 
@@ -63,12 +66,13 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// An empty batch whose buffer has room for `capacity` bytes (the size of the
-    /// previous batch, so a busy log does not regrow it every time).
-    pub fn new(seq: u64, capacity: usize) -> Self {
+    /// An empty batch with header room for as many frames as `previous` will have, so
+    /// a busy log does not regrow the buffer every time.
+    pub fn new(seq: u64, previous: Option<&Batch>) -> Self {
+        let frames = previous.map_or(0, |b| b.frames.len() + b.open.len());
         Batch {
             seq,
-            buf: Vec::with_capacity(capacity.min(1 << 20)),
+            buf: Vec::with_capacity(frames * HEADER_ESTIMATE),
             len: 0,
             frames: Vec::new(),
             open: HashMap::new(),
@@ -275,10 +279,7 @@ fn next_batch(inner: &Inner) -> Option<Batch> {
                 }
             }
         }
-        let next = Batch::new(
-            p.batch.seq + 1,
-            p.batch.bytes().min(cfg.max_batch_bytes * 2),
-        );
+        let next = Batch::new(p.batch.seq + 1, Some(&p.batch));
         let mut b = std::mem::replace(&mut p.batch, next);
         drop(p);
         inner.room.notify_waiters();
