@@ -1,42 +1,95 @@
-//! Events inside a segment: each is a 4-byte big-endian length followed by its bytes.
-//! The segment log stores bytes; this framing is how writers and readers agree on
-//! where one event ends.
+//! Events inside a segment. Each is framed as
+//!
+//! ```text
+//! len      u32 BE   bytes after this field (key_len + key + payload)
+//! key_len  u16 BE
+//! key      routing key bytes (may be empty)
+//! payload
+//! ```
+//!
+//! The segment log stores bytes; this framing is how writers and readers agree on where
+//! one event ends and which routing key it was written with.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Bytes the length prefix takes.
-pub const EVENT_HEADER_LEN: usize = 4;
+/// Bytes of framing around the key and the payload.
+pub const EVENT_HEADER_LEN: usize = 6;
+/// Longest routing key.
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 
-/// Appends one framed event to `out`.
-pub fn encode_event(out: &mut BytesMut, payload: &[u8]) {
-    out.reserve(EVENT_HEADER_LEN + payload.len());
-    out.put_u32(payload.len() as u32);
+/// One event as read back from a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Routing key it was written with.
+    pub key: Bytes,
+    /// Payload.
+    pub payload: Bytes,
+}
+
+/// Bytes an event of this key and payload takes in a segment.
+pub fn framed_len(key: &[u8], payload: &[u8]) -> usize {
+    EVENT_HEADER_LEN + key.len() + payload.len()
+}
+
+/// Appends one framed event to `out`. The caller keeps `key` within [`MAX_KEY_LEN`]
+/// and the framed event within `u32` (the writer checks both).
+pub fn encode_event(out: &mut BytesMut, key: &[u8], payload: &[u8]) {
+    out.reserve(framed_len(key, payload));
+    out.put_u32((2 + key.len() + payload.len()) as u32);
+    out.put_u16(key.len() as u16);
+    out.put_slice(key);
     out.put_slice(payload);
 }
 
 /// One framed event as a new buffer.
-pub fn frame_event(payload: &[u8]) -> Bytes {
+pub fn frame_event(key: &[u8], payload: &[u8]) -> Bytes {
     let mut b = BytesMut::new();
-    encode_event(&mut b, payload);
+    encode_event(&mut b, key, payload);
     b.freeze()
+}
+
+/// Bytes in a segment that are not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed event at byte {at} of the block: {reason}")]
+pub struct MalformedEvent {
+    /// Position in the buffer.
+    pub at: usize,
+    /// What is wrong.
+    pub reason: &'static str,
 }
 
 /// Splits whole events off the front of `buf`; returns them and how many bytes they
 /// took. A partial event at the end is left for the next read.
-pub fn decode_events(buf: &Bytes) -> (Vec<Bytes>, usize) {
+pub fn decode_events(buf: &Bytes) -> Result<(Vec<Event>, usize), MalformedEvent> {
     let mut events = Vec::new();
     let mut pos = 0;
     while buf.len() - pos >= EVENT_HEADER_LEN {
-        let mut h = [0u8; EVENT_HEADER_LEN];
-        h.copy_from_slice(&buf[pos..pos + EVENT_HEADER_LEN]);
-        let len = u32::from_be_bytes(h) as usize;
-        if buf.len() - pos - EVENT_HEADER_LEN < len {
+        let len = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
+        let len = len as usize;
+        if len < 2 {
+            return Err(MalformedEvent {
+                at: pos,
+                reason: "length shorter than its key length field",
+            });
+        }
+        if buf.len() - pos - 4 < len {
             break;
         }
-        events.push(buf.slice(pos + EVENT_HEADER_LEN..pos + EVENT_HEADER_LEN + len));
-        pos += EVENT_HEADER_LEN + len;
+        let key_len = u16::from_be_bytes([buf[pos + 4], buf[pos + 5]]) as usize;
+        if key_len > len - 2 {
+            return Err(MalformedEvent {
+                at: pos,
+                reason: "key longer than the event",
+            });
+        }
+        let key_start = pos + EVENT_HEADER_LEN;
+        events.push(Event {
+            key: buf.slice(key_start..key_start + key_len),
+            payload: buf.slice(key_start + key_len..pos + 4 + len),
+        });
+        pos += 4 + len;
     }
-    (events, pos)
+    Ok((events, pos))
 }
 
 #[cfg(test)]
@@ -46,16 +99,28 @@ mod tests {
     #[test]
     fn roundtrip_with_partial_tail() {
         let mut b = BytesMut::new();
-        encode_event(&mut b, b"one");
-        encode_event(&mut b, b"");
-        encode_event(&mut b, b"three");
+        encode_event(&mut b, b"k1", b"one");
+        encode_event(&mut b, b"", b"");
+        encode_event(&mut b, b"key", b"three");
         let all = b.freeze();
         let cut = all.slice(..all.len() - 2);
-        let (ev, used) = decode_events(&cut);
-        assert_eq!(ev, vec![Bytes::from_static(b"one"), Bytes::new()]);
-        assert_eq!(used, 11);
-        let (ev, used) = decode_events(&all);
+        let (ev, used) = decode_events(&cut).expect("valid");
+        assert_eq!(ev.len(), 2);
+        assert_eq!(&ev[0].key[..], b"k1");
+        assert_eq!(&ev[0].payload[..], b"one");
+        assert!(ev[1].key.is_empty() && ev[1].payload.is_empty());
+        assert_eq!(used, framed_len(b"k1", b"one") + framed_len(b"", b""));
+        let (ev, used) = decode_events(&all).expect("valid");
         assert_eq!(ev.len(), 3);
+        assert_eq!(&ev[2].payload[..], b"three");
         assert_eq!(used, all.len());
+    }
+
+    #[test]
+    fn garbage_is_refused_not_misread() {
+        let bad = Bytes::from_static(&[0, 0, 0, 4, 0, 9, 1, 2]);
+        assert!(decode_events(&bad).is_err());
+        let bad = Bytes::from_static(&[0, 0, 0, 1, 0, 0, 1, 2]);
+        assert!(decode_events(&bad).is_err());
     }
 }

@@ -37,19 +37,19 @@ fn event(seg: u32, num: u64) -> Bytes {
     p.extend(std::iter::repeat_n((num % 251) as u8, (num % 300) as usize));
     let crc = crc32c::crc32c(&p);
     p.extend_from_slice(&crc.to_be_bytes());
-    frame_event(&p)
+    frame_event(b"", &p)
 }
 
 /// Parses a segment's bytes; panics on anything torn, duplicated or out of order.
 fn check_segment(seg: u32, data: &Bytes) -> u64 {
-    let (events, used) = decode_events(data);
+    let (events, used) = decode_events(data).expect("well-formed events");
     assert_eq!(
         used,
         data.len(),
         "segment {seg}: a partial event is visible"
     );
     for (i, e) in events.iter().enumerate() {
-        let (body, crc) = e.split_at(e.len() - 4);
+        let (body, crc) = e.payload.split_at(e.payload.len() - 4);
         assert_eq!(
             crc32c::crc32c(body).to_be_bytes(),
             crc,

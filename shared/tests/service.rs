@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tributary::controller::Controller;
 use tributary::log::{LogConfig, SegmentLog};
-use tributary::service::{ClientError, SegmentClient, SegmentServer};
+use tributary::service::{Client, ClientError, SegmentServer};
 use tributary::tls::{client_config, server_config, DevPki};
 use tributary::wire::{encode_control, read_frame, ErrorCode, Request, Response, MAX_FRAME_LEN};
 
@@ -38,21 +39,23 @@ impl Node {
             s.shutdown().await;
         }
         let log = Arc::new(SegmentLog::open(&self.data, LogConfig::default()).expect("log"));
+        let controller = Arc::new(Controller::open(log).await.expect("controller"));
         let tls = server_config(&self.pki.server).expect("server tls");
-        let server = SegmentServer::start(([127, 0, 0, 1], 0).into(), tls, log).expect("start");
+        let server =
+            SegmentServer::start(([127, 0, 0, 1], 0).into(), tls, controller).expect("start");
         self.addr = server.local_addr().expect("addr");
         self.server = Some(server);
     }
 
-    async fn client(&self) -> SegmentClient {
+    async fn client(&self) -> Client {
         let tls = client_config(&self.pki.client).expect("client tls");
-        SegmentClient::connect(self.addr, "localhost", tls)
+        Client::connect(self.addr, "localhost", tls)
             .await
             .expect("connect")
     }
 }
 
-async fn read_all(c: &SegmentClient, seg: &str) -> Vec<u8> {
+async fn read_all(c: &Client, seg: &str) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let (data, _) = c
@@ -90,7 +93,7 @@ async fn pipelined_appends_reads_and_control_over_quic() {
     // A tail read waits for data that arrives meanwhile.
     let reader = {
         let tls = client_config(&node.pki.client).expect("tls");
-        let c2 = SegmentClient::connect(node.addr, "localhost", tls)
+        let c2 = Client::connect(node.addr, "localhost", tls)
             .await
             .expect("connect");
         let at = want.len() as u64;
@@ -156,7 +159,7 @@ async fn a_client_from_a_foreign_ca_is_refused_and_writes_nothing() {
     id.ca = node.pki.client.ca.clone();
     let tls = client_config(&id).expect("tls");
     let refused = async {
-        let c = SegmentClient::connect(node.addr, "localhost", tls).await?;
+        let c = Client::connect(node.addr, "localhost", tls).await?;
         c.create_segment("intruded").await
     };
     let e = refused

@@ -437,6 +437,12 @@ impl SegmentLog {
         })
     }
 
+    /// A named tree in the log's metadata store (sled), for metadata kept next to the
+    /// log. The log's own keys live in the default tree.
+    pub fn meta_tree(&self, name: &str) -> Result<sled::Tree> {
+        self.inner.meta.tree(name)
+    }
+
     /// Names of all segments (durable state), sorted.
     pub fn list(&self) -> Vec<String> {
         let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());

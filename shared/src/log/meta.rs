@@ -70,6 +70,12 @@ impl Meta {
         }
     }
 
+    /// A named tree in the same store, for metadata that lives next to the log (the
+    /// controller's scopes, streams and reader groups).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
+        self.db.open_tree(name).map_err(|e| self.err(e))
+    }
+
     fn err(&self, reason: impl ToString) -> LogError {
         LogError::Meta {
             path: self.path.clone(),

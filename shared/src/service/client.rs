@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::stream::{KeyRange, ReaderReport, SegmentId, StreamConfig, StreamCut, StreamMeta};
 use crate::wire::{
-    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, Request, Response,
-    SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, GroupInfo, Request,
+    Response, SegmentInfoWire, StartFrom, WireError, WriterPosition, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 
 /// What a client call can fail with.
@@ -35,6 +37,12 @@ pub enum ClientError {
     /// The server sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The caller's input cannot be sent (too large, invalid).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The writer or reader stopped after an earlier error.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl From<WireError> for ClientError {
@@ -57,14 +65,33 @@ fn refused(r: Response) -> ClientError {
     }
 }
 
-/// A connection to a segment server.
-#[derive(Debug)]
-pub struct SegmentClient {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
+impl ClientError {
+    /// The server or the connection went away (restart, network): reconnecting and
+    /// retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Connection(_) => true,
+            ClientError::Server { code, .. } => {
+                matches!(code, ErrorCode::ShuttingDown | ErrorCode::Busy)
+            }
+            ClientError::Protocol(_) | ClientError::InvalidInput(_) | ClientError::Failed(_) => {
+                false
+            }
+        }
+    }
 }
 
-impl SegmentClient {
+/// A connection to a Tributary server: its segments, scopes, streams and reader
+/// groups. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    server_name: String,
+    tls: quinn::ClientConfig,
+}
+
+impl Client {
     /// Connects, authenticates both ways with `tls`, and does the protocol handshake.
     /// `server_name` must be in the server's certificate.
     pub async fn connect(
@@ -81,13 +108,18 @@ impl SegmentClient {
         };
         let cerr = |reason: String| ClientError::Connect { addr, reason };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| cerr(e.to_string()))?;
-        endpoint.set_default_client_config(tls);
+        endpoint.set_default_client_config(tls.clone());
         let conn = endpoint
             .connect(addr, server_name)
             .map_err(|e| cerr(e.to_string()))?
             .await
             .map_err(|e| cerr(e.to_string()))?;
-        let client = SegmentClient { endpoint, conn };
+        let client = Client {
+            endpoint,
+            conn,
+            server_name: server_name.to_string(),
+            tls,
+        };
         let hello = Request::Hello {
             versions: vec![PROTOCOL_VERSION],
             client: format!("tributary {}", env!("CARGO_PKG_VERSION")),
@@ -98,6 +130,26 @@ impl SegmentClient {
             Ok(other) => Err(cerr(refused(other).to_string())),
             Err(e) => Err(cerr(e.to_string())),
         }
+    }
+
+    /// A new connection to the same server with the same identity.
+    pub async fn reconnect(&self) -> Result<Client, ClientError> {
+        Client::connect(
+            self.conn.remote_address(),
+            &self.server_name,
+            self.tls.clone(),
+        )
+        .await
+    }
+
+    /// The connection is gone (closed by either side or lost).
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// The server's address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
     }
 
     /// One request on its own stream, one control reply.
@@ -251,7 +303,7 @@ impl SegmentClient {
                 length,
             } => Ok(AppendSession {
                 send,
-                recv,
+                acks: Some(AckStream { recv }),
                 last_event_number,
                 length,
             }),
@@ -259,10 +311,319 @@ impl SegmentClient {
         }
     }
 
+    async fn expect<T>(
+        &self,
+        req: Request,
+        pick: impl FnOnce(Response) -> Result<T, Response>,
+    ) -> Result<T, ClientError> {
+        pick(self.call(&req).await?).map_err(refused)
+    }
+
+    /// Creates a scope.
+    pub async fn create_scope(&self, scope: &str) -> Result<(), ClientError> {
+        self.ok(Request::CreateScope {
+            scope: scope.into(),
+        })
+        .await
+    }
+
+    /// All scopes.
+    pub async fn list_scopes(&self) -> Result<Vec<String>, ClientError> {
+        self.expect(Request::ListScopes, |r| match r {
+            Response::Names(n) => Ok(n),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Deletes an empty scope.
+    pub async fn delete_scope(&self, scope: &str) -> Result<(), ClientError> {
+        self.ok(Request::DeleteScope {
+            scope: scope.into(),
+        })
+        .await
+    }
+
+    /// Creates a stream.
+    pub async fn create_stream(
+        &self,
+        scope: &str,
+        stream: &str,
+        config: StreamConfig,
+    ) -> Result<StreamMeta, ClientError> {
+        let req = Request::CreateStream {
+            scope: scope.into(),
+            stream: stream.into(),
+            config,
+        };
+        self.expect(req, stream_meta).await
+    }
+
+    /// Changes a stream's scaling and retention.
+    pub async fn update_stream(
+        &self,
+        scope: &str,
+        stream: &str,
+        config: StreamConfig,
+    ) -> Result<StreamMeta, ClientError> {
+        let req = Request::UpdateStream {
+            scope: scope.into(),
+            stream: stream.into(),
+            config,
+        };
+        self.expect(req, stream_meta).await
+    }
+
+    /// The streams of a scope.
+    pub async fn list_streams(&self, scope: &str) -> Result<Vec<String>, ClientError> {
+        let req = Request::ListStreams {
+            scope: scope.into(),
+        };
+        self.expect(req, |r| match r {
+            Response::Names(n) => Ok(n),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// A stream's metadata: segments, ranges, successors, policies.
+    pub async fn describe_stream(
+        &self,
+        scope: &str,
+        stream: &str,
+    ) -> Result<StreamMeta, ClientError> {
+        let req = Request::DescribeStream {
+            scope: scope.into(),
+            stream: stream.into(),
+        };
+        self.expect(req, stream_meta).await
+    }
+
+    /// Seals `seal` and creates successors over `ranges`; returns the new segments.
+    pub async fn scale_stream(
+        &self,
+        scope: &str,
+        stream: &str,
+        seal: &[SegmentId],
+        ranges: &[KeyRange],
+    ) -> Result<Vec<SegmentId>, ClientError> {
+        let req = Request::ScaleStream {
+            scope: scope.into(),
+            stream: stream.into(),
+            seal: seal.to_vec(),
+            ranges: ranges.to_vec(),
+        };
+        self.expect(req, |r| match r {
+            Response::Segments(s) => Ok(s),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Seals a stream.
+    pub async fn seal_stream(&self, scope: &str, stream: &str) -> Result<(), ClientError> {
+        self.ok(Request::SealStream {
+            scope: scope.into(),
+            stream: stream.into(),
+        })
+        .await
+    }
+
+    /// Drops everything before `cut`.
+    pub async fn truncate_stream(
+        &self,
+        scope: &str,
+        stream: &str,
+        cut: &StreamCut,
+    ) -> Result<(), ClientError> {
+        self.ok(Request::TruncateStream {
+            scope: scope.into(),
+            stream: stream.into(),
+            cut: cut.clone(),
+        })
+        .await
+    }
+
+    /// Deletes a sealed stream.
+    pub async fn delete_stream(&self, scope: &str, stream: &str) -> Result<(), ClientError> {
+        self.ok(Request::DeleteStream {
+            scope: scope.into(),
+            stream: stream.into(),
+        })
+        .await
+    }
+
+    /// The stream's tail.
+    pub async fn stream_tail(&self, scope: &str, stream: &str) -> Result<StreamCut, ClientError> {
+        let req = Request::StreamTail {
+            scope: scope.into(),
+            stream: stream.into(),
+        };
+        self.expect(req, cut).await
+    }
+
+    /// What each segment of the stream holds from `writer_id`.
+    pub async fn writer_positions(
+        &self,
+        scope: &str,
+        stream: &str,
+        writer_id: u128,
+    ) -> Result<Vec<WriterPosition>, ClientError> {
+        let req = Request::WriterPositions {
+            scope: scope.into(),
+            stream: stream.into(),
+            writer_id,
+        };
+        self.expect(req, |r| match r {
+            Response::WriterPositions(p) => Ok(p),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Creates a reader group on `scope/stream` starting at `from` (nothing happens
+    /// if it exists for this stream).
+    pub async fn create_reader_group(
+        &self,
+        scope: &str,
+        group: &str,
+        stream: &str,
+        from: StartFrom,
+    ) -> Result<(), ClientError> {
+        self.ok(Request::CreateReaderGroup {
+            scope: scope.into(),
+            group: group.into(),
+            stream: stream.into(),
+            from,
+        })
+        .await
+    }
+
+    /// Deletes a reader group.
+    pub async fn delete_reader_group(&self, scope: &str, group: &str) -> Result<(), ClientError> {
+        self.ok(Request::DeleteReaderGroup {
+            scope: scope.into(),
+            group: group.into(),
+        })
+        .await
+    }
+
+    /// A reader's sync with its group (see [`crate::stream::GroupState`]).
+    pub async fn sync_reader(
+        &self,
+        scope: &str,
+        group: &str,
+        reader: &str,
+        report: ReaderReport,
+        leave: bool,
+    ) -> Result<Vec<(SegmentId, u64)>, ClientError> {
+        let req = Request::SyncReader {
+            scope: scope.into(),
+            group: group.into(),
+            reader: reader.into(),
+            report,
+            leave,
+        };
+        self.expect(req, |r| match r {
+            Response::Assignment(a) => Ok(a),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// A reader group's stream, readers, position and checkpoints.
+    pub async fn describe_reader_group(
+        &self,
+        scope: &str,
+        group: &str,
+    ) -> Result<GroupInfo, ClientError> {
+        let req = Request::DescribeReaderGroup {
+            scope: scope.into(),
+            group: group.into(),
+        };
+        self.expect(req, |r| match r {
+            Response::Group(g) => Ok(g),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Saves the group's position as checkpoint `name` and returns it.
+    pub async fn checkpoint(
+        &self,
+        scope: &str,
+        group: &str,
+        name: &str,
+    ) -> Result<StreamCut, ClientError> {
+        let req = Request::Checkpoint {
+            scope: scope.into(),
+            group: group.into(),
+            name: name.into(),
+        };
+        self.expect(req, cut).await
+    }
+
+    /// Checkpoint `name` of a group, or its current position for `None`.
+    pub async fn group_position(
+        &self,
+        scope: &str,
+        group: &str,
+        name: Option<&str>,
+    ) -> Result<StreamCut, ClientError> {
+        let req = Request::GroupPosition {
+            scope: scope.into(),
+            group: group.into(),
+            name: name.map(str::to_string),
+        };
+        self.expect(req, cut).await
+    }
+
     /// Closes the connection.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         self.endpoint.wait_idle().await;
+    }
+}
+
+fn stream_meta(r: Response) -> Result<StreamMeta, Response> {
+    match r {
+        Response::Stream(m) => Ok(m),
+        other => Err(other),
+    }
+}
+
+fn cut(r: Response) -> Result<StreamCut, Response> {
+    match r {
+        Response::Cut(c) => Ok(c),
+        other => Err(other),
+    }
+}
+
+/// The acknowledgements of an append session, in order.
+#[derive(Debug)]
+pub struct AckStream {
+    recv: quinn::RecvStream,
+}
+
+impl AckStream {
+    /// The next acknowledgement; `None` when the server ended the session cleanly
+    /// (after the client finished it).
+    pub async fn next(&mut self) -> Result<Option<Ack>, ClientError> {
+        match read_frame(&mut self.recv, MAX_FRAME_LEN).await? {
+            Some(f) => match f.control::<Response>()? {
+                Response::Appended {
+                    event_number,
+                    end_offset,
+                    duplicate,
+                } => Ok(Some(Ack {
+                    event_number,
+                    end_offset,
+                    duplicate,
+                })),
+                other => Err(refused(other)),
+            },
+            None => Ok(None),
+        }
     }
 }
 
@@ -282,7 +643,7 @@ pub struct Ack {
 #[derive(Debug)]
 pub struct AppendSession {
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    acks: Option<AckStream>,
     /// Last event number the segment held from this writer when the session opened.
     pub last_event_number: Option<i64>,
     /// Segment length when the session opened.
@@ -310,23 +671,22 @@ impl AppendSession {
 
     /// The next acknowledgement, in order.
     pub async fn ack(&mut self) -> Result<Ack, ClientError> {
-        match read_frame(&mut self.recv, MAX_FRAME_LEN).await? {
-            Some(f) => match f.control::<Response>()? {
-                Response::Appended {
-                    event_number,
-                    end_offset,
-                    duplicate,
-                } => Ok(Ack {
-                    event_number,
-                    end_offset,
-                    duplicate,
-                }),
-                other => Err(refused(other)),
-            },
+        let Some(acks) = self.acks.as_mut() else {
+            return Err(ClientError::InvalidInput(
+                "the acknowledgements were taken by take_acks".into(),
+            ));
+        };
+        match acks.next().await? {
+            Some(a) => Ok(a),
             None => Err(ClientError::Connection(
                 "the server ended the session".into(),
             )),
         }
+    }
+
+    /// Takes the acknowledgement half, to read it from another task.
+    pub fn take_acks(&mut self) -> Option<AckStream> {
+        self.acks.take()
     }
 
     /// Ends the session after the blocks sent so far.

@@ -3,7 +3,11 @@
 //! with this same code.
 
 mod client;
+mod reader;
 mod server;
+mod writer;
 
-pub use client::{Ack, AppendSession, ClientError, SegmentClient};
-pub use server::SegmentServer;
+pub use client::{Ack, AckStream, AppendSession, Client, ClientError};
+pub use reader::{EventReader, ReadEvent, ReaderConfig};
+pub use server::{SegmentServer, ServiceMetrics};
+pub use writer::{EventWriter, WriterConfig, WriterStats, MAX_EVENT_BYTES};

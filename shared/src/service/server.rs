@@ -1,12 +1,14 @@
 //! Server side of the segment service.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::controller::Controller;
 use crate::log::{
     AppendOptions, AttributeCondition, AttributeUpdate, LogError, SegmentLog, Ticket,
 };
@@ -26,35 +28,145 @@ const MAX_UNACKED_APPENDS: usize = 4096;
 /// QUIC application error code sent when closing a stream or connection we refuse.
 const REFUSED: u32 = 1;
 
-/// A running segment server.
+/// Longest a shutdown waits for in-flight requests before closing connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters of a segment server, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ServiceMetrics {
+    /// Connections accepted (handshake done).
+    pub connections: AtomicU64,
+    /// Connections or requests refused (TLS, version, malformed frames).
+    pub refused: AtomicU64,
+    /// Events acknowledged as durable.
+    pub appended_events: AtomicU64,
+    /// Payload bytes acknowledged as durable.
+    pub appended_bytes: AtomicU64,
+    /// Blocks recognised as resends and not stored again.
+    pub duplicate_blocks: AtomicU64,
+    /// Bytes served to readers.
+    pub read_bytes: AtomicU64,
+}
+
+impl ServiceMetrics {
+    /// Prometheus text exposition of the counters.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, help, v) in [
+            (
+                "tributary_connections_total",
+                "Client connections accepted.",
+                &self.connections,
+            ),
+            (
+                "tributary_refused_total",
+                "Connections or requests refused.",
+                &self.refused,
+            ),
+            (
+                "tributary_appended_events_total",
+                "Events acknowledged as durable.",
+                &self.appended_events,
+            ),
+            (
+                "tributary_appended_bytes_total",
+                "Event bytes acknowledged as durable.",
+                &self.appended_bytes,
+            ),
+            (
+                "tributary_duplicate_blocks_total",
+                "Resent append blocks recognised and not stored again.",
+                &self.duplicate_blocks,
+            ),
+            (
+                "tributary_read_bytes_total",
+                "Bytes served to readers.",
+                &self.read_bytes,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared {
+    controller: Arc<Controller>,
+    metrics: Arc<ServiceMetrics>,
+    /// Becomes true when the server starts draining.
+    draining: watch::Receiver<bool>,
+    /// Held by every request task; shutdown waits until all clones are gone.
+    busy: mpsc::Sender<()>,
+}
+
+impl Shared {
+    fn log(&self) -> &SegmentLog {
+        self.controller.log()
+    }
+
+    fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}
+
+/// A running segment server: the segments of a controller's log and the controller's
+/// scopes, streams and reader groups, over QUIC.
 #[derive(Debug)]
 pub struct SegmentServer {
     endpoint: quinn::Endpoint,
     accept: tokio::task::JoinHandle<()>,
+    drain: watch::Sender<bool>,
+    busy: mpsc::Sender<()>,
+    idle: mpsc::Receiver<()>,
+    metrics: Arc<ServiceMetrics>,
 }
 
 impl SegmentServer {
-    /// Listens on `addr` (port 0 picks one) and serves `log` to clients whose
-    /// certificates `tls` accepts.
+    /// Listens on `addr` (port 0 picks one) and serves `controller` (and its log) to
+    /// clients whose certificates `tls` accepts.
     pub fn start(
         addr: SocketAddr,
         tls: quinn::ServerConfig,
-        log: Arc<SegmentLog>,
+        controller: Arc<Controller>,
     ) -> std::io::Result<Self> {
         let endpoint = quinn::Endpoint::server(tls, addr)?;
+        let (drain, draining) = watch::channel(false);
+        let (busy, idle) = mpsc::channel(1);
+        let metrics = Arc::new(ServiceMetrics::default());
+        let shared = Arc::new(Shared {
+            controller,
+            metrics: metrics.clone(),
+            draining,
+            busy: busy.clone(),
+        });
         let ep = endpoint.clone();
         let accept = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
-                let log = log.clone();
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, log).await,
-                        Err(e) => tracing::info!(error = %e, "connection refused during handshake"),
+                        Ok(conn) => serve_connection(conn, shared).await,
+                        Err(e) => {
+                            shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(error = %e, "connection refused during handshake")
+                        }
                     }
                 });
             }
         });
-        Ok(SegmentServer { endpoint, accept })
+        Ok(SegmentServer {
+            endpoint,
+            accept,
+            drain,
+            busy,
+            idle,
+            metrics,
+        })
     }
 
     /// The address it listens on.
@@ -62,11 +174,29 @@ impl SegmentServer {
         self.endpoint.local_addr()
     }
 
-    /// Stops accepting, closes every connection and waits until they are gone.
-    pub async fn shutdown(self) {
-        self.endpoint.close(0u32.into(), b"server shutting down");
+    /// The server's counters.
+    pub fn metrics(&self) -> Arc<ServiceMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Drains and stops: refuses new connections and requests, stops reading append
+    /// data, acknowledges every append already taken (or refuses it with an error if
+    /// storage fails), replies `ShuttingDown` to the rest, then closes every
+    /// connection. Nothing a client sent is left in doubt: it was acknowledged, or
+    /// refused and not stored.
+    pub async fn shutdown(mut self) {
+        self.endpoint.set_server_config(None);
         self.accept.abort();
-        self.endpoint.wait_idle().await;
+        let _ = self.drain.send(true);
+        drop(self.busy);
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.idle.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after the drain timeout; closing anyway");
+        }
+        self.endpoint.close(0u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle()).await;
     }
 }
 
@@ -88,7 +218,7 @@ fn wire_error(e: &WireError) -> Response {
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, log: Arc<SegmentLog>) {
+async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let peer = conn.remote_address();
     // Handshake on the first stream.
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
@@ -118,23 +248,26 @@ async fn serve_connection(conn: quinn::Connection, log: Arc<SegmentLog>) {
     };
     let ok = matches!(answer, Response::HelloOk { .. });
     if reply(&mut send, &answer).await.is_err() || send.finish().is_err() || !ok {
+        shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
         // Let the error reply reach the client before closing.
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
         conn.close(REFUSED.into(), b"handshake failed");
         return;
     }
+    shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_stream(send, recv, log.clone()));
+        let shared = shared.clone();
+        let busy = shared.busy.clone();
+        tokio::spawn(async move {
+            serve_stream(send, recv, &shared).await;
+            drop(busy);
+        });
     }
 }
 
 /// One request: read it, answer it, finish the stream. A bad frame gets an error reply
 /// and closes only this stream.
-async fn serve_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    log: Arc<SegmentLog>,
-) {
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: &Shared) {
     let req = match read_frame(&mut recv, MAX_CONTROL_LEN).await {
         Ok(Some(f)) => f.control::<Request>(),
         Ok(None) => return,
@@ -144,67 +277,188 @@ async fn serve_stream(
         Ok(r) => r,
         Err(e) => {
             tracing::info!(error = %e, "refusing a malformed request");
+            shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
             let _ = reply(&mut send, &wire_error(&e)).await;
             let _ = recv.stop(REFUSED.into());
             let _ = send.finish();
             return;
         }
     };
-    let answer = match req {
-        Request::SetupAppend { segment, writer_id } => {
-            return append_session(send, recv, log, segment, writer_id).await;
-        }
-        Request::Read {
-            segment,
-            offset,
-            max_len,
-            wait_ms,
-        } => {
-            let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)));
-            match log
-                .read(&segment, offset, max_len.min(MAX_READ_LEN) as usize, wait)
-                .await
-            {
-                Ok(r) => {
-                    let h = DataHeader::Read {
-                        offset: r.offset,
-                        end_of_segment: r.end_of_segment,
-                    };
-                    let sent = async {
-                        send.write_all(&encode_data(&h, r.data.len())).await?;
-                        send.write_all(&r.data).await
-                    };
-                    let _ = sent.await;
-                    let _ = send.finish();
-                    return;
-                }
-                Err(e) => Response::error(&e),
+    let answer = if shared.is_draining() {
+        error(ErrorCode::ShuttingDown, "the server is shutting down")
+    } else {
+        match req {
+            Request::SetupAppend { segment, writer_id } => {
+                return append_session(send, recv, shared, segment, writer_id).await;
             }
+            Request::Read {
+                segment,
+                offset,
+                max_len,
+                wait_ms,
+            } => {
+                let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)));
+                let max = max_len.min(MAX_READ_LEN) as usize;
+                let mut draining = shared.draining.clone();
+                let read = tokio::select! {
+                    r = shared.log().read(&segment, offset, max, wait) => r,
+                    () = drained(&mut draining) => Err(LogError::Closed),
+                };
+                match read {
+                    Ok(r) => {
+                        let h = DataHeader::Read {
+                            offset: r.offset,
+                            end_of_segment: r.end_of_segment,
+                        };
+                        shared
+                            .metrics
+                            .read_bytes
+                            .fetch_add(r.data.len() as u64, Ordering::Relaxed);
+                        let sent = async {
+                            send.write_all(&encode_data(&h, r.data.len())).await?;
+                            send.write_all(&r.data).await
+                        };
+                        let _ = sent.await;
+                        let _ = send.finish();
+                        return;
+                    }
+                    Err(e) => Response::error(&e),
+                }
+            }
+            Request::Hello { .. } => error(
+                ErrorCode::UnexpectedMessage,
+                "Hello is only the first request",
+            ),
+            other => match segment_control(shared.log(), &other).await {
+                Some(r) => r,
+                None => stream_control(&shared.controller, other).await,
+            },
         }
-        Request::Hello { .. } => error(
-            ErrorCode::UnexpectedMessage,
-            "Hello is only the first request",
-        ),
-        other => control(&log, other).await,
     };
     let _ = reply(&mut send, &answer).await;
     let _ = send.finish();
 }
 
-async fn control(log: &SegmentLog, req: Request) -> Response {
+/// Resolves when the server starts draining.
+async fn drained(draining: &mut watch::Receiver<bool>) {
+    let _ = draining.wait_for(|d| *d).await;
+}
+
+/// Requests on the controller's scopes, streams and reader groups.
+async fn stream_control(c: &Controller, req: Request) -> Response {
+    use crate::controller::ControllerError;
+    let answer = |r: Result<Response, ControllerError>| match r {
+        Ok(r) => r,
+        Err(e) => Response::controller_error(&e),
+    };
+    let ok = |r: Result<(), ControllerError>| answer(r.map(|()| Response::Ok));
+    match req {
+        Request::CreateScope { scope } => ok(c.create_scope(&scope)),
+        Request::ListScopes => answer(c.list_scopes().map(Response::Names)),
+        Request::DeleteScope { scope } => ok(c.delete_scope(&scope)),
+        Request::CreateStream {
+            scope,
+            stream,
+            config,
+        } => answer(
+            c.create_stream(&scope, &stream, config)
+                .await
+                .map(Response::Stream),
+        ),
+        Request::UpdateStream {
+            scope,
+            stream,
+            config,
+        } => answer(
+            c.update_stream(&scope, &stream, config)
+                .map(Response::Stream),
+        ),
+        Request::ListStreams { scope } => answer(c.list_streams(&scope).map(Response::Names)),
+        Request::DescribeStream { scope, stream } => {
+            answer(c.describe(&scope, &stream).map(Response::Stream))
+        }
+        Request::ScaleStream {
+            scope,
+            stream,
+            seal,
+            ranges,
+        } => answer(
+            c.scale(&scope, &stream, &seal, &ranges)
+                .await
+                .map(Response::Segments),
+        ),
+        Request::SealStream { scope, stream } => ok(c.seal_stream(&scope, &stream).await),
+        Request::TruncateStream { scope, stream, cut } => {
+            ok(c.truncate_stream(&scope, &stream, &cut).await)
+        }
+        Request::DeleteStream { scope, stream } => ok(c.delete_stream(&scope, &stream).await),
+        Request::StreamTail { scope, stream } => {
+            answer(c.tail_cut(&scope, &stream).map(Response::Cut))
+        }
+        Request::WriterPositions {
+            scope,
+            stream,
+            writer_id,
+        } => answer(
+            c.writer_positions(&scope, &stream, writer_id)
+                .map(Response::WriterPositions),
+        ),
+        Request::CreateReaderGroup {
+            scope,
+            group,
+            stream,
+            from,
+        } => ok(c.create_reader_group(&scope, &group, &stream, &from)),
+        Request::DeleteReaderGroup { scope, group } => ok(c.delete_reader_group(&scope, &group)),
+        Request::SyncReader {
+            scope,
+            group,
+            reader,
+            report,
+            leave,
+        } => answer(
+            c.sync_reader(&scope, &group, &reader, &report, leave)
+                .map(Response::Assignment),
+        ),
+        Request::DescribeReaderGroup { scope, group } => {
+            answer(c.describe_reader_group(&scope, &group).map(Response::Group))
+        }
+        Request::Checkpoint { scope, group, name } => {
+            answer(c.checkpoint(&scope, &group, &name).map(Response::Cut))
+        }
+        Request::GroupPosition { scope, group, name } => answer(
+            c.group_position(&scope, &group, name.as_deref())
+                .map(Response::Cut),
+        ),
+        Request::Hello { .. }
+        | Request::SetupAppend { .. }
+        | Request::Read { .. }
+        | Request::CreateSegment { .. }
+        | Request::SealSegment { .. }
+        | Request::TruncateSegment { .. }
+        | Request::MergeSegments { .. }
+        | Request::DeleteSegment { .. }
+        | Request::SegmentInfo { .. } => {
+            error(ErrorCode::UnexpectedMessage, "not a controller request")
+        }
+    }
+}
+
+/// Requests on single segments; `None` if `req` is not one.
+async fn segment_control(log: &SegmentLog, req: &Request) -> Option<Response> {
     let done = |r: Result<(), LogError>| match r {
         Ok(()) => Response::Ok,
         Err(e) => Response::error(&e),
     };
-    match req {
-        Request::CreateSegment { segment } => done(log.create(&segment).await),
-        Request::SealSegment { segment } => done(log.seal(&segment).await.map(|_| ())),
-        Request::TruncateSegment { segment, offset } => done(log.truncate(&segment, offset).await),
+    Some(match req {
+        Request::CreateSegment { segment } => done(log.create(segment).await),
+        Request::SealSegment { segment } => done(log.seal(segment).await.map(|_| ())),
+        Request::TruncateSegment { segment, offset } => done(log.truncate(segment, *offset).await),
         Request::MergeSegments { target, source } => {
-            done(log.merge(&target, &source).await.map(|_| ()))
+            done(log.merge(target, source).await.map(|_| ()))
         }
-        Request::DeleteSegment { segment } => done(log.delete(&segment).await),
-        Request::SegmentInfo { segment } => match log.info(&segment) {
+        Request::DeleteSegment { segment } => done(log.delete(segment).await),
+        Request::SegmentInfo { segment } => match log.info(segment) {
             Ok(i) => Response::Info(SegmentInfoWire {
                 name: i.name,
                 start: i.start,
@@ -213,16 +467,16 @@ async fn control(log: &SegmentLog, req: Request) -> Response {
             }),
             Err(e) => Response::error(&e),
         },
-        Request::Hello { .. } | Request::SetupAppend { .. } | Request::Read { .. } => {
-            error(ErrorCode::UnexpectedMessage, "not a control request")
-        }
-    }
+        _ => return None,
+    })
 }
 
 /// What the acknowledging task sends, in order.
 enum Pending {
     Stored {
         event_number: i64,
+        event_count: u32,
+        bytes: u64,
         end_offset: u64,
         ticket: Ticket,
     },
@@ -240,10 +494,11 @@ enum Pending {
 async fn append_session(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    log: Arc<SegmentLog>,
+    shared: &Shared,
     segment: String,
     writer_id: u128,
 ) {
+    let log = shared.controller.log().clone();
     let setup = match log.info(&segment) {
         Ok(i) => Response::AppendSetup {
             last_event_number: i.attributes.get(&writer_id).copied(),
@@ -259,29 +514,44 @@ async fn append_session(
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_UNACKED_APPENDS);
     let acker = {
         let log = log.clone();
+        let controller = shared.controller.clone();
+        let metrics = shared.metrics.clone();
+        let segment = segment.clone();
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
                 let r = match p {
                     Pending::Stored {
                         event_number,
+                        event_count,
+                        bytes,
                         end_offset,
                         ticket,
                     } => match log.durable(ticket).await {
-                        Ok(()) => Response::Appended {
-                            event_number,
-                            end_offset,
-                            duplicate: false,
-                        },
+                        Ok(()) => {
+                            metrics
+                                .appended_events
+                                .fetch_add(u64::from(event_count), Ordering::Relaxed);
+                            metrics.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            controller.record_append(&segment, u64::from(event_count), bytes);
+                            Response::Appended {
+                                event_number,
+                                end_offset,
+                                duplicate: false,
+                            }
+                        }
                         Err(e) => Response::error(&e),
                     },
                     Pending::Duplicate {
                         event_number,
                         end_offset,
-                    } => Response::Appended {
-                        event_number,
-                        end_offset,
-                        duplicate: true,
-                    },
+                    } => {
+                        metrics.duplicate_blocks.fetch_add(1, Ordering::Relaxed);
+                        Response::Appended {
+                            event_number,
+                            end_offset,
+                            duplicate: true,
+                        }
+                    }
                     Pending::Failed(r) => r,
                 };
                 let last = matches!(r, Response::Error { .. });
@@ -292,8 +562,20 @@ async fn append_session(
             let _ = send.finish();
         })
     };
+    let mut draining = shared.draining.clone();
     loop {
-        let frame = match read_frame(&mut recv, MAX_FRAME_LEN).await {
+        let frame = tokio::select! {
+            f = read_frame(&mut recv, MAX_FRAME_LEN) => f,
+            () = drained(&mut draining) => {
+                // Everything taken so far is acknowledged first (the acker sends in
+                // order); what the client sent after it was not read and is refused.
+                let r = error(ErrorCode::ShuttingDown, "the server is shutting down; blocks not acknowledged were not stored");
+                let _ = tx.send(Pending::Failed(r)).await;
+                let _ = recv.stop(REFUSED.into());
+                break;
+            }
+        };
+        let frame = match frame {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
@@ -302,8 +584,14 @@ async fn append_session(
                 break;
             }
         };
-        let (event_number, data) = match frame {
-            Frame::Data(DataHeader::Append { event_number, .. }, data) => (event_number, data),
+        let (event_number, event_count, data) = match frame {
+            Frame::Data(
+                DataHeader::Append {
+                    event_number,
+                    event_count,
+                },
+                data,
+            ) => (event_number, event_count, data),
             _ => {
                 let r = error(
                     ErrorCode::UnexpectedMessage,
@@ -314,7 +602,7 @@ async fn append_session(
                 break;
             }
         };
-        let p = append_block(&log, &segment, writer_id, event_number, &data).await;
+        let p = append_block(&log, &segment, writer_id, event_number, event_count, &data).await;
         let stop = matches!(p, Pending::Failed(_));
         if tx.send(p).await.is_err() || stop {
             break;
@@ -329,6 +617,7 @@ async fn append_block(
     segment: &str,
     writer_id: u128,
     event_number: i64,
+    event_count: u32,
     data: &Bytes,
 ) -> Pending {
     let opts = AppendOptions {
@@ -344,6 +633,8 @@ async fn append_block(
             Ok((offset, ticket)) => {
                 return Pending::Stored {
                     event_number,
+                    event_count,
+                    bytes: data.len() as u64,
                     end_offset: offset + data.len() as u64,
                     ticket,
                 }

@@ -6,8 +6,11 @@
 //! The key space is `[0, 2^32)`: a routing key hashes (CRC32C) to a point in it, and each
 //! active segment owns a contiguous range. Ranges are printed as fractions of the space.
 
+mod group;
 mod model;
 mod scaling;
+
+pub use group::{GroupState, ReaderReport};
 
 pub use model::{
     key_point, segment_name, validate_scoped_name, KeyRange, RetentionPolicy, ScalingPolicy,

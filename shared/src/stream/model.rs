@@ -252,6 +252,43 @@ pub struct StreamCut {
     pub positions: BTreeMap<SegmentId, u64>,
 }
 
+impl fmt::Display for StreamCut {
+    /// `NUMBER.EPOCH:OFFSET` per segment, comma-separated (what `trib read --from`
+    /// takes).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (id, off)) in self.positions.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}.{}:{off}", id.number, id.epoch)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for StreamCut {
+    type Err = StreamError;
+
+    fn from_str(s: &str) -> Result<Self, StreamError> {
+        let bad = || {
+            StreamError::InvalidCut(format!(
+                "{s:?} is not a stream cut (expected NUMBER.EPOCH:OFFSET,...)"
+            ))
+        };
+        let mut positions = BTreeMap::new();
+        for part in s.split(',') {
+            let (id, off) = part.trim().split_once(':').ok_or_else(bad)?;
+            let (number, epoch) = id.split_once('.').ok_or_else(bad)?;
+            let id = SegmentId {
+                number: number.parse().map_err(|_| bad())?,
+                epoch: epoch.parse().map_err(|_| bad())?,
+            };
+            positions.insert(id, off.parse().map_err(|_| bad())?);
+        }
+        Ok(StreamCut { positions })
+    }
+}
+
 /// A stream's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamMeta {

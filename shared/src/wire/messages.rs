@@ -3,10 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::controller::ControllerError;
 use crate::log::LogError;
+use crate::stream::{
+    KeyRange, ReaderReport, SegmentId, StreamConfig, StreamCut, StreamError, StreamMeta,
+};
 
 /// Client to server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// First request of a connection: the protocol versions the client speaks.
     Hello {
@@ -69,10 +73,197 @@ pub enum Request {
         /// How long to wait at the tail for data, in milliseconds.
         wait_ms: u32,
     },
+    /// Create a scope.
+    CreateScope {
+        /// Scope.
+        scope: String,
+    },
+    /// List scopes; the reply is [`Response::Names`].
+    ListScopes,
+    /// Delete an empty scope.
+    DeleteScope {
+        /// Scope.
+        scope: String,
+    },
+    /// Create a stream; the reply is [`Response::Stream`].
+    CreateStream {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+        /// Scaling and retention.
+        config: StreamConfig,
+    },
+    /// Change a stream's policies; the reply is [`Response::Stream`].
+    UpdateStream {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+        /// Scaling and retention.
+        config: StreamConfig,
+    },
+    /// List a scope's streams; the reply is [`Response::Names`].
+    ListStreams {
+        /// Scope.
+        scope: String,
+    },
+    /// A stream's metadata; the reply is [`Response::Stream`].
+    DescribeStream {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+    },
+    /// Seal `seal` and create successors over `ranges`; the reply is
+    /// [`Response::Segments`], the new segments.
+    ScaleStream {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+        /// Neighbouring active segments to seal.
+        seal: Vec<SegmentId>,
+        /// Ranges of the successors, covering exactly the sealed ones.
+        ranges: Vec<KeyRange>,
+    },
+    /// Seal a stream.
+    SealStream {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+    },
+    /// Drop everything before `cut`.
+    TruncateStream {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+        /// New head.
+        cut: StreamCut,
+    },
+    /// Delete a sealed stream.
+    DeleteStream {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+    },
+    /// The stream's tail; the reply is [`Response::Cut`].
+    StreamTail {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+    },
+    /// What each of the stream's segments holds from a writer; the reply is
+    /// [`Response::WriterPositions`].
+    WriterPositions {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+        /// Writer id.
+        writer_id: u128,
+    },
+    /// Create a reader group on a stream, unless it exists.
+    CreateReaderGroup {
+        /// Scope of the group and the stream.
+        scope: String,
+        /// Group name.
+        group: String,
+        /// Stream read.
+        stream: String,
+        /// Where a new group starts.
+        from: StartFrom,
+    },
+    /// Delete a reader group.
+    DeleteReaderGroup {
+        /// Scope.
+        scope: String,
+        /// Group.
+        group: String,
+    },
+    /// A reader's periodic sync (see [`crate::stream::GroupState`]); the reply is
+    /// [`Response::Assignment`].
+    SyncReader {
+        /// Scope.
+        scope: String,
+        /// Group.
+        group: String,
+        /// Reader id, unique in the group.
+        reader: String,
+        /// What it delivered and finished.
+        report: ReaderReport,
+        /// It is leaving the group.
+        leave: bool,
+    },
+    /// A reader group's state; the reply is [`Response::Group`].
+    DescribeReaderGroup {
+        /// Scope.
+        scope: String,
+        /// Group.
+        group: String,
+    },
+    /// Save the group's position under a name; the reply is [`Response::Cut`].
+    Checkpoint {
+        /// Scope.
+        scope: String,
+        /// Group.
+        group: String,
+        /// Checkpoint name.
+        name: String,
+    },
+    /// A saved checkpoint, or the group's current position when `name` is `None`;
+    /// the reply is [`Response::Cut`].
+    GroupPosition {
+        /// Scope.
+        scope: String,
+        /// Group.
+        group: String,
+        /// Checkpoint name.
+        name: Option<String>,
+    },
+}
+
+/// Where a new reader group starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartFrom {
+    /// The stream's head (its oldest data).
+    Head,
+    /// The stream's tail (only new events).
+    Tail,
+    /// A saved position.
+    Cut(StreamCut),
+}
+
+/// A reader group, as described to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The stream it reads (in the group's scope).
+    pub stream: String,
+    /// Its readers.
+    pub readers: Vec<String>,
+    /// Its current position.
+    pub position: StreamCut,
+    /// Names of its checkpoints.
+    pub checkpoints: Vec<String>,
+}
+
+/// What a stream segment holds from one writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterPosition {
+    /// Segment.
+    pub segment: SegmentId,
+    /// Its key range.
+    pub range: KeyRange,
+    /// Last event number of the writer stored in it.
+    pub last_event_number: Option<i64>,
 }
 
 /// Server to client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// The handshake succeeded with this version.
     HelloOk {
@@ -101,6 +292,20 @@ pub enum Response {
         /// The block had been stored before and was not stored again.
         duplicate: bool,
     },
+    /// Names (scopes or streams), sorted.
+    Names(Vec<String>),
+    /// A stream's metadata.
+    Stream(StreamMeta),
+    /// Segments.
+    Segments(Vec<SegmentId>),
+    /// A stream cut.
+    Cut(StreamCut),
+    /// Per segment, what it holds from a writer.
+    WriterPositions(Vec<WriterPosition>),
+    /// The segments a reader holds now, with the offsets to read from.
+    Assignment(Vec<(SegmentId, u64)>),
+    /// A reader group's state.
+    Group(GroupInfo),
     /// The request failed.
     Error {
         /// Stable code.
@@ -176,6 +381,24 @@ pub enum ErrorCode {
     ShuttingDown = 18,
     /// Storage failed on the server.
     Storage = 19,
+    /// No such scope.
+    NoSuchScope = 20,
+    /// The scope exists already.
+    ScopeExists = 21,
+    /// The scope still holds streams.
+    ScopeNotEmpty = 22,
+    /// No such stream.
+    NoSuchStream = 23,
+    /// The stream exists already.
+    StreamExists = 24,
+    /// The stream must be sealed first.
+    NotSealed = 25,
+    /// An argument is invalid (configuration, cut, scale).
+    InvalidArgument = 26,
+    /// No such reader group or checkpoint.
+    NoSuchGroup = 27,
+    /// The group reads another stream.
+    GroupExists = 28,
 }
 
 impl From<&LogError> for ErrorCode {
@@ -202,9 +425,37 @@ impl From<&LogError> for ErrorCode {
     }
 }
 
+impl From<&ControllerError> for ErrorCode {
+    fn from(e: &ControllerError) -> Self {
+        match e {
+            ControllerError::Log(e) => e.into(),
+            ControllerError::Stream(StreamError::Sealed) => ErrorCode::Sealed,
+            ControllerError::Stream(StreamError::InvalidName { .. }) => ErrorCode::InvalidName,
+            ControllerError::Stream(_) => ErrorCode::InvalidArgument,
+            ControllerError::Meta(_) => ErrorCode::Storage,
+            ControllerError::NoSuchScope(_) => ErrorCode::NoSuchScope,
+            ControllerError::ScopeExists(_) => ErrorCode::ScopeExists,
+            ControllerError::ScopeNotEmpty(_) => ErrorCode::ScopeNotEmpty,
+            ControllerError::NoSuchStream(_) => ErrorCode::NoSuchStream,
+            ControllerError::StreamExists(_) => ErrorCode::StreamExists,
+            ControllerError::NotSealed(_) => ErrorCode::NotSealed,
+            ControllerError::NoSuchGroup(_) => ErrorCode::NoSuchGroup,
+            ControllerError::GroupExists(_) => ErrorCode::GroupExists,
+        }
+    }
+}
+
 impl Response {
     /// The error reply for a storage error.
     pub fn error(e: &LogError) -> Self {
+        Response::Error {
+            code: e.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The error reply for a controller error.
+    pub fn controller_error(e: &ControllerError) -> Self {
         Response::Error {
             code: e.into(),
             message: e.to_string(),

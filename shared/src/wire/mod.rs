@@ -20,7 +20,9 @@ mod codec;
 mod messages;
 
 pub use codec::{decode_frame, encode_control, encode_data, read_frame, Frame, WireError};
-pub use messages::{DataHeader, ErrorCode, Request, Response, SegmentInfoWire};
+pub use messages::{
+    DataHeader, ErrorCode, GroupInfo, Request, Response, SegmentInfoWire, StartFrom, WriterPosition,
+};
 
 /// ALPN protocol id of Tributary's protocol.
 pub const ALPN: &[u8] = b"tributary";

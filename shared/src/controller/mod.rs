@@ -7,13 +7,21 @@
 //! after its segment reports `Sealed`, and readers finish predecessors first, so
 //! per-key order holds across scaling.
 
-use std::sync::Arc;
+mod groups;
+mod policies;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::log::{LogError, SegmentLog};
 use crate::stream::{
     segment_name, validate_scoped_name, KeyRange, SegmentId, StreamConfig, StreamCut, StreamError,
     StreamMeta,
 };
+use crate::wire::WriterPosition;
+
+pub use policies::PolicySettings;
 
 /// What the controller refuses or fails with.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,12 @@ pub enum ControllerError {
     /// The stream must be sealed first.
     #[error("stream {0:?} must be sealed before it is deleted")]
     NotSealed(String),
+    /// No such reader group or checkpoint.
+    #[error("{0}")]
+    NoSuchGroup(String),
+    /// The reader group exists and reads another stream.
+    #[error("reader group {0:?} already exists for another stream")]
+    GroupExists(String),
 }
 
 type Result<T> = std::result::Result<T, ControllerError>;
@@ -58,7 +72,16 @@ fn meta_err(e: impl ToString) -> ControllerError {
 pub struct Controller {
     scopes: sled::Tree,
     streams: sled::Tree,
+    groups: sled::Tree,
     log: Arc<SegmentLog>,
+    /// Serializes reader-group updates; holds when each reader last synced.
+    live: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// A reader silent for this long leaves its group.
+    reader_timeout: Duration,
+    /// Appends per segment since the last policy tick: (events, bytes).
+    load: Mutex<HashMap<String, (u64, u64)>>,
+    /// State of the retention and scaling policies between ticks.
+    policy: Mutex<policies::PolicyState>,
 }
 
 fn stream_key(scope: &str, stream: &str) -> Vec<u8> {
@@ -66,12 +89,18 @@ fn stream_key(scope: &str, stream: &str) -> Vec<u8> {
 }
 
 impl Controller {
-    /// Opens the controller's metadata in `db` and reconciles `log` with it.
-    pub async fn open(db: &sled::Db, log: Arc<SegmentLog>) -> Result<Self> {
+    /// Opens the controller's metadata (kept in the log's metadata store) and
+    /// reconciles `log` with it.
+    pub async fn open(log: Arc<SegmentLog>) -> Result<Self> {
         let c = Controller {
-            scopes: db.open_tree("scopes").map_err(meta_err)?,
-            streams: db.open_tree("streams").map_err(meta_err)?,
+            scopes: log.meta_tree("scopes")?,
+            streams: log.meta_tree("streams")?,
+            groups: log.meta_tree("groups")?,
             log,
+            live: Mutex::new(HashMap::new()),
+            reader_timeout: Duration::from_secs(10),
+            load: Mutex::new(HashMap::new()),
+            policy: Mutex::new(policies::PolicyState::default()),
         };
         for kv in c.streams.iter() {
             let (k, v) = kv.map_err(meta_err)?;
@@ -284,6 +313,39 @@ impl Controller {
         Ok(())
     }
 
+    /// Sets how long a silent reader keeps its segments (default 10 s).
+    pub fn set_reader_timeout(&mut self, timeout: Duration) {
+        self.reader_timeout = timeout;
+    }
+
+    /// The segment log it drives.
+    pub fn log(&self) -> &Arc<SegmentLog> {
+        &self.log
+    }
+
+    /// What each existing segment of the stream holds from `writer_id`.
+    pub fn writer_positions(
+        &self,
+        scope: &str,
+        stream: &str,
+        writer_id: u128,
+    ) -> Result<Vec<WriterPosition>> {
+        let meta = self.describe(scope, stream)?;
+        let mut out = Vec::new();
+        for rec in meta.segments.values() {
+            match self.log.info(&segment_name(scope, stream, rec.id)) {
+                Ok(info) => out.push(WriterPosition {
+                    segment: rec.id,
+                    range: rec.range,
+                    last_event_number: info.attributes.get(&writer_id).copied(),
+                }),
+                Err(LogError::NoSuchSegment(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
     /// The stream's current tail: each active segment at its length.
     pub fn tail_cut(&self, scope: &str, stream: &str) -> Result<StreamCut> {
         let meta = self.describe(scope, stream)?;
@@ -319,15 +381,12 @@ mod tests {
             }
         }
 
-        async fn open(&self) -> (Controller, Arc<SegmentLog>, sled::Db) {
+        async fn open(&self) -> (Controller, Arc<SegmentLog>) {
             let log = Arc::new(
                 SegmentLog::open(self.dir.path().join("log"), LogConfig::default()).expect("log"),
             );
-            let db = sled::open(self.dir.path().join("controller")).expect("db");
-            let c = Controller::open(&db, log.clone())
-                .await
-                .expect("controller");
-            (c, log, db)
+            let c = Controller::open(log.clone()).await.expect("controller");
+            (c, log)
         }
     }
 
@@ -342,7 +401,7 @@ mod tests {
     async fn scopes_and_streams_survive_restart() {
         let node = Node::new();
         {
-            let (c, log, _db) = node.open().await;
+            let (c, log) = node.open().await;
             c.create_scope("site").expect("scope");
             assert!(matches!(
                 c.create_scope("site"),
@@ -366,7 +425,7 @@ mod tests {
                 Err(ControllerError::ScopeNotEmpty(_))
             ));
         }
-        let (c, _log, _db) = node.open().await;
+        let (c, _log) = node.open().await;
         assert_eq!(c.list_scopes().expect("scopes"), vec!["site"]);
         assert_eq!(c.list_streams("site").expect("streams"), vec!["temps"]);
         assert_eq!(c.describe("site", "temps").expect("meta").active().len(), 3);
@@ -376,7 +435,7 @@ mod tests {
     async fn scale_seals_predecessors_in_the_log_and_open_finishes_an_interrupted_scale() {
         let node = Node::new();
         let (old, new) = {
-            let (c, log, _db) = node.open().await;
+            let (c, log) = node.open().await;
             c.create_scope("s").expect("scope");
             let meta = c.create_stream("s", "t", fixed(1)).await.expect("stream");
             let old = meta.active()[0].id;
@@ -403,7 +462,7 @@ mod tests {
             c.persist("s", "t", &meta).expect("persist");
             (new[0], newer)
         };
-        let (_c, log, _db) = node.open().await;
+        let (_c, log) = node.open().await;
         assert!(log.info(&segment_name("s", "t", old)).expect("info").sealed);
         for id in &new {
             log.info(&segment_name("s", "t", *id))
@@ -414,7 +473,7 @@ mod tests {
     #[tokio::test]
     async fn truncation_deletes_segments_before_the_cut_and_delete_needs_a_seal() {
         let node = Node::new();
-        let (c, log, _db) = node.open().await;
+        let (c, log) = node.open().await;
         c.create_scope("s").expect("scope");
         let meta = c.create_stream("s", "t", fixed(1)).await.expect("stream");
         let old = meta.active()[0].id;

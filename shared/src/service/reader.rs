@@ -1,0 +1,318 @@
+//! The event reader: one member of a reader group. Tailing and historical reads are
+//! the same call, [`EventReader::next`].
+//!
+//! The reader holds the segments its group gave it. It reads them ahead into buffers,
+//! delivers whole events one at a time (round robin over its segments), and tells the
+//! group, at each sync, the position up to which it has *delivered* each segment and
+//! which segments it finished. The group answers with what it holds now; a segment
+//! taken away is dropped with its buffer, so the next holder starts exactly after the
+//! last delivered event. A reader that stops syncing loses its segments after the
+//! group's timeout, and they are read again from the last reported positions.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::client::{Client, ClientError};
+use crate::event::{decode_events, framed_len, Event};
+use crate::stream::{segment_name, ReaderReport, SegmentId};
+use crate::wire::ErrorCode;
+
+/// How a reader behaves.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// Time between syncs with the group (position reports and rebalancing).
+    pub sync_interval: Duration,
+    /// Bytes asked for per read.
+    pub read_bytes: u32,
+    /// Longest a single read waits at a segment's tail.
+    pub tail_wait: Duration,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            sync_interval: Duration::from_secs(1),
+            read_bytes: 1 << 20,
+            tail_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// An event with where it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadEvent {
+    /// Segment it is in.
+    pub segment: SegmentId,
+    /// Its offset in the segment.
+    pub offset: u64,
+    /// Routing key it was written with.
+    pub key: Bytes,
+    /// Payload.
+    pub payload: Bytes,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// Delivered up to here.
+    position: u64,
+    /// Bytes read end here.
+    fetched: u64,
+    /// Read bytes not yet decoded (a partial event).
+    partial: BytesMut,
+    /// Decoded events not yet delivered, with their offsets.
+    events: VecDeque<(u64, Event)>,
+    /// The segment is sealed and everything in it was fetched.
+    ended: bool,
+}
+
+impl Held {
+    fn at(offset: u64) -> Held {
+        Held {
+            position: offset,
+            fetched: offset,
+            partial: BytesMut::new(),
+            events: VecDeque::new(),
+            ended: false,
+        }
+    }
+}
+
+/// A reader in a reader group.
+#[derive(Debug)]
+pub struct EventReader {
+    client: Client,
+    scope: String,
+    stream: String,
+    group: String,
+    reader: String,
+    config: ReaderConfig,
+    held: BTreeMap<SegmentId, Held>,
+    finished: Vec<(SegmentId, u64)>,
+    last_sync: Instant,
+    /// Where round-robin delivery goes next.
+    turn: usize,
+}
+
+type FetchResult = (SegmentId, u64, Result<(Bytes, bool), ClientError>);
+
+impl EventReader {
+    /// Joins `group` (created beforehand with [`Client::create_reader_group`]) as
+    /// `reader`, a name unique in the group.
+    pub async fn join(
+        client: &Client,
+        scope: &str,
+        group: &str,
+        reader: &str,
+        config: ReaderConfig,
+    ) -> Result<EventReader, ClientError> {
+        let stream = client.describe_reader_group(scope, group).await?.stream;
+        let mut r = EventReader {
+            client: client.clone(),
+            scope: scope.to_string(),
+            stream,
+            group: group.to_string(),
+            reader: reader.to_string(),
+            config,
+            held: BTreeMap::new(),
+            finished: Vec::new(),
+            last_sync: Instant::now(),
+            turn: 0,
+        };
+        r.sync().await?;
+        Ok(r)
+    }
+
+    /// The segments it holds now.
+    pub fn segments(&self) -> Vec<SegmentId> {
+        self.held.keys().copied().collect()
+    }
+
+    /// Reports delivered positions and finished segments to the group, and takes the
+    /// group's answer: what this reader holds now.
+    pub async fn sync(&mut self) -> Result<(), ClientError> {
+        let report = self.report();
+        let assigned = self
+            .client
+            .sync_reader(&self.scope, &self.group, &self.reader, report, false)
+            .await?;
+        self.finished.clear();
+        self.last_sync = Instant::now();
+        let mut held = BTreeMap::new();
+        for (id, offset) in assigned {
+            match self.held.remove(&id) {
+                Some(h) if h.position == offset => {
+                    held.insert(id, h);
+                }
+                _ => {
+                    held.insert(id, Held::at(offset));
+                }
+            }
+        }
+        self.held = held;
+        Ok(())
+    }
+
+    fn report(&self) -> ReaderReport {
+        ReaderReport {
+            positions: self.held.iter().map(|(id, h)| (*id, h.position)).collect(),
+            finished: self.finished.clone(),
+        }
+    }
+
+    /// Leaves the group; its segments go to the other readers at the positions
+    /// delivered so far.
+    pub async fn leave(self) -> Result<(), ClientError> {
+        let report = self.report();
+        self.client
+            .sync_reader(&self.scope, &self.group, &self.reader, report, true)
+            .await?;
+        Ok(())
+    }
+
+    /// The next event, waiting up to `timeout` for one; `None` if none came.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<ReadEvent>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.finished.is_empty() || self.last_sync.elapsed() >= self.config.sync_interval {
+                self.sync().await?;
+            }
+            if let Some(e) = self.deliver() {
+                return Ok(Some(e));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let until_sync = self
+                .config
+                .sync_interval
+                .saturating_sub(self.last_sync.elapsed());
+            let wait = self
+                .config
+                .tail_wait
+                .min(deadline - now)
+                .min(until_sync.max(Duration::from_millis(10)));
+            if self.held.is_empty() {
+                tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                continue;
+            }
+            self.fetch(wait).await?;
+        }
+    }
+
+    /// Delivers the next buffered event, round robin over the segments; moves ended
+    /// segments to `finished`.
+    fn deliver(&mut self) -> Option<ReadEvent> {
+        let ids: Vec<SegmentId> = self.held.keys().copied().collect();
+        for i in 0..ids.len() {
+            let id = ids[(self.turn + i) % ids.len()];
+            let Some(h) = self.held.get_mut(&id) else {
+                continue;
+            };
+            if let Some((offset, e)) = h.events.pop_front() {
+                h.position = offset + framed_len(&e.key, &e.payload) as u64;
+                self.turn = (self.turn + i + 1) % ids.len();
+                return Some(ReadEvent {
+                    segment: id,
+                    offset,
+                    key: e.key,
+                    payload: e.payload,
+                });
+            }
+            if h.ended && h.partial.is_empty() {
+                self.finished.push((id, h.position));
+                self.held.remove(&id);
+            }
+        }
+        None
+    }
+
+    /// Reads every held segment that has nothing buffered, concurrently, until one
+    /// returns something or all waited `wait` at their tails.
+    async fn fetch(&mut self, wait: Duration) -> Result<(), ClientError> {
+        let mut reads: JoinSet<FetchResult> = JoinSet::new();
+        for (id, h) in &self.held {
+            if !h.events.is_empty() || h.ended {
+                continue;
+            }
+            let client = self.client.clone();
+            let name = segment_name(&self.scope, &self.stream, *id);
+            let (id, offset, max) = (*id, h.fetched, self.config.read_bytes);
+            reads.spawn(async move {
+                let r = client.read(&name, offset, max, wait).await;
+                (id, offset, r)
+            });
+        }
+        while let Some(done) = reads.join_next().await {
+            let Ok((id, offset, r)) = done else { continue };
+            if self.take(id, offset, r).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one read's result; true if it brought events or an end.
+    async fn take(
+        &mut self,
+        id: SegmentId,
+        offset: u64,
+        r: Result<(Bytes, bool), ClientError>,
+    ) -> Result<bool, ClientError> {
+        let Some(h) = self.held.get_mut(&id) else {
+            return Ok(false);
+        };
+        if h.fetched != offset {
+            return Ok(false);
+        }
+        match r {
+            Ok((data, end)) => {
+                h.fetched += data.len() as u64;
+                h.partial.extend_from_slice(&data);
+                let buf = h.partial.split().freeze();
+                let (events, used) = decode_events(&buf).map_err(|e| {
+                    ClientError::Protocol(format!(
+                        "segment {id} at {}: {e}",
+                        h.fetched - buf.len() as u64
+                    ))
+                })?;
+                let mut at = h.fetched - buf.len() as u64;
+                for e in events {
+                    let len = framed_len(&e.key, &e.payload) as u64;
+                    h.events.push_back((at, e));
+                    at += len;
+                }
+                h.partial.extend_from_slice(&buf[used..]);
+                h.ended = end;
+                Ok(!h.events.is_empty() || end)
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::Truncated,
+                ..
+            }) => {
+                // Retention dropped data this reader had not read: go on from the start.
+                let name = segment_name(&self.scope, &self.stream, id);
+                let start = self.client.segment_info(&name).await?.start;
+                *h = Held::at(start);
+                Ok(false)
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::NoSuchSegment,
+                ..
+            }) => {
+                // Deleted by a truncation of the stream: nothing more to read in it.
+                h.ended = true;
+                h.partial.clear();
+                Ok(true)
+            }
+            Err(e) if e.is_transient() => {
+                self.client = self.client.reconnect().await?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! The event writer: routing keys, pipelined appends, idempotence and scaling.
+//!
+//! One task owns the writer's state. Events are numbered in the order they are
+//! written (the writer id's event numbers). Each event goes to the active segment
+//! owning its routing key; events for one segment gather into a block, sent as soon
+//! as the writer has nothing more queued (or the block is full), without waiting for
+//! earlier blocks' acknowledgements. The segment store stores a block together with
+//! the writer id's attribute set to the block's last event number, under the
+//! condition "greater than stored", so a resent block is never stored twice.
+//!
+//! When a segment is sealed (scaling) or the connection fails, the writer stops
+//! sending, lets every open session acknowledge what it took, reconnects if it must,
+//! asks the server what each segment holds from this writer id, and resends the
+//! events not stored, in event-number order, to the segments that own their keys now.
+//! Because every resend goes out in number order before any newer event, a segment
+//! holding event `n` of this writer holds every earlier event of its key range that is
+//! not in one of its predecessors; so "event `n` with key `k` is stored" is exactly
+//! "some segment whose range contains `k` holds an event number `>= n`". That rule
+//! also lets a new writer with the same id skip what an earlier run stored.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::client::{AckStream, AppendSession, Client, ClientError};
+use crate::event::{encode_event, framed_len, MAX_KEY_LEN};
+use crate::stream::{key_point, segment_name, SegmentId, StreamMeta};
+use crate::wire::{ErrorCode, WriterPosition};
+
+/// Largest event payload a writer takes (the rest of an append block is framing).
+pub const MAX_EVENT_BYTES: usize = (8 << 20) - (64 << 10);
+
+/// How a writer behaves.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// The writer's id. With the same id and the same events in the same order, a
+    /// later writer skips the events an earlier one stored. `None` picks a random id.
+    pub writer_id: Option<u128>,
+    /// Number of the first event written.
+    pub first_event_number: i64,
+    /// Largest append block.
+    pub max_block_bytes: usize,
+    /// Bytes sent and not yet acknowledged, at most; `write` waits beyond it.
+    pub max_unacked_bytes: usize,
+    /// How long to keep reconnecting when the server is away before failing.
+    pub retry_for: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            writer_id: None,
+            first_event_number: 1,
+            max_block_bytes: 1 << 20,
+            max_unacked_bytes: 64 << 20,
+            retry_for: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a writer did, so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Events acknowledged as durable.
+    pub acknowledged: u64,
+    /// Events recognised as stored by an earlier run or attempt and not stored again.
+    pub already_stored: u64,
+}
+
+enum Cmd {
+    Event(Pending),
+    Flush(oneshot::Sender<Result<WriterStats, ClientError>>),
+}
+
+/// One event waiting for its acknowledgement.
+#[derive(Debug, Clone)]
+struct Pending {
+    number: i64,
+    key: Bytes,
+    payload: Bytes,
+}
+
+/// A block sent or being built for one segment.
+#[derive(Debug, Default)]
+struct Block {
+    data: BytesMut,
+    events: Vec<Pending>,
+}
+
+/// Writes events to one stream. Cheap to share by reference; `write` only queues.
+#[derive(Debug)]
+pub struct EventWriter {
+    tx: mpsc::Sender<Cmd>,
+    task: tokio::task::JoinHandle<()>,
+    writer_id: u128,
+    next_number: i64,
+}
+
+impl EventWriter {
+    /// A writer on `scope/stream`.
+    pub async fn new(
+        client: &Client,
+        scope: &str,
+        stream: &str,
+        config: WriterConfig,
+    ) -> Result<EventWriter, ClientError> {
+        let writer_id = config.writer_id.unwrap_or_else(random_id);
+        let meta = client.describe_stream(scope, stream).await?;
+        if meta.sealed {
+            return Err(sealed_stream(scope, stream));
+        }
+        let resume = match config.writer_id {
+            Some(id) => client.writer_positions(scope, stream, id).await?,
+            None => Vec::new(),
+        };
+        let (tx, rx) = mpsc::channel(4096);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let next_number = config.first_event_number;
+        let task = Task {
+            client: client.clone(),
+            scope: scope.to_string(),
+            stream: stream.to_string(),
+            writer_id,
+            config,
+            meta,
+            sessions: HashMap::new(),
+            open: HashMap::new(),
+            resume,
+            unacked_bytes: 0,
+            stats: WriterStats::default(),
+            flushes: VecDeque::new(),
+            last_number: next_number - 1,
+            ack_tx,
+            ack_rx,
+            failed: None,
+        };
+        Ok(EventWriter {
+            tx,
+            task: tokio::spawn(task.run(rx)),
+            writer_id,
+            next_number,
+        })
+    }
+
+    /// The writer's id.
+    pub fn writer_id(&self) -> u128 {
+        self.writer_id
+    }
+
+    /// Queues an event; it is durable once a later [`EventWriter::flush`] returns.
+    /// Returns its event number. Waits while too much is unacknowledged.
+    pub async fn write(&mut self, key: &[u8], payload: &[u8]) -> Result<i64, ClientError> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(ClientError::InvalidInput(format!(
+                "routing key of {} bytes; the limit is {MAX_KEY_LEN}",
+                key.len()
+            )));
+        }
+        if payload.len() > MAX_EVENT_BYTES {
+            return Err(ClientError::InvalidInput(format!(
+                "event of {} bytes; the limit is {MAX_EVENT_BYTES}",
+                payload.len()
+            )));
+        }
+        let number = self.next_number;
+        let p = Pending {
+            number,
+            key: Bytes::copy_from_slice(key),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        if self.tx.send(Cmd::Event(p)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        self.next_number += 1;
+        Ok(number)
+    }
+
+    /// Waits until every event written so far is durable (or was stored before).
+    pub async fn flush(&self) -> Result<WriterStats, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Flush(tx)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.failure().await),
+        }
+    }
+
+    /// Flushes and stops the writer.
+    pub async fn close(self) -> Result<WriterStats, ClientError> {
+        let r = self.flush().await;
+        drop(self.tx);
+        let _ = self.task.await;
+        r
+    }
+
+    async fn failure(&self) -> ClientError {
+        // The task ended: the flush reply carried the reason; this one is generic.
+        ClientError::Failed("the writer stopped after an earlier error".into())
+    }
+}
+
+fn sealed_stream(scope: &str, stream: &str) -> ClientError {
+    ClientError::Server {
+        code: ErrorCode::Sealed,
+        message: format!("stream {scope}/{stream} is sealed"),
+    }
+}
+
+fn random_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id: u128 = 0;
+    for i in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        id |= u128::from(h.finish()) << (64 * i);
+    }
+    id
+}
+
+enum AckMsg {
+    Acked {
+        segment: SegmentId,
+        event_number: i64,
+    },
+    Ended {
+        segment: SegmentId,
+        error: Option<ClientError>,
+    },
+}
+
+struct Session {
+    session: AppendSession,
+    sent: VecDeque<(i64, Block)>,
+    /// Its acknowledgement stream has ended.
+    ended: bool,
+}
+
+struct Task {
+    client: Client,
+    scope: String,
+    stream: String,
+    writer_id: u128,
+    config: WriterConfig,
+    meta: StreamMeta,
+    sessions: HashMap<SegmentId, Session>,
+    /// Blocks being built, per segment.
+    open: HashMap<SegmentId, Block>,
+    /// What an earlier run stored (positions at start); emptied once passed.
+    resume: Vec<WriterPosition>,
+    unacked_bytes: usize,
+    stats: WriterStats,
+    /// Flushes waiting, with the last event number they cover.
+    flushes: VecDeque<(i64, oneshot::Sender<Result<WriterStats, ClientError>>)>,
+    /// Number of the last event received.
+    last_number: i64,
+    ack_tx: mpsc::UnboundedSender<AckMsg>,
+    ack_rx: mpsc::UnboundedReceiver<AckMsg>,
+    failed: Option<String>,
+}
+
+/// Why the writer must stop sending and recover.
+enum Trouble {
+    /// A segment was sealed or the connection failed: recover and go on.
+    Recover,
+    /// Nothing to do about it.
+    Fatal(ClientError),
+}
+
+fn stored(positions: &[WriterPosition], key: &[u8], number: i64) -> bool {
+    let p = key_point(key);
+    positions
+        .iter()
+        .any(|w| w.range.contains(p) && w.last_event_number.is_some_and(|l| l >= number))
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        loop {
+            let room = self.unacked_bytes < self.config.max_unacked_bytes;
+            let r = tokio::select! {
+                cmd = rx.recv(), if room => match cmd {
+                    Some(cmd) => self.command(cmd, &mut rx).await,
+                    None => break,
+                },
+                Some(msg) = self.ack_rx.recv() => self.ack(msg),
+            };
+            let r = match r {
+                Err(Trouble::Recover) => self.recover().await,
+                other => other,
+            };
+            if let Err(Trouble::Fatal(e)) = r {
+                self.fail(e);
+                // Keep answering flushes with the reason until the writer is dropped.
+                while let Some(cmd) = rx.recv().await {
+                    if let Cmd::Flush(tx) = cmd {
+                        let _ = tx.send(Err(self.failed_error()));
+                    }
+                }
+                return;
+            }
+            self.answer_flushes();
+        }
+        for (_, s) in self.sessions.iter_mut() {
+            let _ = s.session.finish();
+        }
+    }
+
+    fn failed_error(&self) -> ClientError {
+        ClientError::Failed(self.failed.clone().unwrap_or_default())
+    }
+
+    fn fail(&mut self, e: ClientError) {
+        tracing::warn!(error = %e, "writer failed");
+        self.failed = Some(e.to_string());
+        while let Some((_, tx)) = self.flushes.pop_front() {
+            let _ = tx.send(Err(ClientError::Failed(e.to_string())));
+        }
+    }
+
+    /// Takes one command and everything queued behind it, then sends the blocks.
+    async fn command(&mut self, first: Cmd, rx: &mut mpsc::Receiver<Cmd>) -> Result<(), Trouble> {
+        let mut cmd = Some(first);
+        while let Some(c) = cmd.take() {
+            match c {
+                Cmd::Event(p) => {
+                    self.last_number = p.number;
+                    self.route(p).await?;
+                }
+                Cmd::Flush(tx) => self.flushes.push_back((self.last_number, tx)),
+            }
+            if self.unacked_bytes < self.config.max_unacked_bytes {
+                cmd = rx.try_recv().ok();
+            }
+        }
+        let ready: Vec<SegmentId> = self.open.keys().copied().collect();
+        for seg in ready {
+            self.send_block(seg).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts an event in the open block of the segment owning its key.
+    async fn route(&mut self, p: Pending) -> Result<(), Trouble> {
+        if !self.resume.is_empty() {
+            if stored(&self.resume, &p.key, p.number) {
+                self.stats.already_stored += 1;
+                return Ok(());
+            }
+            let max = self
+                .resume
+                .iter()
+                .filter_map(|w| w.last_event_number)
+                .max()
+                .unwrap_or(i64::MIN);
+            if p.number > max {
+                self.resume.clear();
+            }
+        }
+        let seg = self.meta.segment_for_key(&p.key);
+        let size = framed_len(&p.key, &p.payload);
+        self.unacked_bytes += size;
+        let full = {
+            let b = self.open.entry(seg).or_default();
+            encode_event(&mut b.data, &p.key, &p.payload);
+            b.events.push(p);
+            b.data.len() >= self.config.max_block_bytes
+        };
+        if full {
+            self.send_block(seg).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_block(&mut self, seg: SegmentId) -> Result<(), Trouble> {
+        let Some(block) = self.open.remove(&seg) else {
+            return Ok(());
+        };
+        if block.events.is_empty() {
+            return Ok(());
+        }
+        if !self.sessions.contains_key(&seg) {
+            let name = segment_name(&self.scope, &self.stream, seg);
+            match self.client.append_session(&name, self.writer_id).await {
+                Ok(mut session) => {
+                    if let Some(acks) = session.take_acks() {
+                        self.spawn_ack_reader(seg, acks);
+                    }
+                    self.sessions.insert(
+                        seg,
+                        Session {
+                            session,
+                            sent: VecDeque::new(),
+                            ended: false,
+                        },
+                    );
+                }
+                Err(e) => {
+                    self.open.insert(seg, block);
+                    return Err(self.trouble(e));
+                }
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&seg) else {
+            return Ok(());
+        };
+        let last = block.events.last().map(|e| e.number).unwrap_or(0);
+        let count = block.events.len() as u32;
+        let r = s.session.send(last, count, &block.data).await;
+        s.sent.push_back((last, block));
+        r.map_err(|e| self.trouble(e))
+    }
+
+    fn trouble(&self, e: ClientError) -> Trouble {
+        match &e {
+            ClientError::Server {
+                code: ErrorCode::Sealed,
+                ..
+            } => Trouble::Recover,
+            e if e.is_transient() => Trouble::Recover,
+            _ => Trouble::Fatal(e),
+        }
+    }
+
+    fn spawn_ack_reader(&self, seg: SegmentId, mut acks: AckStream) {
+        let tx = self.ack_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match acks.next().await {
+                    Ok(Some(a)) => {
+                        let msg = AckMsg::Acked {
+                            segment: seg,
+                            event_number: a.event_number,
+                        };
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(AckMsg::Ended {
+                            segment: seg,
+                            error: None,
+                        });
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(AckMsg::Ended {
+                            segment: seg,
+                            error: Some(e),
+                        });
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn ack(&mut self, msg: AckMsg) -> Result<(), Trouble> {
+        match msg {
+            AckMsg::Acked {
+                segment,
+                event_number,
+            } => {
+                let Some(s) = self.sessions.get_mut(&segment) else {
+                    return Ok(());
+                };
+                while s
+                    .sent
+                    .front()
+                    .is_some_and(|(last, _)| *last <= event_number)
+                {
+                    if let Some((_, b)) = s.sent.pop_front() {
+                        self.unacked_bytes -= b.data.len();
+                        self.stats.acknowledged += b.events.len() as u64;
+                    }
+                }
+                Ok(())
+            }
+            AckMsg::Ended { segment, error } => {
+                let Some(s) = self.sessions.get_mut(&segment) else {
+                    return Ok(());
+                };
+                s.ended = true;
+                match error {
+                    Some(e) => Err(self.trouble(e)),
+                    None if s.sent.is_empty() => {
+                        self.sessions.remove(&segment);
+                        Ok(())
+                    }
+                    None => Err(Trouble::Recover),
+                }
+            }
+        }
+    }
+
+    fn lowest_unacked(&self) -> Option<i64> {
+        let sent = self
+            .sessions
+            .values()
+            .filter_map(|s| s.sent.front())
+            .filter_map(|(_, b)| b.events.first().map(|e| e.number));
+        let open = self
+            .open
+            .values()
+            .filter_map(|b| b.events.first().map(|e| e.number));
+        sent.chain(open).min()
+    }
+
+    fn answer_flushes(&mut self) {
+        let low = self.lowest_unacked();
+        while let Some((n, _)) = self.flushes.front() {
+            if low.is_some_and(|l| l <= *n) {
+                break;
+            }
+            if let Some((_, tx)) = self.flushes.pop_front() {
+                let _ = tx.send(Ok(self.stats));
+            }
+        }
+    }
+
+    /// Stops sending, collects every unacknowledged event, reconnects if needed,
+    /// drops what the server already holds, refreshes the stream's segments, and
+    /// resends the rest in event-number order.
+    async fn recover(&mut self) -> Result<(), Trouble> {
+        let deadline = Instant::now() + self.config.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            self.drain_sessions().await;
+            let mut events: Vec<Pending> = Vec::new();
+            for (_, s) in self.sessions.drain() {
+                for (_, b) in s.sent {
+                    events.extend(b.events);
+                }
+            }
+            for (_, b) in self.open.drain() {
+                events.extend(b.events);
+            }
+            events.sort_by_key(|e| e.number);
+            self.unacked_bytes = 0;
+            match self.resend(events.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(Trouble::Fatal(e)) => return Err(Trouble::Fatal(e)),
+                Err(Trouble::Recover) if Instant::now() >= deadline => {
+                    return Err(Trouble::Fatal(ClientError::Failed(format!(
+                        "gave up after retrying for {:?}; {} events not acknowledged",
+                        self.config.retry_for,
+                        events.len()
+                    ))))
+                }
+                Err(Trouble::Recover) => {
+                    tracing::info!(?backoff, "writer retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Ends every session and waits until each has acknowledged what it took.
+    async fn drain_sessions(&mut self) {
+        for s in self.sessions.values_mut() {
+            let _ = s.session.finish();
+        }
+        while self.sessions.values().any(|s| !s.ended) {
+            let Some(msg) = self.ack_rx.recv().await else {
+                return;
+            };
+            let _ = self.ack(msg);
+        }
+    }
+
+    async fn resend(&mut self, events: Vec<Pending>) -> Result<(), Trouble> {
+        if self.client.is_closed() {
+            self.client = self.client.reconnect().await.map_err(|e| self.trouble(e))?;
+        }
+        let positions = self
+            .client
+            .writer_positions(&self.scope, &self.stream, self.writer_id)
+            .await
+            .map_err(|e| self.trouble(e))?;
+        self.meta = self
+            .client
+            .describe_stream(&self.scope, &self.stream)
+            .await
+            .map_err(|e| self.trouble(e))?;
+        let (already, todo): (Vec<Pending>, Vec<Pending>) = events
+            .into_iter()
+            .partition(|e| stored(&positions, &e.key, e.number));
+        self.stats.already_stored += already.len() as u64;
+        if todo.is_empty() {
+            return Ok(());
+        }
+        if self.meta.sealed {
+            return Err(Trouble::Fatal(sealed_stream(&self.scope, &self.stream)));
+        }
+        for p in todo {
+            self.route(p).await?;
+        }
+        let ready: Vec<SegmentId> = self.open.keys().copied().collect();
+        for seg in ready {
+            self.send_block(seg).await?;
+        }
+        Ok(())
+    }
+}
