@@ -208,5 +208,23 @@ pub fn client_config(id: &Identity) -> Result<quinn::ClientConfig, TlsError> {
         .map_err(config_err)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(config_err)?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport(DEFAULT_IDLE_TIMEOUT));
+    Ok(client)
+}
+
+/// How long a client waits without hearing from the server before it declares the
+/// connection lost (and its writers and readers reconnect).
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// QUIC transport settings for a connection declared lost after `idle_timeout` of
+/// silence; keep-alives go out four times per timeout, so a live but quiet connection
+/// never times out.
+pub fn transport(idle_timeout: std::time::Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(idle_timeout / 4));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle_timeout) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
 }

@@ -67,6 +67,10 @@ pub struct WriterStats {
     pub acknowledged: u64,
     /// Events recognised as stored by an earlier run or attempt and not stored again.
     pub already_stored: u64,
+    /// Times the writer lost its connection and reconnected.
+    pub reconnects: u64,
+    /// Times it moved events to successors of a sealed segment.
+    pub rerouted: u64,
 }
 
 enum Cmd {
@@ -533,9 +537,9 @@ impl Task {
     async fn recover(&mut self) -> Result<(), Trouble> {
         let deadline = Instant::now() + self.config.retry_for;
         let mut backoff = Duration::from_millis(50);
+        let mut events: Vec<Pending> = Vec::new();
         loop {
             self.drain_sessions().await;
-            let mut events: Vec<Pending> = Vec::new();
             for (_, s) in self.sessions.drain() {
                 for (_, b) in s.sent {
                     events.extend(b.events);
@@ -545,8 +549,9 @@ impl Task {
                 events.extend(b.events);
             }
             events.sort_by_key(|e| e.number);
+            events.dedup_by_key(|e| e.number);
             self.unacked_bytes = 0;
-            match self.resend(events.clone()).await {
+            match self.resend(&mut events).await {
                 Ok(()) => return Ok(()),
                 Err(Trouble::Fatal(e)) => return Err(Trouble::Fatal(e)),
                 Err(Trouble::Recover) if Instant::now() >= deadline => {
@@ -578,9 +583,15 @@ impl Task {
         }
     }
 
-    async fn resend(&mut self, events: Vec<Pending>) -> Result<(), Trouble> {
+    /// Resends `events` (taken only once the server answered, so a failure before
+    /// that keeps them for the next attempt).
+    async fn resend(&mut self, events: &mut Vec<Pending>) -> Result<(), Trouble> {
         if self.client.is_closed() {
             self.client = self.client.reconnect().await.map_err(|e| self.trouble(e))?;
+            self.stats.reconnects += 1;
+            tracing::info!(writer_id = self.writer_id, "writer reconnected");
+        } else {
+            self.stats.rerouted += 1;
         }
         let positions = self
             .client
@@ -592,7 +603,7 @@ impl Task {
             .describe_stream(&self.scope, &self.stream)
             .await
             .map_err(|e| self.trouble(e))?;
-        let (already, todo): (Vec<Pending>, Vec<Pending>) = events
+        let (already, todo): (Vec<Pending>, Vec<Pending>) = std::mem::take(events)
             .into_iter()
             .partition(|e| stored(&positions, &e.key, e.number));
         self.stats.already_stored += already.len() as u64;

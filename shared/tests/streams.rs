@@ -1,0 +1,521 @@
+//! Streams end to end over real QUIC and mutual TLS on 127.0.0.1: writers with routing
+//! keys across scaling, reader groups sharing and rebalancing segments, checkpoints,
+//! retention, and a writer that keeps its events exactly once while the server is
+//! SIGKILLed (the server is this test binary re-run as a child process).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tributary::controller::{Controller, PolicySettings};
+use tributary::log::{LogConfig, SegmentLog};
+use tributary::service::{
+    Client, EventReader, EventWriter, ReaderConfig, SegmentServer, WriterConfig,
+};
+use tributary::stream::{KeyRange, RetentionPolicy, ScalingPolicy, StreamConfig, StreamCut};
+use tributary::tls::{client_config, server_config, transport, DevPki};
+use tributary::wire::StartFrom;
+
+struct Node {
+    dir: tempfile::TempDir,
+    pki: DevPki,
+    server: Option<SegmentServer>,
+    controller: Option<Arc<Controller>>,
+    addr: SocketAddr,
+}
+
+async fn serve(data: &Path, pki: &DevPki, addr: SocketAddr) -> (SegmentServer, Arc<Controller>) {
+    let log = Arc::new(SegmentLog::open(data, LogConfig::default()).expect("log"));
+    let controller = Arc::new(Controller::open(log).await.expect("controller"));
+    let tls = server_config(&pki.server).expect("server tls");
+    let server = SegmentServer::start(addr, tls, controller.clone()).expect("start");
+    (server, controller)
+}
+
+impl Node {
+    async fn start() -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = DevPki::ensure(&dir.path().join("pki"), "test-client").expect("pki");
+        let (server, controller) =
+            serve(&dir.path().join("data"), &pki, ([127, 0, 0, 1], 0).into()).await;
+        let addr = server.local_addr().expect("addr");
+        Node {
+            dir,
+            pki,
+            server: Some(server),
+            controller: Some(controller),
+            addr,
+        }
+    }
+
+    async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.controller = None;
+        let (server, controller) = serve(&self.dir.path().join("data"), &self.pki, self.addr).await;
+        self.server = Some(server);
+        self.controller = Some(controller);
+    }
+
+    fn controller(&self) -> &Controller {
+        self.controller.as_ref().expect("running")
+    }
+
+    async fn client(&self) -> Client {
+        connect(self.addr, &self.pki).await
+    }
+}
+
+async fn connect(addr: SocketAddr, pki: &DevPki) -> Client {
+    let mut tls = client_config(&pki.client).expect("client tls");
+    // A SIGKILLed server is noticed after this much silence.
+    tls.transport_config(transport(Duration::from_millis(1500)));
+    Client::connect(addr, "localhost", tls)
+        .await
+        .expect("connect")
+}
+
+fn fixed(n: u32) -> StreamConfig {
+    StreamConfig {
+        scaling: ScalingPolicy::Fixed { segments: n },
+        retention: RetentionPolicy::Forever,
+    }
+}
+
+fn fast_reader() -> ReaderConfig {
+    ReaderConfig {
+        sync_interval: Duration::from_millis(100),
+        tail_wait: Duration::from_millis(100),
+        ..ReaderConfig::default()
+    }
+}
+
+/// `key:seq` payloads, parsed back.
+fn parse(payload: &[u8]) -> (String, u64) {
+    let s = std::str::from_utf8(payload).expect("utf-8 payload");
+    let (k, n) = s.split_once(':').expect("key:seq");
+    (k.to_string(), n.parse().expect("seq"))
+}
+
+/// Reads with one reader until `want` events or `patience` without one.
+async fn drain(reader: &mut EventReader, want: usize, patience: Duration) -> Vec<(String, u64)> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        match reader.next(patience).await.expect("read") {
+            Some(e) => got.push(parse(&e.payload)),
+            None => break,
+        }
+    }
+    got
+}
+
+/// Every key's sequence numbers appear once each, in order, 0..count.
+fn assert_exactly_once_in_order(events: &[(String, u64)], keys: usize, per_key: u64) {
+    let mut next: HashMap<&str, u64> = HashMap::new();
+    for (k, n) in events {
+        let want = next.entry(k).or_insert(0);
+        assert_eq!(*n, *want, "key {k}: got event {n}, expected {want}");
+        *want += 1;
+    }
+    assert_eq!(next.len(), keys, "every key delivered");
+    assert!(next.values().all(|n| *n == per_key), "{next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_key_order_holds_across_a_split_and_a_merge_with_three_readers() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    c.create_scope("site").await.expect("scope");
+    c.create_stream("site", "temps", fixed(2))
+        .await
+        .expect("stream");
+    c.create_reader_group("site", "g", "temps", StartFrom::Head)
+        .await
+        .expect("group");
+
+    const KEYS: usize = 24;
+    const PER_KEY: u64 = 300;
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    for r in 0..3 {
+        let c = c.clone();
+        let delivered = delivered.clone();
+        readers.push(tokio::spawn(async move {
+            let mut reader = EventReader::join(&c, "site", "g", &format!("r{r}"), fast_reader())
+                .await
+                .expect("join");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if delivered.lock().expect("lock").len() >= KEYS * PER_KEY as usize {
+                    break;
+                }
+                if let Some(e) = reader.next(Duration::from_millis(200)).await.expect("next") {
+                    // Record under the lock right after delivery: the order of this
+                    // list is the order in which the group delivered events.
+                    delivered.lock().expect("lock").push(parse(&e.payload));
+                }
+            }
+            reader.leave().await.expect("leave");
+        }));
+    }
+
+    let mut w = EventWriter::new(&c, "site", "temps", WriterConfig::default())
+        .await
+        .expect("writer");
+    for seq in 0..PER_KEY {
+        if seq == PER_KEY / 3 {
+            w.flush().await.expect("flush");
+            // Split the first segment in two.
+            let meta = c.describe_stream("site", "temps").await.expect("describe");
+            let first = meta.active()[0].clone();
+            c.scale_stream("site", "temps", &[first.id], &first.range.split(2))
+                .await
+                .expect("split");
+        }
+        if seq == 2 * PER_KEY / 3 {
+            // Merge the last two neighbours, without flushing first: the writer
+            // finds out from the sealed segment.
+            let meta = c.describe_stream("site", "temps").await.expect("describe");
+            let a = meta.active();
+            let (x, y) = (a[a.len() - 2].clone(), a[a.len() - 1].clone());
+            let merged = KeyRange {
+                low: x.range.low,
+                high: y.range.high,
+            };
+            c.scale_stream("site", "temps", &[x.id, y.id], &[merged])
+                .await
+                .expect("merge");
+        }
+        for k in 0..KEYS {
+            let key = format!("sensor-{k}");
+            w.write(key.as_bytes(), format!("{key}:{seq}").as_bytes())
+                .await
+                .expect("write");
+        }
+    }
+    let stats = w.close().await.expect("close");
+    assert_eq!(stats.acknowledged, KEYS as u64 * PER_KEY);
+    assert!(
+        stats.rerouted >= 1,
+        "the writer found the merge itself: {stats:?}"
+    );
+    for r in readers {
+        r.await.expect("reader task");
+    }
+    let delivered = delivered.lock().expect("lock").clone();
+    assert_exactly_once_in_order(&delivered, KEYS, PER_KEY);
+    let meta = c.describe_stream("site", "temps").await.expect("describe");
+    assert_eq!(meta.epoch, 2, "one split and one merge happened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_leaving_and_joining_rebalances_without_loss_or_repeat() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    c.create_scope("s").await.expect("scope");
+    c.create_stream("s", "t", fixed(4)).await.expect("stream");
+    c.create_reader_group("s", "g", "t", StartFrom::Head)
+        .await
+        .expect("group");
+    let mut w = EventWriter::new(&c, "s", "t", WriterConfig::default())
+        .await
+        .expect("writer");
+    for seq in 0..50u64 {
+        for k in 0..8 {
+            w.write(format!("k{k}").as_bytes(), format!("k{k}:{seq}").as_bytes())
+                .await
+                .expect("write");
+        }
+    }
+    w.flush().await.expect("flush");
+
+    let mut a = EventReader::join(&c, "s", "g", "a", fast_reader())
+        .await
+        .expect("a joins");
+    assert_eq!(a.segments().len(), 4, "alone, a holds every segment");
+    let mut got = drain(&mut a, 100, Duration::from_secs(5)).await;
+
+    let mut b = EventReader::join(&c, "s", "g", "b", fast_reader())
+        .await
+        .expect("b joins");
+    // a gives up half at its next sync; b picks them up at its next.
+    a.sync().await.expect("sync a");
+    b.sync().await.expect("sync b");
+    assert_eq!(a.segments().len(), 2);
+    assert_eq!(b.segments().len(), 2);
+    got.extend(drain(&mut a, 50, Duration::from_millis(500)).await);
+    got.extend(drain(&mut b, 50, Duration::from_millis(500)).await);
+
+    // a leaves: b takes everything, from where a stopped.
+    a.leave().await.expect("leave");
+    b.sync().await.expect("sync b");
+    assert_eq!(b.segments().len(), 4);
+    got.extend(drain(&mut b, usize::MAX, Duration::from_secs(1)).await);
+    got.sort();
+    let mut want: Vec<(String, u64)> = (0..8)
+        .flat_map(|k| (0..50).map(move |s| (format!("k{k}"), s)))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "every event exactly once");
+}
+
+async fn write_numbered(w: &mut EventWriter, keys: usize, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        for k in 0..keys {
+            w.write(format!("k{k}").as_bytes(), format!("k{k}:{seq}").as_bytes())
+                .await
+                .expect("write");
+        }
+    }
+    w.flush().await.expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_survives_a_restart_and_a_new_group_resumes_from_it() {
+    let mut node = Node::start().await;
+    let c = node.client().await;
+    c.create_scope("s").await.expect("scope");
+    c.create_stream("s", "t", fixed(3)).await.expect("stream");
+    c.create_reader_group("s", "g", "t", StartFrom::Head)
+        .await
+        .expect("group");
+    let mut w = EventWriter::new(&c, "s", "t", WriterConfig::default())
+        .await
+        .expect("writer");
+    write_numbered(&mut w, 6, 0..40).await;
+    let mut r = EventReader::join(&c, "s", "g", "r", fast_reader())
+        .await
+        .expect("join");
+    let first = drain(&mut r, 100, Duration::from_secs(5)).await;
+    assert_eq!(first.len(), 100);
+    r.sync().await.expect("report positions");
+    let cut = c.checkpoint("s", "g", "cp1").await.expect("checkpoint");
+    drop(r);
+
+    node.restart().await;
+    let c = node.client().await;
+    let saved = c
+        .group_position("s", "g", Some("cp1"))
+        .await
+        .expect("checkpoint after restart");
+    assert_eq!(saved, cut);
+    // The cut's text form round-trips (what `trib read --from` takes).
+    let parsed: StreamCut = cut.to_string().parse().expect("parse cut");
+    assert_eq!(parsed, cut);
+    c.create_reader_group("s", "g2", "t", StartFrom::Cut(parsed))
+        .await
+        .expect("group from checkpoint");
+    let mut r2 = EventReader::join(&c, "s", "g2", "r", fast_reader())
+        .await
+        .expect("join");
+    let rest = drain(&mut r2, usize::MAX, Duration::from_secs(1)).await;
+    let mut all: Vec<_> = first.into_iter().chain(rest).collect();
+    all.sort();
+    let mut want: Vec<(String, u64)> = (0..6)
+        .flat_map(|k| (0..40).map(move |s| (format!("k{k}"), s)))
+        .collect();
+    want.sort();
+    assert_eq!(
+        all, want,
+        "resuming from the checkpoint repeats and skips nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_retention_truncates_the_stream_at_a_recorded_cut() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    c.create_scope("s").await.expect("scope");
+    let config = StreamConfig {
+        scaling: ScalingPolicy::Fixed { segments: 2 },
+        retention: RetentionPolicy::Size { bytes: 800 },
+    };
+    c.create_stream("s", "t", config).await.expect("stream");
+    let mut w = EventWriter::new(&c, "s", "t", WriterConfig::default())
+        .await
+        .expect("writer");
+    let settings = PolicySettings::default();
+    // Three rounds of ~520 bytes, a policy tick (a retention sample) after each.
+    for round in 0..3u64 {
+        write_numbered(&mut w, 4, round * 10..round * 10 + 10).await;
+        node.controller().tick(&settings).await.expect("tick");
+    }
+    let meta = c.describe_stream("s", "t").await.expect("describe");
+    assert!(!meta.head.positions.is_empty(), "retention moved the head");
+    c.create_reader_group("s", "g", "t", StartFrom::Head)
+        .await
+        .expect("group");
+    let mut r = EventReader::join(&c, "s", "g", "r", fast_reader())
+        .await
+        .expect("join");
+    let left = drain(&mut r, usize::MAX, Duration::from_secs(1)).await;
+    let bytes: usize = left
+        .iter()
+        .map(|(k, n)| format!("{k}:{n}").len() + 6 + k.len())
+        .sum();
+    assert!(
+        bytes >= 800,
+        "at least the configured size is kept: {bytes}"
+    );
+    assert!(
+        left.len() < 120,
+        "older events were dropped: {} left",
+        left.len()
+    );
+    // What is left is a suffix of each key's events.
+    let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (k, n) in left {
+        per_key.entry(k).or_default().push(n);
+    }
+    for (k, ns) in per_key {
+        let first = ns[0];
+        assert_eq!(ns, (first..30).collect::<Vec<_>>(), "key {k}");
+    }
+}
+
+const SERVER_CHILD_ENV: &str = "STREAMS_SERVER_CHILD";
+
+/// The server child: serves `dir` on the given address until killed.
+#[test]
+fn server_child() {
+    let Ok(spec) = std::env::var(SERVER_CHILD_ENV) else {
+        return; // Only runs as the child of the SIGKILL test.
+    };
+    let (dir, addr) = spec.split_once('|').expect("dir|addr");
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let pki = DevPki::ensure(&PathBuf::from(dir).join("pki"), "test-client").expect("pki");
+        let (_server, _c) = serve(&PathBuf::from(dir).join("data"), &pki, addr).await;
+        println!("ready");
+        std::future::pending::<()>().await;
+    });
+}
+
+struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    fn start(dir: &Path, addr: SocketAddr) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .args(["server_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(SERVER_CHILD_ENV, format!("{}|{addr}", dir.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn server");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.trim_end().ends_with("ready") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("server child did not start"),
+            }
+        }
+        ServerProcess { child }
+    }
+
+    fn kill(&mut self) {
+        // SIGKILL, by PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_with_an_id_stores_each_event_once_across_server_sigkills() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = DevPki::ensure(&dir.path().join("pki"), "test-client").expect("pki");
+    let addr = free_port();
+    let mut server = ServerProcess::start(dir.path(), addr);
+    let c = connect(addr, &pki).await;
+    c.create_scope("s").await.expect("scope");
+    c.create_stream("s", "t", fixed(3)).await.expect("stream");
+
+    const KEYS: usize = 5;
+    const PER_KEY: u64 = 4000;
+    let config = WriterConfig {
+        writer_id: Some(0xfeed),
+        ..WriterConfig::default()
+    };
+    let mut w = EventWriter::new(&c, "s", "t", config.clone())
+        .await
+        .expect("writer");
+    let mut kills = 0;
+    for seq in 0..PER_KEY {
+        if seq > 0 && seq % 1000 == 0 {
+            server.kill();
+            kills += 1;
+
+            // The writer keeps queueing while the server is down.
+            for k in 0..KEYS {
+                w.write(format!("k{k}").as_bytes(), format!("k{k}:{seq}").as_bytes())
+                    .await
+                    .expect("write while down");
+            }
+            server = ServerProcess::start(dir.path(), addr);
+
+            continue;
+        }
+        for k in 0..KEYS {
+            w.write(format!("k{k}").as_bytes(), format!("k{k}:{seq}").as_bytes())
+                .await
+                .expect("write");
+        }
+    }
+    let stats = w
+        .close()
+        .await
+        .expect("every event acknowledged in the end");
+    assert_eq!(kills, 3);
+    // Kills close together may cost the writer a single reconnect.
+    assert!(stats.reconnects >= 1, "{stats:?}");
+
+    // Rerunning the same input with the same writer id stores nothing new.
+    let c = connect(addr, &pki).await;
+    let mut again = EventWriter::new(&c, "s", "t", config)
+        .await
+        .expect("writer");
+    for seq in 0..PER_KEY {
+        for k in 0..KEYS {
+            again
+                .write(format!("k{k}").as_bytes(), format!("k{k}:{seq}").as_bytes())
+                .await
+                .expect("write");
+        }
+    }
+    let stats = again.close().await.expect("close");
+    assert_eq!(stats.already_stored, KEYS as u64 * PER_KEY);
+    assert_eq!(stats.acknowledged, 0);
+
+    c.create_reader_group("s", "g", "t", StartFrom::Head)
+        .await
+        .expect("group");
+    let mut r = EventReader::join(&c, "s", "g", "r", fast_reader())
+        .await
+        .expect("join");
+    let got = drain(&mut r, usize::MAX, Duration::from_secs(2)).await;
+    assert_exactly_once_in_order(&got, KEYS, PER_KEY);
+}
