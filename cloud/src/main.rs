@@ -1,9 +1,130 @@
-//! `tributary-cloud`: controller, segment store and tiering. The standalone node comes
-//! with the "Streams over QUIC" issue; today it only reports that.
+//! `tributary-cloud`: the cloud node. Today: `standalone` (one node serving segments
+//! over QUIC, with health and metrics over HTTP), `check-config` and `certs`.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!(
-        "tributary-cloud {}: the cloud node is not built yet (see the project's issues)",
-        env!("CARGO_PKG_VERSION")
-    )
+mod certs;
+mod config;
+mod http;
+mod standalone;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// Tributary cloud node.
+#[derive(Debug, Parser)]
+#[command(name = "tributary-cloud", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a single node until SIGTERM or SIGINT. Without a `[tls]` section in the configuration it
+    /// makes a development PKI and writes a client profile into the data directory.
+    Standalone(StandaloneArgs),
+    /// Checks a configuration file: prints `FILE: ok`, or one line per problem.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Makes a CA (or reuses DIR/ca.pem + DIR/ca.key), a server certificate and client
+    /// certificates, as PEM files in DIR.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+struct StandaloneArgs {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: $TRIBUTARY_DATA_DIR, else
+    /// $XDG_DATA_HOME/tributary/standalone, else ~/.local/share/tributary/standalone].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// QUIC address of the segment service [default: 127.0.0.1:9190].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// HTTP address of /health and /metrics [default: 127.0.0.1:9191].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// Output directory (created if needed).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// DNS names and IP addresses of the server certificate.
+    #[arg(long = "server-name", value_name = "NAME", required = true, num_args = 1..)]
+    server_names: Vec<String>,
+    /// A client certificate with this common name, written to DIR/NAME.pem and
+    /// DIR/NAME.key.
+    #[arg(long = "client", value_name = "NAME", num_args = 1..)]
+    clients: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Standalone(args) => standalone(args),
+        Command::CheckConfig { file } => return check_config(&file),
+        Command::Certs(args) => {
+            certs::run(&args.out, &args.server_names, &args.clients).map(|files| {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tributary-cloud: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => config::load(path)?,
+        None => config::FileSettings::default(),
+    };
+    let cfg = config::Config::new(
+        file,
+        config::Overrides {
+            data_dir: args.data_dir,
+            quic_listen: args.listen,
+            http_listen: args.http,
+        },
+    );
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(standalone::run(cfg))
 }

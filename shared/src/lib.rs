@@ -3,11 +3,12 @@
 //! This crate is the public library: the storage engine every stream stands on
 //! ([`log`]), the event framing used inside segments ([`event`]), the wire protocol
 //! ([`wire`]), TLS helpers ([`tls`]), and the segment service over QUIC with its client
-//! ([`service`]).
+//! ([`service`]), and the client profile that says how to reach a node ([`profile`]).
 
 pub mod controller;
 pub mod event;
 pub mod log;
+pub mod profile;
 pub mod service;
 pub mod stream;
 pub mod tls;

@@ -74,48 +74,160 @@ impl DevPki {
     }
 
     /// Loads the development PKI in `dir`, creating it if it is not there. `client_name`
-    /// is the client certificate's common name (the identity the server sees).
+    /// is the client certificate's common name (the identity the server sees). The CA's
+    /// key is kept as `ca.key`, so more certificates can be issued later.
     pub fn ensure(dir: &Path, client_name: &str) -> Result<Self, TlsError> {
         let pki = Self::paths(dir);
         if pki.server.cert.exists() && pki.client.cert.exists() {
             return Ok(pki);
         }
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "Tributary development CA");
-        ca.key_usages = vec![
+        // An incomplete PKI (interrupted creation) is made again from scratch.
+        let ca = CertAuthority::generate("Tributary development CA")?;
+        ca.write(dir)?;
+        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()])?;
+        server.write(&pki.server.cert, &pki.server.key)?;
+        // The client certificate is written last: its presence means the PKI is complete.
+        ca.issue_client(client_name)?
+            .write(&pki.client.cert, &pki.client.key)?;
+        Ok(pki)
+    }
+}
+
+/// Common name of server certificates.
+const SERVER_COMMON_NAME: &str = "tributary-server";
+
+/// A certificate authority that issues server and client certificates: the one way
+/// certificates are made (the development PKI and `tributary-cloud certs` both use it).
+#[derive(Debug)]
+pub struct CertAuthority {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and its private key, PEM.
+#[derive(Clone)]
+pub struct IssuedCert {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    /// The certificate only: the key is secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuedCert {
+    /// Writes the certificate to `cert` and the key to `key` (mode 0600).
+    pub fn write(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        write(key, &self.key_pem, true)?;
+        write(cert, &self.cert_pem, false)
+    }
+}
+
+impl CertAuthority {
+    /// A new self-signed CA named `common_name`.
+    pub fn generate(common_name: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let ca_cert = ca.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca, &ca_key);
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(CertAuthority {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
 
-        let leaf = |names: Vec<String>, cn: &str, usage| -> Result<(String, String), TlsError> {
-            let key = KeyPair::generate()?;
-            let mut p = CertificateParams::new(names)?;
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.extended_key_usages = vec![usage];
-            let cert = p.signed_by(&key, &issuer)?;
-            Ok((cert.pem(), key.serialize_pem()))
-        };
-        let (server_cert, server_key) = leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            "tributary-server",
+    /// An existing CA: its certificate and private key, PEM.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let ca_err = |e: rcgen::Error| TlsError::Config(format!("CA: {e}"));
+        let key = KeyPair::from_pem(key_pem).map_err(ca_err)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(ca_err)?;
+        Ok(CertAuthority {
+            cert_pem: cert_pem.to_string(),
+            issuer,
+        })
+    }
+
+    /// The CA kept in `dir` (`ca.pem`, `ca.key`): `None` if neither file is there, an
+    /// error if only one is, or if they cannot be read.
+    pub fn load(dir: &Path) -> Result<Option<Self>, TlsError> {
+        let (cert, key) = Self::paths(dir);
+        match (cert.exists(), key.exists()) {
+            (false, false) => return Ok(None),
+            (true, true) => {}
+            (true, false) => return Err(file_err(&key, "missing, but the CA certificate exists")),
+            (false, true) => return Err(file_err(&cert, "missing, but the CA key exists")),
+        }
+        let cert_pem = std::fs::read_to_string(&cert).map_err(|e| file_err(&cert, e))?;
+        let key_pem = std::fs::read_to_string(&key).map_err(|e| file_err(&key, e))?;
+        let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| file_err(&key, e))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|e| file_err(&cert, e))?;
+        Ok(Some(CertAuthority { cert_pem, issuer }))
+    }
+
+    /// Where a CA is kept in `dir`: `ca.pem` and `ca.key`.
+    pub fn paths(dir: &Path) -> (PathBuf, PathBuf) {
+        (dir.join("ca.pem"), dir.join("ca.key"))
+    }
+
+    /// Writes the CA to `dir` (`ca.pem`, and `ca.key` with mode 0600), creating `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), TlsError> {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        let (cert, key) = Self::paths(dir);
+        write(&key, &self.issuer.key().serialize_pem(), true)?;
+        write(&cert, &self.cert_pem, false)
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses; clients connect
+    /// with one of them as the server name).
+    pub fn issue_server(&self, names: &[String]) -> Result<IssuedCert, TlsError> {
+        self.issue(
+            names.to_vec(),
+            SERVER_COMMON_NAME,
             ExtendedKeyUsagePurpose::ServerAuth,
-        )?;
-        let (client_cert, client_key) =
-            leaf(vec![], client_name, ExtendedKeyUsagePurpose::ClientAuth)?;
-        write(&pki.server.ca, &ca_cert.pem(), false)?;
-        write(&pki.server.cert, &server_cert, false)?;
-        write(&pki.server.key, &server_key, true)?;
-        write(&pki.client.key, &client_key, true)?;
-        // Written last: its presence means the PKI is complete.
-        write(&pki.client.cert, &client_cert, false)?;
-        Ok(pki)
+        )
+    }
+
+    /// A client certificate whose common name, the identity the server sees, is `name`.
+    pub fn issue_client(&self, name: &str) -> Result<IssuedCert, TlsError> {
+        self.issue(vec![], name, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        names: Vec<String>,
+        common_name: &str,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<IssuedCert, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(names)?;
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -134,6 +246,12 @@ fn write(path: &Path, pem: &str, secret: bool) -> Result<(), TlsError> {
         o.mode(0o600);
     }
     let mut f = o.open(path).map_err(|e| file_err(path, e))?;
+    if secret {
+        // The mode above applies only to a new file.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| file_err(path, e))?;
+    }
     std::io::Write::write_all(&mut f, pem.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| file_err(path, e))

@@ -1,0 +1,599 @@
+//! The standalone node's configuration file (TOML). Every section and key is optional;
+//! unknown keys are refused. Command-line flags override the file, the file overrides
+//! the defaults. Relative paths in a file are relative to the file's directory.
+//!
+//! ```toml
+//! data_dir = "/var/lib/tributary"
+//! [quic]
+//! listen = "127.0.0.1:9190"
+//! [http]
+//! listen = "127.0.0.1:9191"
+//! [tls]            # all of ca, cert, key, or no [tls] for the development PKI
+//! ca = "ca.pem"
+//! cert = "server.pem"
+//! key = "server.key"
+//! server_name = "localhost"
+//! [log]
+//! max_file_bytes = 67108864
+//! commit_delay_us = 0
+//! cache_mb = 64
+//! [policies]       # automatic scaling and retention
+//! tick_secs = 10
+//! scale_window_secs = 120
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use tributary::controller::PolicySettings;
+use tributary::log::LogConfig;
+
+/// Default QUIC (segment service) address.
+pub const DEFAULT_QUIC_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9190);
+/// Default HTTP (health, metrics) address.
+pub const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9191);
+/// Default name clients expect in the server certificate.
+pub const DEFAULT_SERVER_NAME: &str = "localhost";
+
+const MAX_COMMIT_DELAY_US: u64 = 10_000_000;
+const MIN_FILE_BYTES: u64 = 4096;
+const MAX_CACHE_MB: u64 = 1 << 20;
+
+/// The node's own TLS identity, from the `[tls]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA client certificates must be signed by.
+    pub ca: PathBuf,
+    /// The server certificate.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The name clients connect with (in the server certificate).
+    pub server_name: String,
+}
+
+/// What a configuration file says, validated; `None` where it says nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileSettings {
+    /// `data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `[quic] listen`.
+    pub quic_listen: Option<SocketAddr>,
+    /// `[http] listen`.
+    pub http_listen: Option<SocketAddr>,
+    /// `[tls]`.
+    pub tls: Option<TlsFiles>,
+    /// `[log]`, over the defaults of [`LogConfig`].
+    pub log: LogConfig,
+    /// `[policies]`, over the defaults of [`PolicySettings`].
+    pub policies: PolicySettings,
+}
+
+/// The standalone node's complete configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where everything is kept.
+    pub data_dir: PathBuf,
+    /// The segment service's QUIC address.
+    pub quic_listen: SocketAddr,
+    /// The health and metrics HTTP address.
+    pub http_listen: SocketAddr,
+    /// The node's TLS identity; `None`: the development PKI in `data_dir/tls`.
+    pub tls: Option<TlsFiles>,
+    /// The segment log's tuning.
+    pub log: LogConfig,
+    /// How often and over which window scaling and retention run.
+    pub policies: PolicySettings,
+}
+
+/// Command-line flags that override the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub quic_listen: Option<SocketAddr>,
+    /// `--http`.
+    pub http_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Flags over the file over the defaults (data directory:
+    /// [`tributary::profile::default_data_dir`]).
+    pub fn new(file: FileSettings, flags: Overrides) -> Config {
+        Config {
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(tributary::profile::default_data_dir),
+            quic_listen: flags
+                .quic_listen
+                .or(file.quic_listen)
+                .unwrap_or(DEFAULT_QUIC_LISTEN),
+            http_listen: flags
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or(DEFAULT_HTTP_LISTEN),
+            tls: file.tls,
+            log: file.log,
+            policies: file.policies,
+        }
+    }
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    /// The key, dotted (`quic.listen`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in one file; displayed one line per problem, each starting with
+/// `FILE:LINE:`.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    /// The file.
+    pub path: PathBuf,
+    /// The problems (at least one).
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:", self.path.display())?;
+            if let Some(l) = e.line {
+                write!(f, "{l}:")?;
+            }
+            write!(f, " {}: {}", e.key, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<FileSettings, ConfigErrors> {
+    let errs = |errors| ConfigErrors {
+        path: path.to_path_buf(),
+        errors,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        errs(vec![ConfigError {
+            line: None,
+            key: "(file)".into(),
+            message: e.to_string(),
+        }])
+    })?;
+    parse(&text, path.parent().unwrap_or(Path::new(""))).map_err(errs)
+}
+
+/// Parses and validates a configuration; relative paths are joined to `base`.
+pub fn parse(text: &str, base: &Path) -> Result<FileSettings, Vec<ConfigError>> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let (line, key) = match e.span() {
+            Some(span) => (Some(line_of(text, span.start)), key_at(text, span.start)),
+            None => (None, "(file)".into()),
+        };
+        vec![ConfigError {
+            line,
+            key,
+            message: e.message().trim().to_string(),
+        }]
+    })?;
+    let mut v = Validator {
+        text,
+        base,
+        errors: Vec::new(),
+    };
+    let data_dir = raw.data_dir.as_ref().and_then(|d| v.path("data_dir", d));
+    let quic_listen = raw
+        .quic
+        .and_then(|q| q.listen)
+        .and_then(|a| v.addr("quic.listen", &a));
+    let http_listen = raw
+        .http
+        .and_then(|h| h.listen)
+        .and_then(|a| v.addr("http.listen", &a));
+    let tls = raw.tls.and_then(|t| v.tls(t));
+    let log = v.log(raw.log.unwrap_or_default());
+    let policies = v.policies(raw.policies.unwrap_or_default());
+    if v.errors.is_empty() {
+        Ok(FileSettings {
+            data_dir,
+            quic_listen,
+            http_listen,
+            tls,
+            log,
+            policies,
+        })
+    } else {
+        Err(v.errors)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    data_dir: Option<Spanned<PathBuf>>,
+    quic: Option<RawListen>,
+    http: Option<RawListen>,
+    tls: Option<Spanned<RawTls>>,
+    log: Option<RawLog>,
+    policies: Option<RawPolicies>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicies {
+    tick_secs: Option<Spanned<u64>>,
+    scale_window_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<Spanned<PathBuf>>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    server_name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    max_file_bytes: Option<Spanned<u64>>,
+    commit_delay_us: Option<Spanned<u64>>,
+    cache_mb: Option<Spanned<u64>>,
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    base: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error<T>(&mut self, key: &str, at: usize, message: String) -> Option<T> {
+        self.errors.push(ConfigError {
+            line: Some(line_of(self.text, at)),
+            key: key.into(),
+            message,
+        });
+        None
+    }
+
+    fn path(&mut self, key: &str, p: &Spanned<PathBuf>) -> Option<PathBuf> {
+        if p.get_ref().as_os_str().is_empty() {
+            return self.error(key, p.span().start, "must not be empty".into());
+        }
+        Some(self.base.join(p.get_ref()))
+    }
+
+    fn addr(&mut self, key: &str, a: &Spanned<String>) -> Option<SocketAddr> {
+        match a.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => self.error(
+                key,
+                a.span().start,
+                format!(
+                    "{:?} is not an address (expected IP:PORT, e.g. \"127.0.0.1:9190\")",
+                    a.get_ref()
+                ),
+            ),
+        }
+    }
+
+    fn tls(&mut self, t: Spanned<RawTls>) -> Option<TlsFiles> {
+        let at = t.span().start;
+        let t = t.into_inner();
+        let ca = t.ca.as_ref().and_then(|p| self.path("tls.ca", p));
+        let cert = t.cert.as_ref().and_then(|p| self.path("tls.cert", p));
+        let key = t.key.as_ref().and_then(|p| self.path("tls.key", p));
+        let server_name = match &t.server_name {
+            Some(n) if n.get_ref().trim().is_empty() => self.error(
+                "tls.server_name",
+                n.span().start,
+                "must not be empty".into(),
+            ),
+            Some(n) => Some(n.get_ref().clone()),
+            None => Some(DEFAULT_SERVER_NAME.to_string()),
+        };
+        for (name, given) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+            if given.is_none() {
+                self.error::<()>(
+                    &format!("tls.{name}"),
+                    at,
+                    "missing: [tls] needs ca, cert and key together \
+                     (leave out [tls] for the development PKI)"
+                        .into(),
+                );
+            }
+        }
+        Some(TlsFiles {
+            ca: ca?,
+            cert: cert?,
+            key: key?,
+            server_name: server_name?,
+        })
+    }
+
+    fn log(&mut self, l: RawLog) -> LogConfig {
+        let mut c = LogConfig::default();
+        if let Some(v) = l.max_file_bytes {
+            if *v.get_ref() < MIN_FILE_BYTES {
+                self.error::<()>(
+                    "log.max_file_bytes",
+                    v.span().start,
+                    format!("must be at least {MIN_FILE_BYTES}"),
+                );
+            }
+            c.max_file_bytes = *v.get_ref();
+        }
+        if let Some(v) = l.commit_delay_us {
+            if *v.get_ref() > MAX_COMMIT_DELAY_US {
+                self.error::<()>(
+                    "log.commit_delay_us",
+                    v.span().start,
+                    format!("must be at most {MAX_COMMIT_DELAY_US} (10 s)"),
+                );
+            }
+            c.commit_delay = Duration::from_micros(*v.get_ref());
+        }
+        if let Some(v) = l.cache_mb {
+            let mb = *v.get_ref();
+            match usize::try_from(mb << 20) {
+                Ok(bytes) if (1..=MAX_CACHE_MB).contains(&mb) => c.cache_bytes = bytes,
+                _ => {
+                    self.error::<()>(
+                        "log.cache_mb",
+                        v.span().start,
+                        format!("must be between 1 and {MAX_CACHE_MB}"),
+                    );
+                }
+            }
+        }
+        c
+    }
+}
+
+impl Validator<'_> {
+    fn policies(&mut self, p: RawPolicies) -> PolicySettings {
+        let mut s = PolicySettings::default();
+        for (key, v, out) in [
+            ("policies.tick_secs", p.tick_secs, &mut s.tick),
+            (
+                "policies.scale_window_secs",
+                p.scale_window_secs,
+                &mut s.scale_window,
+            ),
+        ] {
+            if let Some(v) = v {
+                match *v.get_ref() {
+                    secs @ 1..=86_400 => *out = Duration::from_secs(secs),
+                    _ => {
+                        self.error::<()>(key, v.span().start, "must be between 1 and 86400".into());
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key on the line holding byte `offset`, for parse errors, which toml
+/// reports with a span but not the key: the nearest `[section]` header above, and the
+/// `key =` of the line itself.
+fn key_at(text: &str, offset: usize) -> String {
+    let line_no = line_of(text, offset);
+    let header = |l: &str| {
+        let l = l.trim();
+        (l.starts_with('[') && !l.starts_with("[["))
+            .then(|| {
+                l.trim_start_matches('[')
+                    .split(']')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+            })
+            .map(str::to_string)
+    };
+    let mut section = None;
+    let mut key = None;
+    for (i, l) in text.lines().enumerate().take(line_no) {
+        if let Some(h) = header(l) {
+            section = Some(h);
+            key = None;
+        } else if i + 1 == line_no {
+            key = l
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches(['"', '\'']).to_string());
+        }
+    }
+    match (section, key) {
+        (Some(s), Some(k)) => format!("{s}.{k}"),
+        (None, Some(k)) => k,
+        (Some(s), None) => s,
+        (None, None) => "(file)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text, Path::new("/etc/t"))
+            .expect_err("accepted")
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let s = parse(
+            include_str!("../../config/cloud-standalone.toml"),
+            Path::new("/etc/t"),
+        )
+        .expect("example config");
+        assert_eq!(s.quic_listen, Some(DEFAULT_QUIC_LISTEN));
+        assert_eq!(s.http_listen, Some(DEFAULT_HTTP_LISTEN));
+        assert_eq!(s.log, LogConfig::default());
+    }
+
+    #[test]
+    fn empty_file_means_defaults_and_flags_win() {
+        let s = parse("", Path::new("/etc/t")).expect("empty");
+        assert_eq!(s, FileSettings::default());
+        let file = parse(
+            "data_dir = \"d\"\n[quic]\nlisten = \"127.0.0.1:1\"\n[http]\nlisten = \"127.0.0.1:2\"\n",
+            Path::new("/etc/t"),
+        )
+        .expect("file");
+        let c = Config::new(file.clone(), Overrides::default());
+        assert_eq!(c.data_dir, PathBuf::from("/etc/t/d"));
+        assert_eq!(c.quic_listen, "127.0.0.1:1".parse().expect("addr"));
+        assert_eq!(c.http_listen, "127.0.0.1:2".parse().expect("addr"));
+        let c = Config::new(
+            file,
+            Overrides {
+                data_dir: Some("/x".into()),
+                quic_listen: Some("127.0.0.1:3".parse().expect("addr")),
+                http_listen: None,
+            },
+        );
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.quic_listen, "127.0.0.1:3".parse().expect("addr"));
+        assert_eq!(c.http_listen, "127.0.0.1:2".parse().expect("addr"));
+    }
+
+    #[test]
+    fn full_file_is_mapped() {
+        let s = parse(
+            "[tls]\nca = \"/p/ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\n\
+             [log]\nmax_file_bytes = 8192\ncommit_delay_us = 500\ncache_mb = 2\n",
+            Path::new("/etc/t"),
+        )
+        .expect("file");
+        assert_eq!(
+            s.tls,
+            Some(TlsFiles {
+                ca: "/p/ca.pem".into(),
+                cert: "/etc/t/s.pem".into(),
+                key: "/etc/t/s.key".into(),
+                server_name: "localhost".into(),
+            })
+        );
+        assert_eq!(s.log.max_file_bytes, 8192);
+        assert_eq!(s.log.commit_delay, Duration::from_micros(500));
+        assert_eq!(s.log.cache_bytes, 2 << 20);
+        s.log.validate().expect("valid log config");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        assert_eq!(
+            errors("[quic]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").len(),
+            1
+        );
+        let e = &errors("[quic]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n")[0];
+        assert!(
+            e.starts_with("line 3: quic.listen_port: unknown field"),
+            "{e}"
+        );
+        let e = &errors("\n[quick]\nlisten = \"x\"\n")[0];
+        assert!(e.starts_with("line 2: quick: unknown field"), "{e}");
+        let e = &errors("colour = 1\n")[0];
+        assert!(e.starts_with("line 1: colour: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn type_and_syntax_errors_name_the_key() {
+        let e = &errors("[log]\n\ncache_mb = \"big\"\n")[0];
+        assert!(e.starts_with("line 3: log.cache_mb: "), "{e}");
+        let e = &errors("[http]\nlisten = 127.0.0.1:9\n")[0];
+        assert!(e.starts_with("line 2: http.listen: "), "{e}");
+        let e = &errors("[log]\nmax_file_bytes = -1\n")[0];
+        assert!(e.starts_with("line 2: log.max_file_bytes: "), "{e}");
+    }
+
+    #[test]
+    fn every_validation_error_is_reported() {
+        let e = errors(
+            "data_dir = \"\"\n[quic]\nlisten = \"localhost\"\n[http]\nlisten = \"1.2.3.4\"\n\
+             [tls]\ncert = \"c.pem\"\n[log]\nmax_file_bytes = 0\ncommit_delay_us = 20000000\n\
+             cache_mb = 0\n",
+        );
+        let want = [
+            "line 1: data_dir: must not be empty",
+            "line 3: quic.listen: \"localhost\" is not an address",
+            "line 5: http.listen: \"1.2.3.4\" is not an address",
+            "line 6: tls.ca: missing",
+            "line 6: tls.key: missing",
+            "line 9: log.max_file_bytes: must be at least 4096",
+            "line 10: log.commit_delay_us: must be at most",
+            "line 11: log.cache_mb: must be between 1 and",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn errors_display_one_line_each_with_the_file() {
+        let e = |line, key: &str| ConfigError {
+            line,
+            key: key.into(),
+            message: "bad".into(),
+        };
+        let errs = ConfigErrors {
+            path: "/etc/t/c.toml".into(),
+            errors: vec![e(Some(2), "quic.listen"), e(None, "(file)")],
+        };
+        assert_eq!(
+            errs.to_string(),
+            "/etc/t/c.toml:2: quic.listen: bad\n/etc/t/c.toml: (file): bad"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! `tributary-cloud check-config` and `tributary-cloud certs`, run as the real binary.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use tributary::controller::Controller;
+use tributary::log::{LogConfig, SegmentLog};
+use tributary::service::{Client, SegmentServer};
+use tributary::tls::{client_config, server_config, Identity};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tributary-cloud");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run tributary-cloud")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/cloud-standalone.toml"
+    );
+    let out = run(&["check-config", example]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{example}: ok\n")
+    );
+}
+
+#[test]
+fn check_config_refuses_an_unknown_key_naming_it_and_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cloud.toml");
+    std::fs::write(
+        &file,
+        "# a comment\n[quic]\nlisten = \"127.0.0.1:9190\"\n\n[log]\ncache_mb = 8\ncahce_mb = 8\n",
+    )
+    .expect("write");
+    let out = run(&["check-config", file.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success(), "accepted");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{}:7: log.cahce_mb: unknown field",
+            file.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_reports_every_invalid_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cloud.toml");
+    std::fs::write(
+        &file,
+        "[quic]\nlisten = \"localhost:9190\"\n[tls]\nca = \"ca.pem\"\n[log]\nmax_file_bytes = 0\n",
+    )
+    .expect("write");
+    let out = run(&["check-config", file.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success(), "accepted");
+    let err = stderr(&out);
+    let keys: Vec<&str> = err
+        .lines()
+        .map(|l| l.split(": ").nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        keys,
+        ["quic.listen", "tls.cert", "tls.key", "log.max_file_bytes"],
+        "{err}"
+    );
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+}
+
+#[test]
+fn certs_issue_working_certificates_and_reuse_the_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("pki");
+    let out = out_dir.to_str().expect("utf-8 path");
+    let o = run(&[
+        "certs",
+        "--out",
+        out,
+        "--server-name",
+        "node.test",
+        "127.0.0.1",
+        "--client",
+        "alice",
+        "--client",
+        "bob",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["ca", "server", "alice", "bob"] {
+        assert!(out_dir.join(format!("{f}.pem")).is_file(), "{f}.pem");
+        assert_eq!(mode(&out_dir.join(format!("{f}.key"))), 0o600, "{f}.key");
+    }
+    let ca = std::fs::read(out_dir.join("ca.pem")).expect("ca.pem");
+
+    // A second run reuses the CA: earlier certificates stay valid.
+    let o = run(&[
+        "certs",
+        "--out",
+        out,
+        "--server-name",
+        "node.test",
+        "--server-name",
+        "127.0.0.1",
+        "--client",
+        "carol",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(out_dir.join("ca.pem")).expect("ca.pem"), ca);
+
+    // The certificates work for mutual TLS: the server (from the second run) accepts
+    // alice (from the first) and carol, on both of its names.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let log =
+            Arc::new(SegmentLog::open(dir.path().join("log"), LogConfig::default()).expect("log"));
+        let id = |name: &str| Identity {
+            ca: out_dir.join("ca.pem"),
+            cert: out_dir.join(format!("{name}.pem")),
+            key: out_dir.join(format!("{name}.key")),
+        };
+        let controller = Arc::new(Controller::open(log).await.expect("controller"));
+        let tls = server_config(&id("server")).expect("server TLS");
+        let server =
+            SegmentServer::start(([127, 0, 0, 1], 0).into(), tls, controller).expect("serve");
+        let addr = server.local_addr().expect("addr");
+        for (client, name) in [("alice", "node.test"), ("carol", "127.0.0.1")] {
+            let tls = client_config(&id(client)).expect("client TLS");
+            let c = Client::connect(addr, name, tls)
+                .await
+                .unwrap_or_else(|e| panic!("{client} via {name}: {e}"));
+            c.create_segment(client).await.expect("create");
+            c.close().await;
+        }
+        // bob's certificate was issued in the first run, but "other.test" is not a
+        // name of the server.
+        let tls = client_config(&id("bob")).expect("client TLS");
+        assert!(Client::connect(addr, "other.test", tls).await.is_err());
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn certs_refuse_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().to_str().expect("utf-8 path");
+    for (args, want) in [
+        (vec!["--client", "../x"], "--client \"../x\""),
+        (vec!["--client", "server"], "--client \"server\""),
+    ] {
+        let mut a = vec!["certs", "--out", out, "--server-name", "n"];
+        a.extend(args);
+        let o = run(&a);
+        assert!(!o.status.success(), "{a:?} accepted");
+        assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
+    }
+    // Half a CA is refused rather than replaced.
+    std::fs::write(dir.path().join("ca.pem"), "x").expect("write");
+    let o = run(&["certs", "--out", out, "--server-name", "n"]);
+    assert!(!o.status.success(), "accepted half a CA");
+    assert!(stderr(&o).contains("ca.key"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dir.path().join("ca.pem")).expect("ca.pem"),
+        b"x"
+    );
+}
