@@ -34,28 +34,28 @@ const RAW_MIN_WRITE: usize = 4096;
 pub struct Args {
     /// Data directory: a fresh subdirectory is created in it and removed at the end.
     #[arg(long)]
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Concurrent appender threads.
     #[arg(long, default_value_t = 4)]
-    appenders: usize,
+    pub appenders: usize,
     /// Segments, spread over the appenders (appender i writes segments i, i+N, ...).
     #[arg(long, default_value_t = 1)]
-    segments: usize,
+    pub segments: usize,
     /// Payload bytes per event.
     #[arg(long, default_value_t = 100)]
-    event_bytes: usize,
+    pub event_bytes: usize,
     /// Duration of the append phase, in seconds.
     #[arg(long, default_value_t = 5.0)]
-    seconds: f64,
+    pub seconds: f64,
     /// Largest number of appends in flight (submitted, not yet durable) per appender.
     #[arg(long, default_value_t = 10_000)]
-    window: usize,
+    pub window: usize,
     /// The log's group-commit delay, in microseconds.
     #[arg(long, default_value_t = 0)]
-    commit_delay_us: u64,
+    pub commit_delay_us: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Removes the bench directory when dropped, whatever happened.
@@ -81,6 +81,17 @@ struct Appended {
 
 /// Runs the benchmark and prints its figures.
 pub fn run(args: &Args) -> Result<()> {
+    let out = measure(args)?;
+    if args.json {
+        println!("{out}");
+    } else {
+        print_text(&out);
+    }
+    Ok(())
+}
+
+/// Runs the benchmark; returns its figures as the JSON object `--json` prints.
+pub fn measure(args: &Args) -> Result<serde_json::Value> {
     let run_for = validate(args)?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
@@ -161,50 +172,69 @@ pub fn run(args: &Args) -> Result<()> {
     let (raw_mb_per_s, raw_writes_per_s) = raw_baseline(&scratch.0, raw_write, raw_for)?;
     let ratio_to_raw = mb_per_s / raw_mb_per_s.max(1e-9);
 
-    if args.json {
-        let out = serde_json::json!({
-            "events_per_s": events_per_s,
-            "mb_per_s": mb_per_s,
-            "p50_us": p50_us,
-            "p99_us": p99_us,
-            "write_amp": write_amp,
-            "raw_mb_per_s": raw_mb_per_s,
-            "raw_writes_per_s": raw_writes_per_s,
-            "raw_write_bytes": raw_write,
-            "ratio_to_raw": ratio_to_raw,
-            "appenders": args.appenders,
-            "segments": args.segments,
-            "event_bytes": args.event_bytes,
-            "seconds": args.seconds,
-            "window": args.window,
-            "commit_delay_us": args.commit_delay_us,
-            "elapsed_s": elapsed,
-            "events": events,
-            "payload_bytes": bytes,
-            "batches": batches,
-            "batch_bytes_avg": batch_bytes_avg,
-            "backpressured": backpressured,
-        });
-        println!("{out}");
-    } else {
-        let amp = write_amp.map_or("n/a (no /proc/self/io)".to_string(), |w| format!("{w:.3}"));
-        println!(
-            "log bench: {} appenders, {} segments, {} B events, {} s, window {}, commit delay {} µs",
-            args.appenders, args.segments, args.event_bytes, args.seconds, args.window,
-            args.commit_delay_us
-        );
-        println!("events/s:        {events_per_s:.0}  ({events} events in {elapsed:.3} s)");
-        println!("MB/s (payload):  {mb_per_s:.2}");
-        println!("ack latency:     p50 {p50_us} µs, p99 {p99_us} µs");
-        println!("write amp:       {amp}");
-        println!("avg batch:       {batch_bytes_avg:.0} B over {batches} group commits");
-        println!(
-            "raw disk:        {raw_mb_per_s:.2} MB/s, {raw_writes_per_s:.0} writes/s \
-             ({raw_write} B writes + fdatasync)"
-        );
-        println!("log / raw:       {ratio_to_raw:.3}");
-    }
-    Ok(())
+    Ok(serde_json::json!({
+        "events_per_s": events_per_s,
+        "mb_per_s": mb_per_s,
+        "p50_us": p50_us,
+        "p99_us": p99_us,
+        "write_amp": write_amp,
+        "raw_mb_per_s": raw_mb_per_s,
+        "raw_writes_per_s": raw_writes_per_s,
+        "raw_write_bytes": raw_write,
+        "ratio_to_raw": ratio_to_raw,
+        "appenders": args.appenders,
+        "segments": args.segments,
+        "event_bytes": args.event_bytes,
+        "seconds": args.seconds,
+        "window": args.window,
+        "commit_delay_us": args.commit_delay_us,
+        "elapsed_s": elapsed,
+        "events": events,
+        "payload_bytes": bytes,
+        "batches": batches,
+        "batch_bytes_avg": batch_bytes_avg,
+        "backpressured": backpressured,
+    }))
+}
+
+fn print_text(v: &serde_json::Value) {
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let amp = v["write_amp"]
+        .as_f64()
+        .map_or("n/a (no /proc/self/io)".to_string(), |w| format!("{w:.3}"));
+    println!(
+        "log bench: {} appenders, {} segments, {} B events, {} s, window {}, commit delay {} µs",
+        v["appenders"],
+        v["segments"],
+        v["event_bytes"],
+        v["seconds"],
+        v["window"],
+        v["commit_delay_us"]
+    );
+    println!(
+        "events/s:        {:.0}  ({} events in {:.3} s)",
+        f("events_per_s"),
+        v["events"],
+        f("elapsed_s")
+    );
+    println!("MB/s (payload):  {:.2}", f("mb_per_s"));
+    println!(
+        "ack latency:     p50 {} µs, p99 {} µs",
+        v["p50_us"], v["p99_us"]
+    );
+    println!("write amp:       {amp}");
+    println!(
+        "avg batch:       {:.0} B over {} group commits",
+        f("batch_bytes_avg"),
+        v["batches"]
+    );
+    println!(
+        "raw disk:        {:.2} MB/s, {:.0} writes/s ({} B writes + fdatasync)",
+        f("raw_mb_per_s"),
+        f("raw_writes_per_s"),
+        v["raw_write_bytes"]
+    );
+    println!("log / raw:       {:.3}", f("ratio_to_raw"));
 }
 
 /// Checks the options; returns the duration of the append phase.

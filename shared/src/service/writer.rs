@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::client::{AckStream, AppendSession, Client, ClientError};
 use crate::event::{encode_event, framed_len, MAX_KEY_LEN};
@@ -97,6 +97,7 @@ struct Block {
 #[derive(Debug)]
 pub struct EventWriter {
     tx: mpsc::Sender<Cmd>,
+    acked: watch::Receiver<i64>,
     task: tokio::task::JoinHandle<()>,
     writer_id: u128,
     next_number: i64,
@@ -122,7 +123,9 @@ impl EventWriter {
         let (tx, rx) = mpsc::channel(4096);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let next_number = config.first_event_number;
+        let (acked_tx, acked) = watch::channel(next_number - 1);
         let task = Task {
+            acked: acked_tx,
             client: client.clone(),
             scope: scope.to_string(),
             stream: stream.to_string(),
@@ -142,10 +145,17 @@ impl EventWriter {
         };
         Ok(EventWriter {
             tx,
+            acked,
             task: tokio::spawn(task.run(rx)),
             writer_id,
             next_number,
         })
+    }
+
+    /// The highest event number `n` such that every event up to `n` is durable (or
+    /// was stored before); it only grows.
+    pub fn acknowledged(&self) -> watch::Receiver<i64> {
+        self.acked.clone()
     }
 
     /// The writer's id.
@@ -250,6 +260,7 @@ struct Session {
 }
 
 struct Task {
+    acked: watch::Sender<i64>,
     client: Client,
     scope: String,
     stream: String,
@@ -521,6 +532,14 @@ impl Task {
 
     fn answer_flushes(&mut self) {
         let low = self.lowest_unacked();
+        let through = low.map_or(self.last_number, |l| l - 1);
+        self.acked.send_if_modified(|a| {
+            let grew = through > *a;
+            if grew {
+                *a = through;
+            }
+            grew
+        });
         while let Some((n, _)) = self.flushes.front() {
             if low.is_some_and(|l| l <= *n) {
                 break;

@@ -1,0 +1,211 @@
+//! `trib write` and `trib read`.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::AsyncBufReadExt;
+use tributary::service::{Client, EventReader, EventWriter, ReaderConfig, WriterConfig};
+use tributary::stream::StreamCut;
+use tributary::wire::StartFrom;
+
+use crate::connect::scoped;
+
+#[derive(Debug, clap::Args)]
+pub struct WriteArgs {
+    /// SCOPE/STREAM.
+    stream: String,
+    /// Routing key of every event (events with one key stay in order). Without it,
+    /// events carry an empty key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Writer id (a number, 0x-hex, or any text, hashed). With an id, the i-th input
+    /// line is event number i: rerunning the same input after a failure stores only
+    /// what is missing.
+    #[arg(long)]
+    writer_id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    /// SCOPE/STREAM.
+    stream: String,
+    /// Where to start: head, tail, or a stream cut (NUMBER.EPOCH:OFFSET,...). With
+    /// --group, only used when the group is created.
+    #[arg(long, default_value = "head")]
+    from: String,
+    /// Read as a member of this reader group (created if missing), sharing the
+    /// stream with the group's other readers and resuming where it stopped.
+    #[arg(long)]
+    group: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    max: Option<u64>,
+    /// Stop after this many seconds without an event (default: tail until Ctrl-C).
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// One JSON object per event: key, segment, offset, payload.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A writer id from text: a decimal or 0x-hex number, else a stable hash of the text.
+fn writer_id(s: &str) -> u128 {
+    if let Some(hex) = s.strip_prefix("0x") {
+        if let Ok(v) = u128::from_str_radix(hex, 16) {
+            return v;
+        }
+    }
+    if let Ok(v) = s.parse::<u128>() {
+        return v;
+    }
+    // FNV-1a, 128 bits: stable across runs and builds.
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in s.bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    h
+}
+
+pub async fn write(c: &Client, args: WriteArgs) -> Result<()> {
+    let (scope, stream) = scoped(&args.stream)?;
+    let config = WriterConfig {
+        writer_id: args.writer_id.as_deref().map(writer_id),
+        ..WriterConfig::default()
+    };
+    let mut w = EventWriter::new(c, scope, stream, config).await?;
+    let key = args.key.unwrap_or_default();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut n: u64 = 0;
+    while let Some(line) = lines.next_line().await.context("reading standard input")? {
+        w.write(key.as_bytes(), line.as_bytes())
+            .await
+            .with_context(|| format!("line {}", n + 1))?;
+        n += 1;
+    }
+    let stats = w.close().await?;
+    eprintln!(
+        "{n} events: {} stored, {} already stored before",
+        stats.acknowledged, stats.already_stored
+    );
+    Ok(())
+}
+
+fn start_from(s: &str) -> Result<StartFrom> {
+    Ok(match s {
+        "head" => StartFrom::Head,
+        "tail" => StartFrom::Tail,
+        cut => StartFrom::Cut(cut.parse::<StreamCut>()?),
+    })
+}
+
+pub async fn read(c: &Client, args: ReadArgs) -> Result<()> {
+    let (scope, stream) = scoped(&args.stream)?;
+    let from = start_from(&args.from)?;
+    let idle = match args.timeout {
+        Some(t) => {
+            Some(Duration::try_from_secs_f64(t).map_err(|_| anyhow!("--timeout must be >= 0"))?)
+        }
+        None => None,
+    };
+    // Without --group, a private group that is deleted at the end.
+    let pid = std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let (group, temporary) = match &args.group {
+        Some(g) => (g.clone(), false),
+        None => (format!("trib-read-{pid}-{nanos:x}"), true),
+    };
+    c.create_reader_group(scope, &group, stream, from).await?;
+    let r = read_events(
+        c,
+        scope,
+        &group,
+        &format!("trib-{pid}-{nanos:x}"),
+        &args,
+        idle,
+    )
+    .await;
+    if temporary {
+        c.delete_reader_group(scope, &group).await?;
+    }
+    r
+}
+
+async fn read_events(
+    c: &Client,
+    scope: &str,
+    group: &str,
+    reader: &str,
+    args: &ReadArgs,
+    idle: Option<Duration>,
+) -> Result<()> {
+    let mut r = EventReader::join(c, scope, group, reader, ReaderConfig::default()).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut count: u64 = 0;
+    let mut last = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let result: Result<()> = loop {
+        if args.max.is_some_and(|m| count >= m) {
+            break Ok(());
+        }
+        let wait = match idle {
+            Some(i) => match i.checked_sub(last.elapsed()) {
+                Some(w) => w.min(Duration::from_millis(500)),
+                None => break Ok(()),
+            },
+            None => Duration::from_millis(500),
+        };
+        let e = tokio::select! {
+            e = r.next(wait) => e,
+            _ = &mut ctrl_c => break Ok(()),
+        };
+        let e = match e {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                out.flush()?;
+                continue;
+            }
+            Err(e) => break Err(e.into()),
+        };
+        last = Instant::now();
+        count += 1;
+        let written = if args.json {
+            let mut obj = serde_json::json!({
+                "key": String::from_utf8_lossy(&e.key),
+                "segment": format!("{}.{}", e.segment.number, e.segment.epoch),
+                "offset": e.offset,
+            });
+            match std::str::from_utf8(&e.payload) {
+                Ok(p) => obj["payload"] = p.into(),
+                Err(_) => obj["payload_hex"] = hex(&e.payload).into(),
+            }
+            writeln!(out, "{obj}")
+        } else {
+            out.write_all(&e.payload)
+                .and_then(|()| out.write_all(b"\n"))
+        };
+        if let Err(e) = written {
+            // A closed pipe (`| head`) ends the read quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                break Ok(());
+            }
+            break Err(e.into());
+        }
+    };
+    let _ = out.flush();
+    drop(out);
+    r.leave().await?;
+    result?;
+    if args.max.is_some_and(|m| count < m) && idle.is_some() {
+        bail!("only {count} events before the timeout");
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
