@@ -519,3 +519,53 @@ async fn a_writer_with_an_id_stores_each_event_once_across_server_sigkills() {
     let got = drain(&mut r, usize::MAX, Duration::from_secs(2)).await;
     assert_exactly_once_in_order(&got, KEYS, PER_KEY);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_under_sustained_load_splits_by_itself_and_writers_follow() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    c.create_scope("s").await.expect("scope");
+    let config = StreamConfig {
+        scaling: ScalingPolicy::EventRate {
+            target_events_per_s: 200,
+            scale_factor: 2,
+            min_segments: 1,
+        },
+        retention: RetentionPolicy::Forever,
+    };
+    c.create_stream("s", "t", config).await.expect("stream");
+    let settings = PolicySettings {
+        tick: Duration::from_secs(1),
+        scale_window: Duration::from_secs(1),
+    };
+    let mut w = EventWriter::new(&c, "s", "t", WriterConfig::default())
+        .await
+        .expect("writer");
+    node.controller().tick(&settings).await.expect("first tick");
+    // About 1000 events/s for 1.2 s: five times the target, for longer than the window.
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while start.elapsed() < Duration::from_millis(1200) {
+        write_numbered(&mut w, 4, seq..seq + 25).await;
+        seq += 25;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.controller()
+        .tick(&settings)
+        .await
+        .expect("second tick");
+    let meta = c.describe_stream("s", "t").await.expect("describe");
+    assert_eq!(meta.active().len(), 2, "the hot segment split in two");
+    // The writer finds the seal and goes on in the successors, in order.
+    write_numbered(&mut w, 4, seq..seq + 25).await;
+    let stats = w.close().await.expect("close");
+    assert!(stats.rerouted >= 1, "{stats:?}");
+    c.create_reader_group("s", "g", "t", StartFrom::Head)
+        .await
+        .expect("group");
+    let mut r = EventReader::join(&c, "s", "g", "r", fast_reader())
+        .await
+        .expect("join");
+    let got = drain(&mut r, usize::MAX, Duration::from_secs(1)).await;
+    assert_exactly_once_in_order(&got, 4, seq + 25);
+}

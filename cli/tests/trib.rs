@@ -1,0 +1,217 @@
+//! `trib` as a user runs it: the real binary against a real server (QUIC, mutual TLS)
+//! found through a client profile.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use tributary::controller::Controller;
+use tributary::log::{LogConfig, SegmentLog};
+use tributary::profile::ClientProfile;
+use tributary::service::SegmentServer;
+use tributary::tls::{server_config, DevPki};
+
+struct Server {
+    _dir: tempfile::TempDir,
+    profile: PathBuf,
+    server: Option<SegmentServer>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = DevPki::ensure(&dir.path().join("tls"), "trib-test").expect("pki");
+        let log =
+            Arc::new(SegmentLog::open(dir.path().join("log"), LogConfig::default()).expect("log"));
+        let controller = Arc::new(Controller::open(log).await.expect("controller"));
+        let tls = server_config(&pki.server).expect("tls");
+        let server =
+            SegmentServer::start(([127, 0, 0, 1], 0).into(), tls, controller).expect("server");
+        let profile = dir.path().join("client").join("profile.toml");
+        ClientProfile {
+            endpoint: server.local_addr().expect("addr"),
+            server_name: "localhost".into(),
+            ca: pki.client.ca.clone(),
+            cert: pki.client.cert.clone(),
+            key: pki.client.key.clone(),
+        }
+        .save(&profile)
+        .expect("profile");
+        Server {
+            _dir: dir,
+            profile,
+            server: Some(server),
+        }
+    }
+}
+
+/// Runs trib with the profile and `stdin`, off the async runtime.
+async fn trib(profile: &Path, args: &[&str], stdin: &str) -> Output {
+    let (profile, stdin) = (profile.to_path_buf(), stdin.to_string());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trib"))
+            .arg("--profile")
+            .arg(&profile)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trib");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("trib output")
+    })
+    .await
+    .expect("trib task")
+}
+
+fn ok(o: &Output) -> (String, String) {
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    );
+    assert!(o.status.success(), "trib failed: {err}");
+    (out, err)
+}
+
+fn failed(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "trib should have failed");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("trib: "), "{err}");
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_streams_write_with_a_writer_id_and_read_back() {
+    let s = Server::start().await;
+    let p = &s.profile;
+    ok(&trib(p, &["scope", "create", "site"], "").await);
+    ok(&trib(
+        p,
+        &["stream", "create", "site/temps", "--segments", "2"],
+        "",
+    )
+    .await);
+    let (out, _) = ok(&trib(p, &["stream", "list", "site"], "").await);
+    assert_eq!(out.trim(), "temps");
+
+    let lines: Vec<String> = (1..=8).map(|i| format!("reading {i}")).collect();
+    let first5 = lines[..5].join("\n") + "\n";
+    let all8 = lines.join("\n") + "\n";
+    let w = [
+        "write",
+        "site/temps",
+        "--key",
+        "sensor-1",
+        "--writer-id",
+        "job-1",
+    ];
+    let (_, err) = ok(&trib(p, &w, &first5).await);
+    assert!(err.contains("5 stored, 0 already stored"), "{err}");
+    // The rerun after a "failure" stores only what is missing.
+    let (_, err) = ok(&trib(p, &w, &all8).await);
+    assert!(err.contains("3 stored, 5 already stored"), "{err}");
+
+    let (out, _) = ok(&trib(p, &["read", "site/temps", "--timeout", "1", "--json"], "").await);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events.len(), 8);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["payload"], format!("reading {}", i + 1));
+        assert_eq!(e["key"], "sensor-1");
+        assert!(e["segment"].is_string() && e["offset"].is_u64(), "{e}");
+    }
+
+    // A group resumes where it stopped.
+    let g = [
+        "read",
+        "site/temps",
+        "--group",
+        "g1",
+        "--max",
+        "3",
+        "--timeout",
+        "2",
+    ];
+    let (out, _) = ok(&trib(p, &g, "").await);
+    assert_eq!(out.lines().count(), 3);
+    let g = ["read", "site/temps", "--group", "g1", "--timeout", "1"];
+    let (out, _) = ok(&trib(p, &g, "").await);
+    assert_eq!(out.lines().next(), Some("reading 4"));
+    assert_eq!(out.lines().count(), 5);
+
+    let (out, _) = ok(&trib(p, &["stream", "describe", "site/temps", "--json"], "").await);
+    let d: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(d["segments"].as_array().map(Vec::len), Some(2));
+    ok(&trib(p, &["stream", "scale", "site/temps", "--split", "0.0"], "").await);
+    ok(&trib(p, &["stream", "seal", "site/temps"], "").await);
+    ok(&trib(p, &["stream", "delete", "site/temps"], "").await);
+    ok(&trib(p, &["scope", "delete", "site"], "").await);
+    drop(s.server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_clear_line_and_a_non_zero_exit() {
+    let s = Server::start().await;
+    let p = &s.profile;
+    let err = failed(
+        &trib(
+            Path::new("/nonexistent/profile.toml"),
+            &["scope", "list"],
+            "",
+        )
+        .await,
+    );
+    assert!(err.contains("no client profile"), "{err}");
+    let err = failed(&trib(p, &["stream", "create", "no-slash"], "").await);
+    assert!(err.contains("SCOPE/STREAM"), "{err}");
+    let err = failed(&trib(p, &["stream", "create", "nope/t"], "").await);
+    assert!(err.contains("NoSuchScope"), "{err}");
+    ok(&trib(p, &["scope", "create", "s"], "").await);
+    let err = failed(&trib(p, &["read", "s/missing", "--timeout", "1"], "").await);
+    assert!(err.contains("NoSuchStream"), "{err}");
+    let err = failed(&trib(p, &["scope", "create", "bad name!"], "").await);
+    assert!(err.contains("InvalidName"), "{err}");
+    let err = failed(&trib(p, &["read", "s/t", "--from", "garbage"], "").await);
+    assert!(err.contains("stream cut"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_write_prints_the_same_keys_as_bench_log_and_the_ratio() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir_arg = dir.path().to_string_lossy().to_string();
+    let args = [
+        "bench",
+        "write",
+        "--seconds",
+        "0.5",
+        "--json",
+        "--writers",
+        "2",
+        "--dir",
+        &dir_arg,
+    ];
+    let (out, _) = ok(&trib(&s.profile, &args, "").await);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    for k in [
+        "events_per_s",
+        "mb_per_s",
+        "p50_us",
+        "p99_us",
+        "ratio_to_log",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {v}");
+    }
+    assert!(v["log"]["events_per_s"].as_f64().is_some_and(|x| x > 0.0));
+}
