@@ -1,9 +1,11 @@
 //! Tributary: durable stream storage for the edge and the cloud.
 //!
 //! This crate is the public library: the storage engine every stream stands on
-//! ([`log`]), the event framing used inside segments ([`event`]), the wire protocol
-//! ([`wire`]), TLS helpers ([`tls`]), and the segment service over QUIC with its client
-//! ([`service`]), and the client profile that says how to reach a node ([`profile`]).
+//! ([`log`]), the stream model of scopes, streams, segments and reader groups
+//! ([`stream`]) and the [`controller`] that keeps it, the event framing used inside
+//! segments ([`event`]), the wire protocol ([`wire`]), TLS helpers ([`tls`]), the
+//! service over QUIC with its client, event writer and event reader ([`service`]), and
+//! the client profile that says how to reach a node ([`profile`]).
 
 pub mod controller;
 pub mod event;

@@ -82,6 +82,10 @@ pub struct Controller {
     load: Mutex<HashMap<String, (u64, u64)>>,
     /// State of the retention and scaling policies between ticks.
     policy: Mutex<policies::PolicyState>,
+    /// Held by every change of a stream's metadata (read, modify, persist, carry
+    /// out), so concurrent changes (a client's scale, a retention tick) never lose
+    /// each other's updates.
+    changes: tokio::sync::Mutex<()>,
 }
 
 fn stream_key(scope: &str, stream: &str) -> Vec<u8> {
@@ -101,6 +105,7 @@ impl Controller {
             reader_timeout: Duration::from_secs(10),
             load: Mutex::new(HashMap::new()),
             policy: Mutex::new(policies::PolicyState::default()),
+            changes: tokio::sync::Mutex::new(()),
         };
         for kv in c.streams.iter() {
             let (k, v) = kv.map_err(meta_err)?;
@@ -231,6 +236,7 @@ impl Controller {
         stream: &str,
         config: StreamConfig,
     ) -> Result<StreamMeta> {
+        let _change = self.changes.lock().await;
         self.require_scope(scope)?;
         validate_scoped_name(stream)?;
         if self
@@ -247,12 +253,13 @@ impl Controller {
     }
 
     /// Changes a stream's scaling and retention policies.
-    pub fn update_stream(
+    pub async fn update_stream(
         &self,
         scope: &str,
         stream: &str,
         config: StreamConfig,
     ) -> Result<StreamMeta> {
+        let _change = self.changes.lock().await;
         let mut meta = self.describe(scope, stream)?;
         StreamMeta::new(config)?; // validates
         meta.config = config;
@@ -268,6 +275,7 @@ impl Controller {
         seal: &[SegmentId],
         new_ranges: &[KeyRange],
     ) -> Result<Vec<SegmentId>> {
+        let _change = self.changes.lock().await;
         let mut meta = self.describe(scope, stream)?;
         let created = meta.scale(seal, new_ranges)?;
         self.persist(scope, stream, &meta)?;
@@ -277,6 +285,7 @@ impl Controller {
 
     /// Seals every segment of the stream.
     pub async fn seal_stream(&self, scope: &str, stream: &str) -> Result<()> {
+        let _change = self.changes.lock().await;
         let mut meta = self.describe(scope, stream)?;
         meta.seal();
         self.persist(scope, stream, &meta)?;
@@ -286,6 +295,7 @@ impl Controller {
     /// Truncates the stream at `cut`: data before it is dropped, segments entirely
     /// before it are deleted.
     pub async fn truncate_stream(&self, scope: &str, stream: &str, cut: &StreamCut) -> Result<()> {
+        let _change = self.changes.lock().await;
         let mut meta = self.describe(scope, stream)?;
         meta.truncate(cut)?;
         self.persist(scope, stream, &meta)?;
@@ -294,6 +304,7 @@ impl Controller {
 
     /// Deletes a sealed stream and its segments.
     pub async fn delete_stream(&self, scope: &str, stream: &str) -> Result<()> {
+        let _change = self.changes.lock().await;
         let meta = self.describe(scope, stream)?;
         if !meta.sealed {
             return Err(ControllerError::NotSealed(format!("{scope}/{stream}")));
@@ -324,13 +335,15 @@ impl Controller {
     }
 
     /// What each existing segment of the stream holds from `writer_id`.
-    pub fn writer_positions(
+    pub async fn writer_positions(
         &self,
         scope: &str,
         stream: &str,
         writer_id: u128,
     ) -> Result<Vec<WriterPosition>> {
         let meta = self.describe(scope, stream)?;
+        // Include appends still waiting for their fsync (see `SegmentLog::settle`).
+        self.log.settle().await?;
         let mut out = Vec::new();
         for rec in meta.segments.values() {
             match self.log.info(&segment_name(scope, stream, rec.id)) {

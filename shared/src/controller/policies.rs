@@ -100,26 +100,44 @@ impl Controller {
             let Some((scope, stream)) = key.split_once('/') else {
                 continue;
             };
-            let meta = self.describe(scope, stream)?;
-            if meta.sealed {
-                continue;
+            // One stream's failure (e.g. a scale that raced a client's) does not stop
+            // the others; it is retried at the next tick.
+            if let Err(e) = self
+                .tick_stream(scope, stream, &load, elapsed, now, settings)
+                .await
+            {
+                tracing::warn!(%scope, %stream, error = %e, "stream policies failed");
             }
-            if let Some(elapsed) = elapsed {
-                for d in self.scale_decisions(scope, stream, &meta, &load, elapsed, settings)? {
-                    let (seal, ranges) = match d {
-                        ScaleDecision::Split { segment, into } => (vec![segment], into),
-                        ScaleDecision::Merge { segments, range } => {
-                            (segments.to_vec(), vec![range])
-                        }
-                    };
-                    tracing::info!(%scope, %stream, ?seal, "automatic scale");
-                    self.scale(scope, stream, &seal, &ranges).await?;
-                }
+        }
+        Ok(())
+    }
+
+    async fn tick_stream(
+        &self,
+        scope: &str,
+        stream: &str,
+        load: &HashMap<String, (u64, u64)>,
+        elapsed: Option<Duration>,
+        now: Instant,
+        settings: &PolicySettings,
+    ) -> Result<()> {
+        let meta = self.describe(scope, stream)?;
+        if meta.sealed {
+            return Ok(());
+        }
+        if let Some(elapsed) = elapsed {
+            for d in self.scale_decisions(scope, stream, &meta, load, elapsed, settings)? {
+                let (seal, ranges) = match d {
+                    ScaleDecision::Split { segment, into } => (vec![segment], into),
+                    ScaleDecision::Merge { segments, range } => (segments.to_vec(), vec![range]),
+                };
+                tracing::info!(%scope, %stream, ?seal, "automatic scale");
+                self.scale(scope, stream, &seal, &ranges).await?;
             }
-            if let Some(cut) = self.retention_cut(scope, stream, &meta, now)? {
-                tracing::info!(%scope, %stream, %cut, "retention truncates the stream");
-                self.truncate_stream(scope, stream, &cut).await?;
-            }
+        }
+        if let Some(cut) = self.retention_cut(scope, stream, &meta, now)? {
+            tracing::info!(%scope, %stream, %cut, "retention truncates the stream");
+            self.truncate_stream(scope, stream, &cut).await?;
         }
         Ok(())
     }

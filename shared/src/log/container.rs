@@ -360,6 +360,13 @@ impl SegmentLog {
         }
     }
 
+    /// Waits until everything submitted so far is durable (or refused): afterwards
+    /// [`SegmentLog::info`] shows every append submitted before the call.
+    pub async fn settle(&self) -> Result<()> {
+        let ((), ticket) = self.submit(|_| Ok(()))?;
+        self.durable(ticket).await
+    }
+
     /// Has the batch of `ticket` been made durable? Never waits.
     pub fn is_durable(&self, ticket: Ticket) -> Result<bool> {
         let m = self.inner.durable_tx.borrow();

@@ -134,10 +134,26 @@ impl EventReader {
     /// group's answer: what this reader holds now.
     pub async fn sync(&mut self) -> Result<(), ClientError> {
         let report = self.report();
-        let assigned = self
+        let assigned = match self
             .client
-            .sync_reader(&self.scope, &self.group, &self.reader, report, false)
-            .await?;
+            .sync_reader(
+                &self.scope,
+                &self.group,
+                &self.reader,
+                report.clone(),
+                false,
+            )
+            .await
+        {
+            Err(e) if e.is_transient() => {
+                // The server restarted or the network blinked: one new connection.
+                self.client = self.client.reconnect().await?;
+                self.client
+                    .sync_reader(&self.scope, &self.group, &self.reader, report, false)
+                    .await?
+            }
+            r => r?,
+        };
         self.finished.clear();
         self.last_sync = Instant::now();
         let mut held = BTreeMap::new();
@@ -286,6 +302,12 @@ impl EventReader {
                     at += len;
                 }
                 h.partial.extend_from_slice(&buf[used..]);
+                if end && !h.partial.is_empty() {
+                    return Err(ClientError::Protocol(format!(
+                        "segment {id} ends inside an event ({} bytes left over)",
+                        h.partial.len()
+                    )));
+                }
                 h.ended = end;
                 Ok(!h.events.is_empty() || end)
             }

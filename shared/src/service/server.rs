@@ -100,8 +100,24 @@ struct Shared {
     metrics: Arc<ServiceMetrics>,
     /// Becomes true when the server starts draining.
     draining: watch::Receiver<bool>,
-    /// Held by every request task; shutdown waits until all clones are gone.
-    busy: mpsc::Sender<()>,
+    /// Requests being served; shutdown waits until none is left.
+    in_flight: Arc<watch::Sender<usize>>,
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn new(counter: &Arc<watch::Sender<usize>>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Shared {
@@ -121,8 +137,7 @@ pub struct SegmentServer {
     endpoint: quinn::Endpoint,
     accept: tokio::task::JoinHandle<()>,
     drain: watch::Sender<bool>,
-    busy: mpsc::Sender<()>,
-    idle: mpsc::Receiver<()>,
+    in_flight: Arc<watch::Sender<usize>>,
     metrics: Arc<ServiceMetrics>,
 }
 
@@ -136,13 +151,13 @@ impl SegmentServer {
     ) -> std::io::Result<Self> {
         let endpoint = quinn::Endpoint::server(tls, addr)?;
         let (drain, draining) = watch::channel(false);
-        let (busy, idle) = mpsc::channel(1);
+        let in_flight = Arc::new(watch::Sender::new(0));
         let metrics = Arc::new(ServiceMetrics::default());
         let shared = Arc::new(Shared {
             controller,
             metrics: metrics.clone(),
             draining,
-            busy: busy.clone(),
+            in_flight: in_flight.clone(),
         });
         let ep = endpoint.clone();
         let accept = tokio::spawn(async move {
@@ -163,8 +178,7 @@ impl SegmentServer {
             endpoint,
             accept,
             drain,
-            busy,
-            idle,
+            in_flight,
             metrics,
         })
     }
@@ -184,12 +198,12 @@ impl SegmentServer {
     /// storage fails), replies `ShuttingDown` to the rest, then closes every
     /// connection. Nothing a client sent is left in doubt: it was acknowledged, or
     /// refused and not stored.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.endpoint.set_server_config(None);
         self.accept.abort();
         let _ = self.drain.send(true);
-        drop(self.busy);
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.idle.recv())
+        let mut in_flight = self.in_flight.subscribe();
+        if tokio::time::timeout(DRAIN_TIMEOUT, in_flight.wait_for(|n| *n == 0))
             .await
             .is_err()
         {
@@ -257,10 +271,10 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
     while let Ok((send, recv)) = conn.accept_bi().await {
         let shared = shared.clone();
-        let busy = shared.busy.clone();
+        let guard = InFlight::new(&shared.in_flight);
         tokio::spawn(async move {
             serve_stream(send, recv, &shared).await;
-            drop(busy);
+            drop(guard);
         });
     }
 }
@@ -371,6 +385,7 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
             config,
         } => answer(
             c.update_stream(&scope, &stream, config)
+                .await
                 .map(Response::Stream),
         ),
         Request::ListStreams { scope } => answer(c.list_streams(&scope).map(Response::Names)),
@@ -401,6 +416,7 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
             writer_id,
         } => answer(
             c.writer_positions(&scope, &stream, writer_id)
+                .await
                 .map(Response::WriterPositions),
         ),
         Request::CreateReaderGroup {
@@ -499,7 +515,9 @@ async fn append_session(
     writer_id: u128,
 ) {
     let log = shared.controller.log().clone();
-    let setup = match log.info(&segment) {
+    // Appends of an earlier session of this writer may still wait for their fsync;
+    // what we report must include them, or the writer would resend them.
+    let setup = match log.settle().await.and_then(|()| log.info(&segment)) {
         Ok(i) => Response::AppendSetup {
             last_event_number: i.attributes.get(&writer_id).copied(),
             length: i.length,

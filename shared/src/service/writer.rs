@@ -30,7 +30,9 @@ use crate::stream::{key_point, segment_name, SegmentId, StreamMeta};
 use crate::wire::{ErrorCode, WriterPosition};
 
 /// Largest event payload a writer takes (the rest of an append block is framing).
-pub const MAX_EVENT_BYTES: usize = (8 << 20) - (64 << 10);
+/// Largest event payload a writer takes: with the largest routing key and the framing
+/// it still fits one append (the log's default limit is 8 MiB).
+pub const MAX_EVENT_BYTES: usize = (8 << 20) - (128 << 10);
 
 /// How a writer behaves.
 #[derive(Debug, Clone)]
@@ -63,7 +65,8 @@ impl Default for WriterConfig {
 /// What a writer did, so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// Events acknowledged as durable.
+    /// Events acknowledged as durable (a resent block the server recognised as
+    /// stored counts too).
     pub acknowledged: u64,
     /// Events recognised as stored by an earlier run or attempt and not stored again.
     pub already_stored: u64,
@@ -93,7 +96,7 @@ struct Block {
     events: Vec<Pending>,
 }
 
-/// Writes events to one stream. Cheap to share by reference; `write` only queues.
+/// Writes events to one stream. `write` only queues; `flush` waits for durability.
 #[derive(Debug)]
 pub struct EventWriter {
     tx: mpsc::Sender<Cmd>,
@@ -268,8 +271,8 @@ struct Task {
     config: WriterConfig,
     meta: StreamMeta,
     sessions: HashMap<SegmentId, Session>,
-    /// Blocks being built, per segment.
-    open: HashMap<SegmentId, Block>,
+    /// Blocks not sent yet, per segment, oldest first (the last one is being filled).
+    open: HashMap<SegmentId, VecDeque<Block>>,
     /// What an earlier run stored (positions at start); emptied once passed.
     resume: Vec<WriterPosition>,
     unacked_bytes: usize,
@@ -357,9 +360,14 @@ impl Task {
                 cmd = rx.try_recv().ok();
             }
         }
+        self.send_all().await
+    }
+
+    /// Sends every block not sent yet.
+    async fn send_all(&mut self) -> Result<(), Trouble> {
         let ready: Vec<SegmentId> = self.open.keys().copied().collect();
         for seg in ready {
-            self.send_block(seg).await?;
+            self.send_blocks(seg).await?;
         }
         Ok(())
     }
@@ -381,26 +389,41 @@ impl Task {
                 self.resume.clear();
             }
         }
-        let seg = self.meta.segment_for_key(&p.key);
-        let size = framed_len(&p.key, &p.payload);
-        self.unacked_bytes += size;
-        let full = {
-            let b = self.open.entry(seg).or_default();
-            encode_event(&mut b.data, &p.key, &p.payload);
-            b.events.push(p);
-            b.data.len() >= self.config.max_block_bytes
-        };
-        if full {
-            self.send_block(seg).await?;
+        if let Some(seg) = self.queue(p) {
+            // A block is full: send it (with the fresh one) right away.
+            self.send_blocks(seg).await?;
         }
         Ok(())
     }
 
-    async fn send_block(&mut self, seg: SegmentId) -> Result<(), Trouble> {
-        let Some(block) = self.open.remove(&seg) else {
+    /// Queues an event in the last block of the segment owning its key; returns the
+    /// segment if that filled a block.
+    fn queue(&mut self, p: Pending) -> Option<SegmentId> {
+        let seg = self.meta.segment_for_key(&p.key);
+        let size = framed_len(&p.key, &p.payload);
+        self.unacked_bytes += size;
+        let max = self.config.max_block_bytes;
+        let blocks = self.open.entry(seg).or_default();
+        let fits = blocks
+            .back()
+            .is_some_and(|b| b.events.is_empty() || b.data.len() + size <= max);
+        if !fits {
+            blocks.push_back(Block::default());
+        }
+        let b = blocks.back_mut()?;
+        encode_event(&mut b.data, &p.key, &p.payload);
+        b.events.push(p);
+        (blocks.len() > 1).then_some(seg)
+    }
+
+    /// Sends the segment's blocks in order; on a failure the unsent ones stay queued
+    /// (and the one being sent counts as sent: it may have reached the server).
+    async fn send_blocks(&mut self, seg: SegmentId) -> Result<(), Trouble> {
+        let Some(mut blocks) = self.open.remove(&seg) else {
             return Ok(());
         };
-        if block.events.is_empty() {
+        blocks.retain(|b| !b.events.is_empty());
+        if blocks.is_empty() {
             return Ok(());
         }
         if !self.sessions.contains_key(&seg) {
@@ -420,7 +443,7 @@ impl Task {
                     );
                 }
                 Err(e) => {
-                    self.open.insert(seg, block);
+                    self.open.insert(seg, blocks);
                     return Err(self.trouble(e));
                 }
             }
@@ -428,11 +451,17 @@ impl Task {
         let Some(s) = self.sessions.get_mut(&seg) else {
             return Ok(());
         };
-        let last = block.events.last().map(|e| e.number).unwrap_or(0);
-        let count = block.events.len() as u32;
-        let r = s.session.send(last, count, &block.data).await;
-        s.sent.push_back((last, block));
-        r.map_err(|e| self.trouble(e))
+        while let Some(block) = blocks.pop_front() {
+            let last = block.events.last().map(|e| e.number).unwrap_or(0);
+            let count = block.events.len() as u32;
+            let r = s.session.send(last, count, &block.data).await;
+            s.sent.push_back((last, block));
+            if let Err(e) = r {
+                self.open.insert(seg, blocks);
+                return Err(self.trouble(e));
+            }
+        }
+        Ok(())
     }
 
     fn trouble(&self, e: ClientError) -> Trouble {
@@ -526,6 +555,7 @@ impl Task {
         let open = self
             .open
             .values()
+            .filter_map(|q| q.front())
             .filter_map(|b| b.events.first().map(|e| e.number));
         sent.chain(open).min()
     }
@@ -564,8 +594,10 @@ impl Task {
                     events.extend(b.events);
                 }
             }
-            for (_, b) in self.open.drain() {
-                events.extend(b.events);
+            for (_, blocks) in self.open.drain() {
+                for b in blocks {
+                    events.extend(b.events);
+                }
             }
             events.sort_by_key(|e| e.number);
             events.dedup_by_key(|e| e.number);
@@ -632,13 +664,11 @@ impl Task {
         if self.meta.sealed {
             return Err(Trouble::Fatal(sealed_stream(&self.scope, &self.stream)));
         }
+        // Queue everything first: a failure while sending leaves every event queued
+        // or sent, so the next attempt finds them all.
         for p in todo {
-            self.route(p).await?;
+            self.queue(p);
         }
-        let ready: Vec<SegmentId> = self.open.keys().copied().collect();
-        for seg in ready {
-            self.send_block(seg).await?;
-        }
-        Ok(())
+        self.send_all().await
     }
 }
