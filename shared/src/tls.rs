@@ -311,7 +311,11 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, TlsError> {
         .map_err(config_err)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(config_err)?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut t = quinn::TransportConfig::default();
+    t.mtu_discovery_config(Some(mtu_discovery()));
+    server.transport_config(Arc::new(t));
+    Ok(server)
 }
 
 /// Client side: TLS 1.3, the server must be signed by the identity's CA, and we
@@ -331,6 +335,14 @@ pub fn client_config(id: &Identity) -> Result<quinn::ClientConfig, TlsError> {
     Ok(client)
 }
 
+/// Path MTU discovery up to jumbo frames (9000 bytes): a link that carries them (a
+/// data centre, loopback) needs far fewer packets; others stay at what they carry.
+fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(8952);
+    mtu
+}
+
 /// How long a client waits without hearing from the server before it declares the
 /// connection lost (and its writers and readers reconnect).
 pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -340,6 +352,7 @@ pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// never times out.
 pub fn transport(idle_timeout: std::time::Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    t.mtu_discovery_config(Some(mtu_discovery()));
     t.keep_alive_interval(Some(idle_timeout / 4));
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle_timeout) {
         t.max_idle_timeout(Some(idle));

@@ -133,8 +133,15 @@ impl Controller {
                 Ok(()) | Err(LogError::SegmentExists(_)) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        // Seal only once every successor exists: a reader that sees a segment's end
+        // moves on to its successors, which must be there.
+        for rec in meta.segments.values() {
+            if before_head.contains(&rec.id) {
+                continue;
+            }
             if rec.sealed_epoch.is_some() || meta.sealed {
-                self.log.seal(&name).await?;
+                self.log.seal(&segment_name(scope, stream, rec.id)).await?;
             }
         }
         for (id, offset) in &meta.head.positions {
@@ -205,6 +212,13 @@ impl Controller {
                     .map_err(meta_err)
             })
             .collect()
+    }
+
+    /// A stream's metadata once no change is under way: every segment it names exists
+    /// in the log, and every sealed one is sealed there (what clients are told).
+    pub async fn describe_settled(&self, scope: &str, stream: &str) -> Result<StreamMeta> {
+        let _change = self.changes.lock().await;
+        self.describe(scope, stream)
     }
 
     /// A stream's metadata.

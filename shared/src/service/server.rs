@@ -389,9 +389,11 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
                 .map(Response::Stream),
         ),
         Request::ListStreams { scope } => answer(c.list_streams(&scope).map(Response::Names)),
-        Request::DescribeStream { scope, stream } => {
-            answer(c.describe(&scope, &stream).map(Response::Stream))
-        }
+        Request::DescribeStream { scope, stream } => answer(
+            c.describe_settled(&scope, &stream)
+                .await
+                .map(Response::Stream),
+        ),
         Request::ScaleStream {
             scope,
             stream,

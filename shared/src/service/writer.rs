@@ -26,13 +26,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::client::{AckStream, AppendSession, Client, ClientError};
 use crate::event::{encode_event, framed_len, MAX_KEY_LEN};
-use crate::stream::{key_point, segment_name, SegmentId, StreamMeta};
+use crate::stream::{key_point, segment_name, KeyRange, SegmentId, StreamMeta};
 use crate::wire::{ErrorCode, WriterPosition};
 
 /// Largest event payload a writer takes (the rest of an append block is framing).
 /// Largest event payload a writer takes: with the largest routing key and the framing
 /// it still fits one append (the log's default limit is 8 MiB).
 pub const MAX_EVENT_BYTES: usize = (8 << 20) - (128 << 10);
+
+/// Most events handed to the writer task at once.
+const MAX_HANDOVER: usize = 1024;
+/// Most bytes handed to the writer task at once (more wait for room).
+const MAX_HANDOVER_BYTES: usize = 256 << 10;
+/// Bytes reserved at a time for framing events.
+const FRAMING_CHUNK: usize = 64 << 10;
 
 /// How a writer behaves.
 #[derive(Debug, Clone)]
@@ -56,7 +63,7 @@ impl Default for WriterConfig {
             writer_id: None,
             first_event_number: 1,
             max_block_bytes: 1 << 20,
-            max_unacked_bytes: 64 << 20,
+            max_unacked_bytes: 8 << 20,
             retry_for: Duration::from_secs(60),
         }
     }
@@ -77,7 +84,7 @@ pub struct WriterStats {
 }
 
 enum Cmd {
-    Event(Pending),
+    Events(Vec<Pending>),
     Flush(oneshot::Sender<Result<WriterStats, ClientError>>),
 }
 
@@ -85,8 +92,10 @@ enum Cmd {
 #[derive(Debug, Clone)]
 struct Pending {
     number: i64,
-    key: Bytes,
-    payload: Bytes,
+    /// Where its routing key falls in the key space.
+    point: u64,
+    /// The event, framed as stored.
+    framed: Bytes,
 }
 
 /// A block sent or being built for one segment.
@@ -100,6 +109,11 @@ struct Block {
 #[derive(Debug)]
 pub struct EventWriter {
     tx: mpsc::Sender<Cmd>,
+    /// Events framed here, not yet handed to the task, and their bytes.
+    batch: Vec<Pending>,
+    batch_bytes: usize,
+    /// Where events are framed (split off one by one, without copying).
+    buf: BytesMut,
     acked: watch::Receiver<i64>,
     task: tokio::task::JoinHandle<()>,
     writer_id: u128,
@@ -123,7 +137,7 @@ impl EventWriter {
             Some(id) => client.writer_positions(scope, stream, id).await?,
             None => Vec::new(),
         };
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(16);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let next_number = config.first_event_number;
         let (acked_tx, acked) = watch::channel(next_number - 1);
@@ -134,7 +148,7 @@ impl EventWriter {
             stream: stream.to_string(),
             writer_id,
             config,
-            meta,
+            active: active_ranges(&meta),
             sessions: HashMap::new(),
             open: HashMap::new(),
             resume,
@@ -148,6 +162,9 @@ impl EventWriter {
         };
         Ok(EventWriter {
             tx,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            buf: BytesMut::new(),
             acked,
             task: tokio::spawn(task.run(rx)),
             writer_id,
@@ -167,7 +184,9 @@ impl EventWriter {
     }
 
     /// Queues an event; it is durable once a later [`EventWriter::flush`] returns.
-    /// Returns its event number. Waits while too much is unacknowledged.
+    /// Returns its event number. Waits while too much is unacknowledged. While the
+    /// writer is saturated, events gather here and go out with the next `write` or
+    /// `flush`.
     pub async fn write(&mut self, key: &[u8], payload: &[u8]) -> Result<i64, ClientError> {
         if key.len() > MAX_KEY_LEN {
             return Err(ClientError::InvalidInput(format!(
@@ -182,20 +201,53 @@ impl EventWriter {
             )));
         }
         let number = self.next_number;
-        let p = Pending {
-            number,
-            key: Bytes::copy_from_slice(key),
-            payload: Bytes::copy_from_slice(payload),
-        };
-        if self.tx.send(Cmd::Event(p)).await.is_err() {
-            return Err(self.failure().await);
+        if self.buf.capacity() - self.buf.len() < framed_len(key, payload) {
+            self.buf
+                .reserve(framed_len(key, payload).max(FRAMING_CHUNK));
         }
+        encode_event(&mut self.buf, key, payload);
+        self.batch_bytes += self.buf.len();
+        self.batch.push(Pending {
+            number,
+            point: key_point(key),
+            framed: self.buf.split().freeze(),
+        });
         self.next_number += 1;
+        // Hand the events over now if the writer task has room; while it has none,
+        // they gather into larger hand-overs (fewer wake-ups under load).
+        let full = match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(Cmd::Events(std::mem::take(&mut self.batch)));
+                self.batch_bytes = 0;
+                false
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                self.batch.len() >= MAX_HANDOVER || self.batch_bytes >= MAX_HANDOVER_BYTES
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => true,
+        };
+        if full {
+            self.hand_over().await?;
+        }
         Ok(number)
     }
 
+    /// Hands the gathered events to the writer task, waiting for room.
+    async fn hand_over(&mut self) -> Result<(), ClientError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if self.tx.send(Cmd::Events(events)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        Ok(())
+    }
+
     /// Waits until every event written so far is durable (or was stored before).
-    pub async fn flush(&self) -> Result<WriterStats, ClientError> {
+    pub async fn flush(&mut self) -> Result<WriterStats, ClientError> {
+        self.hand_over().await?;
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Flush(tx)).await.is_err() {
             return Err(self.failure().await);
@@ -207,7 +259,7 @@ impl EventWriter {
     }
 
     /// Flushes and stops the writer.
-    pub async fn close(self) -> Result<WriterStats, ClientError> {
+    pub async fn close(mut self) -> Result<WriterStats, ClientError> {
         let r = self.flush().await;
         drop(self.tx);
         let _ = self.task.await;
@@ -269,7 +321,8 @@ struct Task {
     stream: String,
     writer_id: u128,
     config: WriterConfig,
-    meta: StreamMeta,
+    /// The stream's active segments by key range (they cover the key space).
+    active: Vec<(KeyRange, SegmentId)>,
     sessions: HashMap<SegmentId, Session>,
     /// Blocks not sent yet, per segment, oldest first (the last one is being filled).
     open: HashMap<SegmentId, VecDeque<Block>>,
@@ -294,8 +347,11 @@ enum Trouble {
     Fatal(ClientError),
 }
 
-fn stored(positions: &[WriterPosition], key: &[u8], number: i64) -> bool {
-    let p = key_point(key);
+fn active_ranges(meta: &StreamMeta) -> Vec<(KeyRange, SegmentId)> {
+    meta.active().iter().map(|s| (s.range, s.id)).collect()
+}
+
+fn stored(positions: &[WriterPosition], p: u64, number: i64) -> bool {
     positions
         .iter()
         .any(|w| w.range.contains(p) && w.last_event_number.is_some_and(|l| l >= number))
@@ -350,9 +406,11 @@ impl Task {
         let mut cmd = Some(first);
         while let Some(c) = cmd.take() {
             match c {
-                Cmd::Event(p) => {
-                    self.last_number = p.number;
-                    self.route(p).await?;
+                Cmd::Events(events) => {
+                    for p in events {
+                        self.last_number = p.number;
+                        self.route(p).await?;
+                    }
                 }
                 Cmd::Flush(tx) => self.flushes.push_back((self.last_number, tx)),
             }
@@ -375,7 +433,7 @@ impl Task {
     /// Puts an event in the open block of the segment owning its key.
     async fn route(&mut self, p: Pending) -> Result<(), Trouble> {
         if !self.resume.is_empty() {
-            if stored(&self.resume, &p.key, p.number) {
+            if stored(&self.resume, p.point, p.number) {
                 self.stats.already_stored += 1;
                 return Ok(());
             }
@@ -399,8 +457,18 @@ impl Task {
     /// Queues an event in the last block of the segment owning its key; returns the
     /// segment if that filled a block.
     fn queue(&mut self, p: Pending) -> Option<SegmentId> {
-        let seg = self.meta.segment_for_key(&p.key);
-        let size = framed_len(&p.key, &p.payload);
+        let seg = self
+            .active
+            .iter()
+            .find(|(r, _)| r.contains(p.point))
+            .map_or(
+                SegmentId {
+                    number: 0,
+                    epoch: 0,
+                },
+                |(_, id)| *id,
+            );
+        let size = p.framed.len();
         self.unacked_bytes += size;
         let max = self.config.max_block_bytes;
         let blocks = self.open.entry(seg).or_default();
@@ -411,7 +479,7 @@ impl Task {
             blocks.push_back(Block::default());
         }
         let b = blocks.back_mut()?;
-        encode_event(&mut b.data, &p.key, &p.payload);
+        b.data.extend_from_slice(&p.framed);
         b.events.push(p);
         (blocks.len() > 1).then_some(seg)
     }
@@ -649,19 +717,20 @@ impl Task {
             .writer_positions(&self.scope, &self.stream, self.writer_id)
             .await
             .map_err(|e| self.trouble(e))?;
-        self.meta = self
+        let meta = self
             .client
             .describe_stream(&self.scope, &self.stream)
             .await
             .map_err(|e| self.trouble(e))?;
+        self.active = active_ranges(&meta);
         let (already, todo): (Vec<Pending>, Vec<Pending>) = std::mem::take(events)
             .into_iter()
-            .partition(|e| stored(&positions, &e.key, e.number));
+            .partition(|e| stored(&positions, e.point, e.number));
         self.stats.already_stored += already.len() as u64;
         if todo.is_empty() {
             return Ok(());
         }
-        if self.meta.sealed {
+        if meta.sealed {
             return Err(Trouble::Fatal(sealed_stream(&self.scope, &self.stream)));
         }
         // Queue everything first: a failure while sending leaves every event queued
