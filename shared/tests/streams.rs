@@ -569,3 +569,47 @@ async fn a_segment_under_sustained_load_splits_by_itself_and_writers_follow() {
     let got = drain(&mut r, usize::MAX, Duration::from_secs(1)).await;
     assert_exactly_once_in_order(&got, 4, seq + 25);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_acknowledges_or_refuses_every_block_and_stores_exactly_the_acknowledged() {
+    let mut node = Node::start().await;
+    let c = node.client().await;
+    c.create_segment("drain/0").await.expect("create");
+    let mut session = c.append_session("drain/0", 9).await.expect("session");
+    let mut acks = session.take_acks().expect("acks");
+    let sender = tokio::spawn(async move {
+        // Keep sending 1 KiB blocks until the server stops taking them.
+        for n in 1..=20_000i64 {
+            if session.send(n, 1, &[b'x'; 1024]).await.is_err() {
+                break;
+            }
+        }
+        let _ = session.finish();
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shutdown = tokio::spawn(node.server.take().expect("server").shutdown());
+    let mut acked = 0i64;
+    let refusal = loop {
+        match acks.next().await {
+            Ok(Some(a)) => {
+                assert_eq!(a.event_number, acked + 1, "acks in order, none skipped");
+                acked = a.event_number;
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    shutdown.await.expect("shutdown");
+    sender.abort();
+    let refusal = refusal.expect("the drain refuses what it did not take");
+    assert!(refusal.to_string().contains("ShuttingDown"), "{refusal}");
+    assert!(acked > 0, "blocks taken before the drain were acknowledged");
+    node.restart().await;
+    let c = node.client().await;
+    let info = c.segment_info("drain/0").await.expect("info");
+    assert_eq!(
+        info.length,
+        acked as u64 * 1024,
+        "exactly the acknowledged blocks are stored"
+    );
+}

@@ -350,7 +350,16 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
         }
     };
     let _ = reply(&mut send, &answer).await;
+    end_reply(send, shared.is_draining()).await;
+}
+
+/// Ends a reply stream. While the server drains, waits (briefly) until the client has
+/// the reply: closing the connection right after would drop it.
+async fn end_reply(mut send: quinn::SendStream, draining: bool) {
     let _ = send.finish();
+    if draining {
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
 }
 
 /// Resolves when the server starts draining.
@@ -533,6 +542,7 @@ async fn append_session(
     }
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_UNACKED_APPENDS);
     let acker = {
+        let draining_acker = shared.draining.clone();
         let log = log.clone();
         let controller = shared.controller.clone();
         let metrics = shared.metrics.clone();
@@ -579,7 +589,8 @@ async fn append_session(
                     break;
                 }
             }
-            let _ = send.finish();
+            let draining = *draining_acker.borrow();
+            end_reply(send, draining).await;
         })
     };
     let mut draining = shared.draining.clone();
