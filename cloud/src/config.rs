@@ -31,6 +31,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use tributary::controller::PolicySettings;
 use tributary::log::LogConfig;
+use tributary::profile::line_of;
 
 /// Default QUIC (segment service) address.
 pub const DEFAULT_QUIC_LISTEN: SocketAddr =
@@ -408,16 +409,6 @@ impl Validator<'_> {
         }
         s
     }
-}
-
-/// The 1-based line of byte `offset` in `text`.
-fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 /// The dotted key on the line holding byte `offset`, for parse errors, which toml

@@ -19,6 +19,18 @@ fn run(args: &[&str]) -> Output {
         .expect("run tributary-cloud")
 }
 
+/// Runs `check-config` on a file holding `text`; it must refuse it. Returns stderr
+/// and the file's path.
+fn check_config_refuses(text: &str) -> (String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cloud.toml");
+    std::fs::write(&file, text).expect("write");
+    let path = file.to_str().expect("utf-8 path").to_string();
+    let out = run(&["check-config", &path]);
+    assert!(!out.status.success(), "accepted");
+    (stderr(&out), path)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -39,38 +51,21 @@ fn check_config_accepts_the_shipped_example() {
 
 #[test]
 fn check_config_refuses_an_unknown_key_naming_it_and_its_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("cloud.toml");
-    std::fs::write(
-        &file,
+    let (err, file) = check_config_refuses(
         "# a comment\n[quic]\nlisten = \"127.0.0.1:9190\"\n\n[log]\ncache_mb = 8\ncahce_mb = 8\n",
-    )
-    .expect("write");
-    let out = run(&["check-config", file.to_str().expect("utf-8 path")]);
-    assert!(!out.status.success(), "accepted");
-    let err = stderr(&out);
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.starts_with(&format!(
-            "{}:7: log.cahce_mb: unknown field",
-            file.display()
-        )),
+        err.starts_with(&format!("{file}:7: log.cahce_mb: unknown field")),
         "{err}"
     );
 }
 
 #[test]
 fn check_config_reports_every_invalid_value() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("cloud.toml");
-    std::fs::write(
-        &file,
+    let (err, _) = check_config_refuses(
         "[quic]\nlisten = \"localhost:9190\"\n[tls]\nca = \"ca.pem\"\n[log]\nmax_file_bytes = 0\n",
-    )
-    .expect("write");
-    let out = run(&["check-config", file.to_str().expect("utf-8 path")]);
-    assert!(!out.status.success(), "accepted");
-    let err = stderr(&out);
+    );
     let keys: Vec<&str> = err
         .lines()
         .map(|l| l.split(": ").nth(1).unwrap_or(""))

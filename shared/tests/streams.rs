@@ -94,6 +94,28 @@ fn fast_reader() -> ReaderConfig {
     }
 }
 
+/// Scope `s` with stream `t`.
+async fn stream_s_t(c: &Client, config: StreamConfig) {
+    c.create_scope("s").await.expect("scope");
+    c.create_stream("s", "t", config).await.expect("stream");
+}
+
+async fn writer(c: &Client) -> EventWriter {
+    EventWriter::new(c, "s", "t", WriterConfig::default())
+        .await
+        .expect("writer")
+}
+
+/// Joins group `group` of `s/t` (created from the head if missing) as `name`.
+async fn reader(c: &Client, group: &str, name: &str) -> EventReader {
+    c.create_reader_group("s", group, "t", StartFrom::Head)
+        .await
+        .expect("group");
+    EventReader::join(c, "s", group, name, fast_reader())
+        .await
+        .expect("join")
+}
+
 /// `key:seq` payloads, parsed back.
 fn parse(payload: &[u8]) -> (String, u64) {
     let s = std::str::from_utf8(payload).expect("utf-8 payload");
@@ -216,32 +238,15 @@ async fn per_key_order_holds_across_a_split_and_a_merge_with_three_readers() {
 async fn a_reader_leaving_and_joining_rebalances_without_loss_or_repeat() {
     let node = Node::start().await;
     let c = node.client().await;
-    c.create_scope("s").await.expect("scope");
-    c.create_stream("s", "t", fixed(4)).await.expect("stream");
-    c.create_reader_group("s", "g", "t", StartFrom::Head)
-        .await
-        .expect("group");
-    let mut w = EventWriter::new(&c, "s", "t", WriterConfig::default())
-        .await
-        .expect("writer");
-    for seq in 0..50u64 {
-        for k in 0..8 {
-            w.write(format!("k{k}").as_bytes(), format!("k{k}:{seq}").as_bytes())
-                .await
-                .expect("write");
-        }
-    }
-    w.flush().await.expect("flush");
+    stream_s_t(&c, fixed(4)).await;
+    let mut w = writer(&c).await;
+    write_numbered(&mut w, 8, 0..50).await;
 
-    let mut a = EventReader::join(&c, "s", "g", "a", fast_reader())
-        .await
-        .expect("a joins");
+    let mut a = reader(&c, "g", "a").await;
     assert_eq!(a.segments().len(), 4, "alone, a holds every segment");
     let mut got = drain(&mut a, 100, Duration::from_secs(5)).await;
 
-    let mut b = EventReader::join(&c, "s", "g", "b", fast_reader())
-        .await
-        .expect("b joins");
+    let mut b = reader(&c, "g", "b").await;
     // a gives up half at its next sync; b picks them up at its next.
     a.sync().await.expect("sync a");
     b.sync().await.expect("sync b");
@@ -256,11 +261,16 @@ async fn a_reader_leaving_and_joining_rebalances_without_loss_or_repeat() {
     assert_eq!(b.segments().len(), 4);
     got.extend(drain(&mut b, usize::MAX, Duration::from_secs(1)).await);
     got.sort();
-    let mut want: Vec<(String, u64)> = (0..8)
-        .flat_map(|k| (0..50).map(move |s| (format!("k{k}"), s)))
+    assert_eq!(got, all_events(8, 50), "every event exactly once");
+}
+
+/// Every `k{key}:{seq}` event, sorted.
+fn all_events(keys: usize, per_key: u64) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = (0..keys)
+        .flat_map(|k| (0..per_key).map(move |s| (format!("k{k}"), s)))
         .collect();
-    want.sort();
-    assert_eq!(got, want, "every event exactly once");
+    all.sort();
+    all
 }
 
 async fn write_numbered(w: &mut EventWriter, keys: usize, seqs: std::ops::Range<u64>) {
@@ -278,18 +288,10 @@ async fn write_numbered(w: &mut EventWriter, keys: usize, seqs: std::ops::Range<
 async fn a_checkpoint_survives_a_restart_and_a_new_group_resumes_from_it() {
     let mut node = Node::start().await;
     let c = node.client().await;
-    c.create_scope("s").await.expect("scope");
-    c.create_stream("s", "t", fixed(3)).await.expect("stream");
-    c.create_reader_group("s", "g", "t", StartFrom::Head)
-        .await
-        .expect("group");
-    let mut w = EventWriter::new(&c, "s", "t", WriterConfig::default())
-        .await
-        .expect("writer");
+    stream_s_t(&c, fixed(3)).await;
+    let mut w = writer(&c).await;
     write_numbered(&mut w, 6, 0..40).await;
-    let mut r = EventReader::join(&c, "s", "g", "r", fast_reader())
-        .await
-        .expect("join");
+    let mut r = reader(&c, "g", "r").await;
     let first = drain(&mut r, 100, Duration::from_secs(5)).await;
     assert_eq!(first.len(), 100);
     r.sync().await.expect("report positions");
@@ -309,18 +311,13 @@ async fn a_checkpoint_survives_a_restart_and_a_new_group_resumes_from_it() {
     c.create_reader_group("s", "g2", "t", StartFrom::Cut(parsed))
         .await
         .expect("group from checkpoint");
-    let mut r2 = EventReader::join(&c, "s", "g2", "r", fast_reader())
-        .await
-        .expect("join");
+    let mut r2 = reader(&c, "g2", "r").await;
     let rest = drain(&mut r2, usize::MAX, Duration::from_secs(1)).await;
     let mut all: Vec<_> = first.into_iter().chain(rest).collect();
     all.sort();
-    let mut want: Vec<(String, u64)> = (0..6)
-        .flat_map(|k| (0..40).map(move |s| (format!("k{k}"), s)))
-        .collect();
-    want.sort();
     assert_eq!(
-        all, want,
+        all,
+        all_events(6, 40),
         "resuming from the checkpoint repeats and skips nothing"
     );
 }
@@ -329,15 +326,12 @@ async fn a_checkpoint_survives_a_restart_and_a_new_group_resumes_from_it() {
 async fn size_retention_truncates_the_stream_at_a_recorded_cut() {
     let node = Node::start().await;
     let c = node.client().await;
-    c.create_scope("s").await.expect("scope");
     let config = StreamConfig {
         scaling: ScalingPolicy::Fixed { segments: 2 },
         retention: RetentionPolicy::Size { bytes: 800 },
     };
-    c.create_stream("s", "t", config).await.expect("stream");
-    let mut w = EventWriter::new(&c, "s", "t", WriterConfig::default())
-        .await
-        .expect("writer");
+    stream_s_t(&c, config).await;
+    let mut w = writer(&c).await;
     let settings = PolicySettings::default();
     // Three rounds of ~520 bytes, a policy tick (a retention sample) after each.
     for round in 0..3u64 {
@@ -346,12 +340,7 @@ async fn size_retention_truncates_the_stream_at_a_recorded_cut() {
     }
     let meta = c.describe_stream("s", "t").await.expect("describe");
     assert!(!meta.head.positions.is_empty(), "retention moved the head");
-    c.create_reader_group("s", "g", "t", StartFrom::Head)
-        .await
-        .expect("group");
-    let mut r = EventReader::join(&c, "s", "g", "r", fast_reader())
-        .await
-        .expect("join");
+    let mut r = reader(&c, "g", "r").await;
     let left = drain(&mut r, usize::MAX, Duration::from_secs(1)).await;
     let bytes: usize = left
         .iter()
@@ -451,8 +440,7 @@ async fn a_writer_with_an_id_stores_each_event_once_across_server_sigkills() {
     let addr = free_port();
     let mut server = ServerProcess::start(dir.path(), addr);
     let c = connect(addr, &pki).await;
-    c.create_scope("s").await.expect("scope");
-    c.create_stream("s", "t", fixed(3)).await.expect("stream");
+    stream_s_t(&c, fixed(3)).await;
 
     const KEYS: usize = 5;
     const PER_KEY: u64 = 4000;
@@ -510,12 +498,7 @@ async fn a_writer_with_an_id_stores_each_event_once_across_server_sigkills() {
     assert_eq!(stats.already_stored, KEYS as u64 * PER_KEY);
     assert_eq!(stats.acknowledged, 0);
 
-    c.create_reader_group("s", "g", "t", StartFrom::Head)
-        .await
-        .expect("group");
-    let mut r = EventReader::join(&c, "s", "g", "r", fast_reader())
-        .await
-        .expect("join");
+    let mut r = reader(&c, "g", "r").await;
     let got = drain(&mut r, usize::MAX, Duration::from_secs(2)).await;
     assert_exactly_once_in_order(&got, KEYS, PER_KEY);
 }
@@ -524,7 +507,6 @@ async fn a_writer_with_an_id_stores_each_event_once_across_server_sigkills() {
 async fn a_segment_under_sustained_load_splits_by_itself_and_writers_follow() {
     let node = Node::start().await;
     let c = node.client().await;
-    c.create_scope("s").await.expect("scope");
     let config = StreamConfig {
         scaling: ScalingPolicy::EventRate {
             target_events_per_s: 200,
@@ -533,14 +515,12 @@ async fn a_segment_under_sustained_load_splits_by_itself_and_writers_follow() {
         },
         retention: RetentionPolicy::Forever,
     };
-    c.create_stream("s", "t", config).await.expect("stream");
+    stream_s_t(&c, config).await;
     let settings = PolicySettings {
         tick: Duration::from_secs(1),
         scale_window: Duration::from_secs(1),
     };
-    let mut w = EventWriter::new(&c, "s", "t", WriterConfig::default())
-        .await
-        .expect("writer");
+    let mut w = writer(&c).await;
     node.controller().tick(&settings).await.expect("first tick");
     // About 1000 events/s for 1.2 s: five times the target, for longer than the window.
     let start = Instant::now();
@@ -560,12 +540,7 @@ async fn a_segment_under_sustained_load_splits_by_itself_and_writers_follow() {
     write_numbered(&mut w, 4, seq..seq + 25).await;
     let stats = w.close().await.expect("close");
     assert!(stats.rerouted >= 1, "{stats:?}");
-    c.create_reader_group("s", "g", "t", StartFrom::Head)
-        .await
-        .expect("group");
-    let mut r = EventReader::join(&c, "s", "g", "r", fast_reader())
-        .await
-        .expect("join");
+    let mut r = reader(&c, "g", "r").await;
     let got = drain(&mut r, usize::MAX, Duration::from_secs(1)).await;
     assert_exactly_once_in_order(&got, 4, seq + 25);
 }

@@ -123,10 +123,7 @@ impl Controller {
         for rec in meta.segments.values() {
             let name = segment_name(scope, stream, rec.id);
             if before_head.contains(&rec.id) {
-                match self.log.delete(&name).await {
-                    Ok(()) | Err(LogError::NoSuchSegment(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                self.delete_segment(&name).await?;
                 continue;
             }
             match self.log.create(&name).await {
@@ -140,16 +137,44 @@ impl Controller {
             if before_head.contains(&rec.id) {
                 continue;
             }
-            if rec.sealed_epoch.is_some() || meta.sealed {
-                self.log.seal(&segment_name(scope, stream, rec.id)).await?;
+            let name = segment_name(scope, stream, rec.id);
+            // Each step is a durable log operation: skip the ones already done.
+            if (rec.sealed_epoch.is_some() || meta.sealed) && !self.log.info(&name)?.sealed {
+                self.log.seal(&name).await?;
             }
         }
         for (id, offset) in &meta.head.positions {
             let name = segment_name(scope, stream, *id);
-            let length = self.log.info(&name)?.length;
-            self.log.truncate(&name, (*offset).min(length)).await?;
+            let info = self.log.info(&name)?;
+            if info.start < *offset {
+                self.log.truncate(&name, (*offset).min(info.length)).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Deletes a segment of the log; one already gone is fine.
+    async fn delete_segment(&self, name: &str) -> Result<()> {
+        match self.log.delete(name).await {
+            Ok(()) | Err(LogError::NoSuchSegment(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Changes a stream's metadata with `f`, persists it and carries it out on the
+    /// log, all under the change lock.
+    async fn change<T>(
+        &self,
+        scope: &str,
+        stream: &str,
+        f: impl FnOnce(&mut StreamMeta) -> Result<T>,
+    ) -> Result<T> {
+        let _change = self.changes.lock().await;
+        let mut meta = self.describe(scope, stream)?;
+        let out = f(&mut meta)?;
+        self.persist(scope, stream, &meta)?;
+        self.reconcile(scope, stream, &meta).await?;
+        Ok(out)
     }
 
     /// Creates a scope.
@@ -289,31 +314,24 @@ impl Controller {
         seal: &[SegmentId],
         new_ranges: &[KeyRange],
     ) -> Result<Vec<SegmentId>> {
-        let _change = self.changes.lock().await;
-        let mut meta = self.describe(scope, stream)?;
-        let created = meta.scale(seal, new_ranges)?;
-        self.persist(scope, stream, &meta)?;
-        self.reconcile(scope, stream, &meta).await?;
-        Ok(created)
+        self.change(scope, stream, |meta| Ok(meta.scale(seal, new_ranges)?))
+            .await
     }
 
     /// Seals every segment of the stream.
     pub async fn seal_stream(&self, scope: &str, stream: &str) -> Result<()> {
-        let _change = self.changes.lock().await;
-        let mut meta = self.describe(scope, stream)?;
-        meta.seal();
-        self.persist(scope, stream, &meta)?;
-        self.reconcile(scope, stream, &meta).await
+        self.change(scope, stream, |meta| {
+            meta.seal();
+            Ok(())
+        })
+        .await
     }
 
     /// Truncates the stream at `cut`: data before it is dropped, segments entirely
     /// before it are deleted.
     pub async fn truncate_stream(&self, scope: &str, stream: &str, cut: &StreamCut) -> Result<()> {
-        let _change = self.changes.lock().await;
-        let mut meta = self.describe(scope, stream)?;
-        meta.truncate(cut)?;
-        self.persist(scope, stream, &meta)?;
-        self.reconcile(scope, stream, &meta).await
+        self.change(scope, stream, |meta| Ok(meta.truncate(cut).map(|_| ())?))
+            .await
     }
 
     /// Deletes a sealed stream and its segments.
@@ -326,10 +344,8 @@ impl Controller {
         // Segments first: if we crash, the stream is still listed and deleting again
         // finishes the job.
         for rec in meta.segments.values() {
-            match self.log.delete(&segment_name(scope, stream, rec.id)).await {
-                Ok(()) | Err(LogError::NoSuchSegment(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_segment(&segment_name(scope, stream, rec.id))
+                .await?;
         }
         self.streams
             .remove(stream_key(scope, stream))

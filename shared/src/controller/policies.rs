@@ -55,10 +55,15 @@ pub(super) struct PolicyState {
 impl Controller {
     /// Counts a stored append block for the scaling policy.
     pub fn record_append(&self, segment: &str, events: u64, bytes: u64) {
-        if let Ok(mut load) = self.load.lock() {
-            let e = load.entry(segment.to_string()).or_insert((0, 0));
-            e.0 += events;
-            e.1 += bytes;
+        let Ok(mut load) = self.load.lock() else {
+            return;
+        };
+        // Called for every acknowledged block: allocate the key only once per tick.
+        match load.get_mut(segment) {
+            Some(e) => *e = (e.0 + events, e.1 + bytes),
+            None => {
+                load.insert(segment.to_string(), (events, bytes));
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 //! group's timeout, and they are read again from the last reported positions.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -92,8 +93,8 @@ pub struct EventReader {
     held: BTreeMap<SegmentId, Held>,
     finished: Vec<(SegmentId, u64)>,
     last_sync: Instant,
-    /// Where round-robin delivery goes next.
-    turn: usize,
+    /// The segment round-robin delivery served last.
+    turn: SegmentId,
 }
 
 type FetchResult = (SegmentId, u64, Result<(Bytes, bool), ClientError>);
@@ -119,7 +120,10 @@ impl EventReader {
             held: BTreeMap::new(),
             finished: Vec::new(),
             last_sync: Instant::now(),
-            turn: 0,
+            turn: SegmentId {
+                number: 0,
+                epoch: 0,
+            },
         };
         r.sync().await?;
         Ok(r)
@@ -222,27 +226,35 @@ impl EventReader {
     /// Delivers the next buffered event, round robin over the segments; moves ended
     /// segments to `finished`.
     fn deliver(&mut self) -> Option<ReadEvent> {
-        let ids: Vec<SegmentId> = self.held.keys().copied().collect();
-        for i in 0..ids.len() {
-            let id = ids[(self.turn + i) % ids.len()];
-            let Some(h) = self.held.get_mut(&id) else {
-                continue;
-            };
-            if let Some((offset, e)) = h.events.pop_front() {
-                h.position = offset + framed_len(&e.key, &e.payload) as u64;
-                self.turn = (self.turn + i + 1) % ids.len();
-                return Some(ReadEvent {
-                    segment: id,
-                    offset,
-                    key: e.key,
-                    payload: e.payload,
-                });
-            }
-            if h.ended && h.partial.is_empty() {
-                self.finished.push((id, h.position));
-                self.held.remove(&id);
-            }
+        // Round robin: the first segment with an event after the last one served.
+        let after = self.turn;
+        let next = self
+            .held
+            .range((Excluded(after), Unbounded))
+            .chain(self.held.range(..=after))
+            .find(|(_, h)| !h.events.is_empty())
+            .map(|(id, _)| *id);
+        if let Some(id) = next {
+            let h = self.held.get_mut(&id)?;
+            let (offset, e) = h.events.pop_front()?;
+            h.position = offset + framed_len(&e.key, &e.payload) as u64;
+            self.turn = id;
+            return Some(ReadEvent {
+                segment: id,
+                offset,
+                key: e.key,
+                payload: e.payload,
+            });
         }
+        // Nothing buffered anywhere: segments read to their end are finished.
+        let finished = &mut self.finished;
+        self.held.retain(|id, h| {
+            let done = h.ended && h.partial.is_empty();
+            if done {
+                finished.push((*id, h.position));
+            }
+            !done
+        });
         None
     }
 

@@ -240,7 +240,7 @@ impl EventWriter {
         let events = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         if self.tx.send(Cmd::Events(events)).await.is_err() {
-            return Err(self.failure().await);
+            return Err(failure());
         }
         Ok(())
     }
@@ -250,11 +250,11 @@ impl EventWriter {
         self.hand_over().await?;
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Flush(tx)).await.is_err() {
-            return Err(self.failure().await);
+            return Err(failure());
         }
         match rx.await {
             Ok(r) => r,
-            Err(_) => Err(self.failure().await),
+            Err(_) => Err(failure()),
         }
     }
 
@@ -265,11 +265,12 @@ impl EventWriter {
         let _ = self.task.await;
         r
     }
+}
 
-    async fn failure(&self) -> ClientError {
-        // The task ended: the flush reply carried the reason; this one is generic.
-        ClientError::Failed("the writer stopped after an earlier error".into())
-    }
+/// The error after the writer task has ended (its reason went to the flush that saw
+/// it first).
+fn failure() -> ClientError {
+    ClientError::Failed("the writer stopped after an earlier error".into())
 }
 
 fn sealed_stream(scope: &str, stream: &str) -> ClientError {
