@@ -2,8 +2,6 @@
 //! over QUIC, with health and metrics over HTTP), `check-config` and `certs`.
 
 mod certs;
-mod config;
-mod http;
 mod standalone;
 
 use std::net::SocketAddr;
@@ -12,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tributary::node::config;
 
 /// Tributary cloud node.
 #[derive(Debug, Parser)]
@@ -90,7 +89,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match config::load(file) {
+    match config::load(file, config::parse) {
         Ok(_) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
@@ -104,16 +103,17 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 
 fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let file = match &args.config {
-        Some(path) => config::load(path)?,
-        None => config::FileSettings::default(),
+        Some(path) => config::load(path, config::parse)?,
+        None => config::NodeSettings::default(),
     };
-    let cfg = config::Config::new(
+    let cfg = config::NodeConfig::new(
         file,
         config::Overrides {
             data_dir: args.data_dir,
             quic_listen: args.listen,
             http_listen: args.http,
         },
+        standalone::defaults(),
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -1,2 +1,14 @@
 //! `tributary-edge`: the gateway daemon's library — configuration, sources and the
 //! local node they feed.
+//!
+//! The edge is a [`tributary::node::Node`] (the same segment log, controller and
+//! segment service as the cloud's standalone node, so `trib` works against it) plus
+//! sources that store into local streams in-process ([`local`]): MQTT ([`mqtt`]), with
+//! disk budgets ([`budget`]) and a status report ([`status`]).
+
+pub mod budget;
+pub mod config;
+pub mod local;
+pub mod mqtt;
+pub mod run;
+pub mod status;

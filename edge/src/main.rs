@@ -1,9 +1,136 @@
-//! `tributary-edge`: the gateway daemon. Its sources, local streams and replicator come
-//! with the "Edge node" and "replication" issues; today it only reports that.
+//! `tributary-edge`: the gateway daemon. `run` ingests into local streams and serves
+//! them; `check-config` validates a configuration; `status` reports a running edge.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!(
-        "tributary-edge {}: the edge daemon is not built yet (see the project's issues)",
-        env!("CARGO_PKG_VERSION")
-    )
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tributary::node::config::{load, NodeConfig, Overrides};
+use tributary_edge::config::{self, EdgeConfig};
+
+/// Tributary edge node.
+#[derive(Debug, Parser)]
+#[command(name = "tributary-edge", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the edge until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Checks a configuration file: prints `FILE: ok`, or one line per problem.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Shows a running edge's streams and sources.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Data directory [default: from the file, else $XDG_DATA_HOME/tributary/edge].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// QUIC address of the segment service [default: 127.0.0.1:9290].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// HTTP address of /health, /metrics and /status [default: 127.0.0.1:9291].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The edge's configuration file, to find its HTTP address.
+    #[arg(long, value_name = "FILE", conflicts_with = "http")]
+    config: Option<PathBuf>,
+    /// The edge's HTTP address [default: 127.0.0.1:9291].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Print the status document as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::CheckConfig { file } => return check_config(&file),
+        Command::Status(args) => status(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tributary-edge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match load(file, config::parse) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg: EdgeConfig = load(&args.config, config::parse)?;
+    let node = NodeConfig::new(
+        cfg.node.clone(),
+        Overrides {
+            data_dir: args.data_dir,
+            quic_listen: args.listen,
+            http_listen: args.http,
+        },
+        config::defaults(),
+    );
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    runtime()?.block_on(tributary_edge::run::run(cfg, node))
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let addr = match (args.http, &args.config) {
+        (Some(a), _) => a,
+        (None, Some(file)) => {
+            let cfg: EdgeConfig = load(file, config::parse)?;
+            cfg.node.http_listen.unwrap_or(config::DEFAULT_HTTP_LISTEN)
+        }
+        (None, None) => config::DEFAULT_HTTP_LISTEN,
+    };
+    let s = runtime()?.block_on(tributary_edge::status::fetch(addr))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", tributary_edge::status::render_table(&s));
+    }
+    Ok(())
 }

@@ -137,13 +137,18 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(d) = env_path("TRIBUTARY_DATA_DIR") {
         return d;
     }
-    let data_home = env_path("XDG_DATA_HOME").unwrap_or_else(|| {
+    data_home().join("tributary").join("standalone")
+}
+
+/// `$XDG_DATA_HOME`, else `~/.local/share`: where a user's nodes keep their data by
+/// default (`tributary/standalone`, `tributary/edge`).
+pub fn data_home() -> PathBuf {
+    env_path("XDG_DATA_HOME").unwrap_or_else(|| {
         env_path("HOME")
             .unwrap_or_default()
             .join(".local")
             .join("share")
-    });
-    data_home.join("tributary").join("standalone")
+    })
 }
 
 /// Where clients look for their profile by default: `$TRIB_PROFILE` if set, else

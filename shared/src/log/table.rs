@@ -31,6 +31,10 @@ pub enum AttributeCondition {
     Greater,
     /// Only if the current value is this one (`None`: the attribute is absent).
     Equals(Option<i64>),
+    /// Only if the current value is not this one (an absent attribute is not). The
+    /// edge's MQTT ingest stores a redelivered message unless the packet id's
+    /// attribute holds that message's fingerprint.
+    NotEquals(i64),
 }
 
 /// One attribute update carried by an append.
@@ -205,6 +209,7 @@ impl Table {
                 AttributeCondition::Always => true,
                 AttributeCondition::Greater => current.is_none_or(|c| u.value > c),
                 AttributeCondition::Equals(e) => current == e,
+                AttributeCondition::NotEquals(v) => current != Some(v),
             };
             if !ok {
                 return Err(LogError::AttributeConflict {
@@ -557,6 +562,12 @@ mod tests {
             .is_err());
         assert!(t
             .check_append("s", 1, &upd(1, AttributeCondition::Equals(Some(5))))
+            .is_ok());
+        assert!(t
+            .check_append("s", 1, &upd(1, AttributeCondition::NotEquals(5)))
+            .is_err());
+        assert!(t
+            .check_append("s", 1, &upd(1, AttributeCondition::NotEquals(4)))
             .is_ok());
     }
 }

@@ -1,5 +1,5 @@
-//! A tiny HTTP/1.1 server for health and metrics: `GET /health` and `GET /metrics`,
-//! one request per connection (`Connection: close`). It parses only the request line
+//! A tiny HTTP/1.1 server for health, metrics and status: `GET /health`, `GET /metrics`
+//! and, where the node has one, `GET /status` (JSON); one request per connection (`Connection: close`). It parses only the request line
 //! and never panics on what a client sends; plain HTTP, so bind it to a local or
 //! management address.
 
@@ -16,6 +16,8 @@ use tokio::task::{JoinHandle, JoinSet};
 pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// The body of `/metrics`, in the Prometheus text format.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+/// The body of `/status`, a JSON document.
+pub type StatusFn = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Largest request head (request line and headers) read.
 const MAX_HEAD: usize = 8 << 10;
@@ -43,19 +45,25 @@ impl std::fmt::Debug for HttpServer {
 struct Handlers {
     health: HealthCheck,
     metrics: MetricsFn,
+    status: Option<StatusFn>,
 }
 
 impl HttpServer {
-    /// Listens on `addr` (port 0 picks one) and serves `/health` from `health` and
-    /// `/metrics` from `metrics`.
+    /// Listens on `addr` (port 0 picks one) and serves `/health` from `health`,
+    /// `/metrics` from `metrics` and `/status` from `status`.
     pub async fn start(
         addr: SocketAddr,
         health: HealthCheck,
         metrics: MetricsFn,
+        status: Option<StatusFn>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let handlers = Arc::new(Handlers { health, metrics });
+        let handlers = Arc::new(Handlers {
+            health,
+            metrics,
+            status,
+        });
         let task = tokio::spawn(accept_loop(listener, handlers));
         Ok(HttpServer { addr, task })
     }
@@ -176,7 +184,12 @@ async fn serve(mut stream: TcpStream, handlers: &Handlers) {
 
 fn route(method: &str, path: &str, h: &Handlers) -> Response {
     let path = path.split(['?', '#']).next().unwrap_or(path);
-    if path != "/health" && path != "/metrics" {
+    let known = match path {
+        "/health" | "/metrics" => true,
+        "/status" => h.status.is_some(),
+        _ => false,
+    };
+    if !known {
         return Response::text(404, "Not Found", "not found\n");
     }
     if method != "GET" && method != "HEAD" {
@@ -184,15 +197,21 @@ fn route(method: &str, path: &str, h: &Handlers) -> Response {
         r.headers.push(("Allow", "GET, HEAD"));
         return r;
     }
-    if path == "/health" {
-        match (h.health)() {
+    match (path, &h.status) {
+        ("/health", _) => match (h.health)() {
             Ok(()) => Response::text(200, "OK", "ok\n"),
             Err(why) => Response::text(503, "Service Unavailable", format!("{why}\n")),
+        },
+        ("/status", Some(status)) => {
+            let mut r = Response::text(200, "OK", status());
+            r.content_type = "application/json";
+            r
         }
-    } else {
-        let mut r = Response::text(200, "OK", (h.metrics)());
-        r.content_type = METRICS_CONTENT_TYPE;
-        r
+        _ => {
+            let mut r = Response::text(200, "OK", (h.metrics)());
+            r.content_type = METRICS_CONTENT_TYPE;
+            r
+        }
     }
 }
 
@@ -312,6 +331,7 @@ mod tests {
                 }
             }),
             Arc::new(|| "tributary_up 1\n".to_string()),
+            Some(Arc::new(|| "{\"streams\":[]}".to_string())),
         )
         .await
         .expect("start")
@@ -344,6 +364,14 @@ mod tests {
         let r = request(addr, b"HEAD /metrics HTTP/1.0\n\n").await;
         assert_eq!((r.status, r.body.as_str()), (200, ""));
         assert!(r.head.contains("Content-Length: 15"), "{}", r.head);
+
+        let r = get(addr, "/status").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "{\"streams\":[]}"));
+        assert!(
+            r.head.contains("Content-Type: application/json"),
+            "{}",
+            r.head
+        );
 
         assert_eq!(get(addr, "/").await.status, 404);
         assert_eq!(get(addr, "/healthz").await.status, 404);

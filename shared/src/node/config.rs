@@ -1,6 +1,8 @@
-//! The standalone node's configuration file (TOML). Every section and key is optional;
-//! unknown keys are refused. Command-line flags override the file, the file overrides
-//! the defaults. Relative paths in a file are relative to the file's directory.
+//! Configuration files (TOML) of the nodes that serve segments — the cloud's standalone
+//! node and the edge node share these sections; the edge adds its own. Every section and
+//! key is optional; unknown keys are refused; every error names its key and line.
+//! Command-line flags override the file, the file overrides the defaults. Relative paths
+//! in a file are relative to the file's directory.
 //!
 //! ```toml
 //! data_dir = "/var/lib/tributary"
@@ -27,18 +29,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::Spanned;
-use tributary::controller::PolicySettings;
-use tributary::log::LogConfig;
-use tributary::profile::line_of;
 
-/// Default QUIC (segment service) address.
-pub const DEFAULT_QUIC_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9190);
-/// Default HTTP (health, metrics) address.
-pub const DEFAULT_HTTP_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9191);
+use crate::controller::PolicySettings;
+use crate::log::LogConfig;
+use crate::profile::line_of;
+
 /// Default name clients expect in the server certificate.
 pub const DEFAULT_SERVER_NAME: &str = "localhost";
 
@@ -59,9 +57,9 @@ pub struct TlsFiles {
     pub server_name: String,
 }
 
-/// What a configuration file says, validated; `None` where it says nothing.
+/// What the node sections of a file say, validated; `None` where they say nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct FileSettings {
+pub struct NodeSettings {
     /// `data_dir`.
     pub data_dir: Option<PathBuf>,
     /// `[quic] listen`.
@@ -76,9 +74,9 @@ pub struct FileSettings {
     pub policies: PolicySettings,
 }
 
-/// The standalone node's complete configuration.
+/// A node's complete configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct NodeConfig {
     /// Where everything is kept.
     pub data_dir: PathBuf,
     /// The segment service's QUIC address.
@@ -104,23 +102,33 @@ pub struct Overrides {
     pub http_listen: Option<SocketAddr>,
 }
 
-impl Config {
-    /// Flags over the file over the defaults (data directory:
-    /// [`tributary::profile::default_data_dir`]).
-    pub fn new(file: FileSettings, flags: Overrides) -> Config {
-        Config {
+/// What a kind of node uses where neither flags nor file say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The QUIC address.
+    pub quic_listen: SocketAddr,
+    /// The HTTP address.
+    pub http_listen: SocketAddr,
+}
+
+impl NodeConfig {
+    /// Flags over the file over the defaults.
+    pub fn new(file: NodeSettings, flags: Overrides, defaults: Defaults) -> NodeConfig {
+        NodeConfig {
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)
-                .unwrap_or_else(tributary::profile::default_data_dir),
+                .unwrap_or(defaults.data_dir),
             quic_listen: flags
                 .quic_listen
                 .or(file.quic_listen)
-                .unwrap_or(DEFAULT_QUIC_LISTEN),
+                .unwrap_or(defaults.quic_listen),
             http_listen: flags
                 .http_listen
                 .or(file.http_listen)
-                .unwrap_or(DEFAULT_HTTP_LISTEN),
+                .unwrap_or(defaults.http_listen),
             tls: file.tls,
             log: file.log,
             policies: file.policies,
@@ -176,8 +184,11 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads and validates the file at `path`.
-pub fn load(path: &Path) -> Result<FileSettings, ConfigErrors> {
+/// Reads the file at `path` and hands its text and directory to `parse`.
+pub fn load<T>(
+    path: &Path,
+    parse: impl FnOnce(&str, &Path) -> Result<T, Vec<ConfigError>>,
+) -> Result<T, ConfigErrors> {
     let errs = |errors| ConfigErrors {
         path: path.to_path_buf(),
         errors,
@@ -192,9 +203,18 @@ pub fn load(path: &Path) -> Result<FileSettings, ConfigErrors> {
     parse(&text, path.parent().unwrap_or(Path::new(""))).map_err(errs)
 }
 
-/// Parses and validates a configuration; relative paths are joined to `base`.
-pub fn parse(text: &str, base: &Path) -> Result<FileSettings, Vec<ConfigError>> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
+/// Parses a file of only the node sections (the cloud's standalone node); relative
+/// paths are joined to `base`.
+pub fn parse(text: &str, base: &Path) -> Result<NodeSettings, Vec<ConfigError>> {
+    let raw: RawNode = from_toml(text)?;
+    let mut v = Validator::new(text, base);
+    let settings = v.node(raw);
+    v.finish(settings)
+}
+
+/// Deserializes TOML, a syntax or type error named by its key and line.
+pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, Vec<ConfigError>> {
+    toml::from_str(text).map_err(|e| {
         let (line, key) = match e.span() {
             Some(span) => (Some(line_of(text, span.start)), key_at(text, span.start)),
             None => (None, "(file)".into()),
@@ -204,87 +224,115 @@ pub fn parse(text: &str, base: &Path) -> Result<FileSettings, Vec<ConfigError>> 
             key,
             message: e.message().trim().to_string(),
         }]
-    })?;
-    let mut v = Validator {
-        text,
-        base,
-        errors: Vec::new(),
-    };
-    let data_dir = raw.data_dir.as_ref().and_then(|d| v.path("data_dir", d));
-    let quic_listen = raw
-        .quic
-        .and_then(|q| q.listen)
-        .and_then(|a| v.addr("quic.listen", &a));
-    let http_listen = raw
-        .http
-        .and_then(|h| h.listen)
-        .and_then(|a| v.addr("http.listen", &a));
-    let tls = raw.tls.and_then(|t| v.tls(t));
-    let log = v.log(raw.log.unwrap_or_default());
-    let policies = v.policies(raw.policies.unwrap_or_default());
-    if v.errors.is_empty() {
-        Ok(FileSettings {
-            data_dir,
-            quic_listen,
-            http_listen,
-            tls,
-            log,
-            policies,
-        })
-    } else {
-        Err(v.errors)
-    }
+    })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    data_dir: Option<Spanned<PathBuf>>,
-    quic: Option<RawListen>,
-    http: Option<RawListen>,
-    tls: Option<Spanned<RawTls>>,
-    log: Option<RawLog>,
-    policies: Option<RawPolicies>,
-}
-
+/// The node sections as written. A file with more sections declares these fields
+/// itself (serde cannot flatten with `deny_unknown_fields`) and hands them over.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPolicies {
+pub struct RawNode {
+    /// `data_dir`.
+    pub data_dir: Option<Spanned<PathBuf>>,
+    /// `[quic]`.
+    pub quic: Option<RawListen>,
+    /// `[http]`.
+    pub http: Option<RawListen>,
+    /// `[tls]`.
+    pub tls: Option<Spanned<RawTls>>,
+    /// `[log]`.
+    pub log: Option<RawLog>,
+    /// `[policies]`.
+    pub policies: Option<RawPolicies>,
+}
+
+/// `[policies]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicies {
     tick_secs: Option<Spanned<u64>>,
     scale_window_secs: Option<Spanned<u64>>,
 }
 
+/// `[quic]` or `[http]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawListen {
+pub struct RawListen {
     listen: Option<Spanned<String>>,
 }
 
+/// `[tls]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
+pub struct RawTls {
     ca: Option<Spanned<PathBuf>>,
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
     server_name: Option<Spanned<String>>,
 }
 
+/// `[log]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLog {
+pub struct RawLog {
     max_file_bytes: Option<Spanned<u64>>,
     commit_delay_us: Option<Spanned<u64>>,
     cache_mb: Option<Spanned<u64>>,
 }
 
-struct Validator<'a> {
+/// Checks raw values, collecting every problem with its key and line.
+#[derive(Debug)]
+pub struct Validator<'a> {
     text: &'a str,
     base: &'a Path,
     errors: Vec<ConfigError>,
 }
 
-impl Validator<'_> {
-    fn error<T>(&mut self, key: &str, at: usize, message: String) -> Option<T> {
+impl<'a> Validator<'a> {
+    /// A validator of `text`, relative paths joined to `base`.
+    pub fn new(text: &'a str, base: &'a Path) -> Self {
+        Validator {
+            text,
+            base,
+            errors: Vec::new(),
+        }
+    }
+
+    /// `value` if no problem was found, else every problem.
+    pub fn finish<T>(self, value: T) -> Result<T, Vec<ConfigError>> {
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.errors)
+        }
+    }
+
+    /// The node sections.
+    pub fn node(&mut self, raw: RawNode) -> NodeSettings {
+        let data_dir = raw.data_dir.as_ref().and_then(|d| self.path("data_dir", d));
+        let quic_listen = raw
+            .quic
+            .and_then(|q| q.listen)
+            .and_then(|a| self.addr("quic.listen", &a));
+        let http_listen = raw
+            .http
+            .and_then(|h| h.listen)
+            .and_then(|a| self.addr("http.listen", &a));
+        let tls = raw.tls.and_then(|t| self.tls(t));
+        let log = self.log(raw.log.unwrap_or_default());
+        let policies = self.policies(raw.policies.unwrap_or_default());
+        NodeSettings {
+            data_dir,
+            quic_listen,
+            http_listen,
+            tls,
+            log,
+            policies,
+        }
+    }
+
+    /// Records a problem at byte `at`; returns `None` for the caller's convenience.
+    pub fn error<T>(&mut self, key: &str, at: usize, message: String) -> Option<T> {
         self.errors.push(ConfigError {
             line: Some(line_of(self.text, at)),
             key: key.into(),
@@ -293,14 +341,16 @@ impl Validator<'_> {
         None
     }
 
-    fn path(&mut self, key: &str, p: &Spanned<PathBuf>) -> Option<PathBuf> {
+    /// A path, joined to the file's directory if relative.
+    pub fn path(&mut self, key: &str, p: &Spanned<PathBuf>) -> Option<PathBuf> {
         if p.get_ref().as_os_str().is_empty() {
             return self.error(key, p.span().start, "must not be empty".into());
         }
         Some(self.base.join(p.get_ref()))
     }
 
-    fn addr(&mut self, key: &str, a: &Spanned<String>) -> Option<SocketAddr> {
+    /// A socket address.
+    pub fn addr(&mut self, key: &str, a: &Spanned<String>) -> Option<SocketAddr> {
         match a.get_ref().parse() {
             Ok(addr) => Some(addr),
             Err(_) => self.error(
@@ -385,9 +435,7 @@ impl Validator<'_> {
         }
         c
     }
-}
 
-impl Validator<'_> {
     fn policies(&mut self, p: RawPolicies) -> PolicySettings {
         let mut s = PolicySettings::default();
         for (key, v, out) in [
@@ -452,6 +500,14 @@ fn key_at(text: &str, offset: usize) -> String {
 mod tests {
     use super::*;
 
+    fn defaults() -> Defaults {
+        Defaults {
+            data_dir: "/default".into(),
+            quic_listen: "127.0.0.1:7".parse().expect("addr"),
+            http_listen: "127.0.0.1:8".parse().expect("addr"),
+        }
+    }
+
     fn errors(text: &str) -> Vec<String> {
         parse(text, Path::new("/etc/t"))
             .expect_err("accepted")
@@ -461,37 +517,26 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_example_is_valid() {
-        let s = parse(
-            include_str!("../../config/cloud-standalone.toml"),
-            Path::new("/etc/t"),
-        )
-        .expect("example config");
-        assert_eq!(s.quic_listen, Some(DEFAULT_QUIC_LISTEN));
-        assert_eq!(s.http_listen, Some(DEFAULT_HTTP_LISTEN));
-        assert_eq!(s.log, LogConfig::default());
-    }
-
-    #[test]
     fn empty_file_means_defaults_and_flags_win() {
         let s = parse("", Path::new("/etc/t")).expect("empty");
-        assert_eq!(s, FileSettings::default());
+        assert_eq!(s, NodeSettings::default());
         let file = parse(
             "data_dir = \"d\"\n[quic]\nlisten = \"127.0.0.1:1\"\n[http]\nlisten = \"127.0.0.1:2\"\n",
             Path::new("/etc/t"),
         )
         .expect("file");
-        let c = Config::new(file.clone(), Overrides::default());
+        let c = NodeConfig::new(file.clone(), Overrides::default(), defaults());
         assert_eq!(c.data_dir, PathBuf::from("/etc/t/d"));
         assert_eq!(c.quic_listen, "127.0.0.1:1".parse().expect("addr"));
         assert_eq!(c.http_listen, "127.0.0.1:2".parse().expect("addr"));
-        let c = Config::new(
+        let c = NodeConfig::new(
             file,
             Overrides {
                 data_dir: Some("/x".into()),
                 quic_listen: Some("127.0.0.1:3".parse().expect("addr")),
                 http_listen: None,
             },
+            defaults(),
         );
         assert_eq!(c.data_dir, PathBuf::from("/x"));
         assert_eq!(c.quic_listen, "127.0.0.1:3".parse().expect("addr"));

@@ -1,0 +1,167 @@
+//! Disk budgets: a stream with `disk_budget_mb` keeps at most that many bytes on disk
+//! (segment bytes not yet truncated). At the budget, `when_full` decides:
+//!
+//! - `pause`: the stream stops taking events; its sources wait (the MQTT source stops
+//!   acknowledging, so the broker keeps the messages). It resumes when room is made:
+//!   by the stream's retention, or by a user truncating it (`trib stream truncate`).
+//! - `drop-oldest`: the oldest tenth of the budget is truncated, at event boundaries,
+//!   to make room. Data not yet replicated to the cloud is never dropped: until
+//!   replication exists (the replication issue), local streams are not replicated, so
+//!   everything counts as droppable; replication will bound the cut by what the cloud
+//!   has acknowledged.
+//!
+//! The state shows in `status` (`paused`) and metrics (`tributary_edge_stream_paused`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tributary::event::decode_events;
+use tributary::stream::{segment_name, StreamCut};
+
+use crate::config::WhenFull;
+use crate::local::LocalStream;
+use crate::status::stream_status;
+
+/// How often budgets are checked (sources also pause at once when a submit crosses
+/// the budget).
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Checks every budgeted stream until `shutdown` turns true.
+pub async fn enforce(streams: Vec<Arc<LocalStream>>, mut shutdown: watch::Receiver<bool>) {
+    let streams: Vec<_> = streams
+        .into_iter()
+        .filter(|s| s.spec().disk_budget.is_some())
+        .collect();
+    if streams.is_empty() {
+        return;
+    }
+    let mut every = tokio::time::interval(CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for s in &streams {
+            check(s).await;
+        }
+    }
+}
+
+/// Applies one stream's budget now.
+pub async fn check(s: &LocalStream) {
+    let Some(budget) = s.spec().disk_budget else {
+        return;
+    };
+    let used = stream_status(s).disk_bytes;
+    s.set_disk_used(used);
+    let full = used >= budget;
+    match s.spec().when_full {
+        WhenFull::Pause => {
+            if full != s.is_paused() {
+                if full {
+                    tracing::warn!(stream = %s.spec().name(), used, budget, "disk budget reached: sources paused");
+                } else {
+                    tracing::info!(stream = %s.spec().name(), used, budget, "below the disk budget: sources resumed");
+                }
+            }
+            s.set_paused(full);
+        }
+        WhenFull::DropOldest => {
+            if !full {
+                s.set_paused(false);
+                return;
+            }
+            let drop = used - budget + budget / 10;
+            match drop_oldest(s, drop).await {
+                Ok(dropped) => {
+                    tracing::info!(stream = %s.spec().name(), dropped, budget, "disk budget reached: oldest data truncated");
+                    s.set_disk_used(used.saturating_sub(dropped));
+                    s.set_paused(false);
+                }
+                Err(e) => {
+                    tracing::error!(stream = %s.spec().name(), error = %e, "disk budget reached and nothing could be dropped: sources paused");
+                    s.set_paused(true);
+                }
+            }
+        }
+    }
+}
+
+/// Truncates about `amount` bytes off the front of the stream, spread over its segments
+/// in proportion to what each keeps, each cut at an event boundary. Returns the bytes
+/// dropped.
+async fn drop_oldest(s: &LocalStream, amount: u64) -> anyhow::Result<u64> {
+    let spec = s.spec();
+    let meta = s
+        .controller()
+        .describe_settled(&spec.scope, &spec.stream)
+        .await?;
+    let log = s.log();
+    let mut kept = Vec::new();
+    for r in meta.segments.values() {
+        let name = segment_name(&spec.scope, &spec.stream, r.id);
+        let info = log.info(&name)?;
+        if r.sealed_epoch.is_some() && info.length > info.start {
+            anyhow::bail!(
+                "segment {name} was sealed by a scale and still holds data; \
+                 truncate the stream by hand"
+            );
+        }
+        kept.push((r.id, name, info.start, info.length));
+    }
+    let total: u64 = kept.iter().map(|(_, _, start, len)| len - start).sum();
+    let mut cut = StreamCut::default();
+    let mut dropped = 0;
+    for (id, name, start, length) in kept {
+        let share = ((length - start) as u128 * amount as u128 / total.max(1) as u128) as u64;
+        let offset = event_boundary_after(s, &name, start, length, start + share).await?;
+        dropped += offset - start;
+        cut.positions.insert(id, offset);
+    }
+    if dropped == 0 {
+        anyhow::bail!("no whole event to drop");
+    }
+    s.controller()
+        .truncate_stream(&spec.scope, &spec.stream, &cut)
+        .await?;
+    Ok(dropped)
+}
+
+/// The first event boundary at or after `target` (at most `length`), reading events
+/// from `start`.
+async fn event_boundary_after(
+    s: &LocalStream,
+    segment: &str,
+    start: u64,
+    length: u64,
+    target: u64,
+) -> anyhow::Result<u64> {
+    let mut offset = start;
+    let mut want = 1 << 20;
+    while offset < target.min(length) {
+        let r = s.log().read(segment, offset, want, Duration::ZERO).await?;
+        if r.data.is_empty() {
+            break;
+        }
+        let data: Bytes = r.data;
+        let (events, used) = decode_events(&data)?;
+        if events.is_empty() {
+            // One event longer than what was read: read enough for it.
+            want = data.len().saturating_mul(2).min(64 << 20);
+            continue;
+        }
+        // Stop at the first boundary past the target.
+        let mut pos = offset;
+        for e in &events {
+            pos += tributary::event::framed_len(&e.key, &e.payload) as u64;
+            if pos >= target {
+                return Ok(pos);
+            }
+        }
+        offset += used as u64;
+    }
+    Ok(offset)
+}

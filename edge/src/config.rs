@@ -1,0 +1,557 @@
+//! The edge node's configuration file (TOML): the node sections it shares with the
+//! cloud ([`tributary::node::config`]: `data_dir`, `[quic]`, `[http]`, `[tls]`,
+//! `[log]`, `[policies]`), the local streams, and the sources that feed them. Unknown
+//! keys are refused; every error names its key and line. A commented example for each
+//! kind of gateway is in the repository's `config/` folder.
+//!
+//! ```toml
+//! [[stream]]
+//! name = "site/sensors"          # scope/stream, created on start
+//! segments = 2
+//! disk_budget_mb = 512
+//! when_full = "pause"            # or "drop-oldest"
+//!
+//! [[mqtt]]
+//! broker = "127.0.0.1:1883"
+//! client_id = "gateway-1"
+//! [[mqtt.route]]
+//! filter = "sensors/+/reading"
+//! stream = "site/sensors"
+//! qos = 1
+//! key = "topic-level:1"          # or "topic", "json:FIELD", "none"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use tributary::node::config::NodeSettings;
+use tributary::node::config::{
+    from_toml, ConfigError, Defaults, RawListen, RawLog, RawNode, RawPolicies, RawTls, Validator,
+};
+use tributary::stream::validate_scoped_name;
+
+/// Default QUIC address of the edge's segment service (local readers, `trib`).
+pub const DEFAULT_QUIC_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9290);
+/// Default HTTP address of `/health`, `/metrics` and `/status`.
+pub const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9291);
+
+/// What the edge uses where neither flags nor file say: data in
+/// `$XDG_DATA_HOME/tributary/edge` (else `~/.local/share/tributary/edge`).
+pub fn defaults() -> Defaults {
+    Defaults {
+        data_dir: tributary::profile::data_home()
+            .join("tributary")
+            .join("edge"),
+        quic_listen: DEFAULT_QUIC_LISTEN,
+        http_listen: DEFAULT_HTTP_LISTEN,
+    }
+}
+
+/// A whole edge configuration, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EdgeConfig {
+    /// The node sections.
+    pub node: NodeSettings,
+    /// `[[stream]]`: the local streams.
+    pub streams: Vec<StreamSpec>,
+    /// `[[mqtt]]`: MQTT brokers to subscribe to.
+    pub mqtt: Vec<MqttSpec>,
+}
+
+/// A local stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Scope.
+    pub scope: String,
+    /// Stream.
+    pub stream: String,
+    /// Fixed number of segments (key ranges).
+    pub segments: u32,
+    /// Bytes of this stream kept on disk at most; `None`: no budget.
+    pub disk_budget: Option<u64>,
+    /// What happens when the budget is reached.
+    pub when_full: WhenFull,
+}
+
+impl StreamSpec {
+    /// `scope/stream`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.scope, self.stream)
+    }
+}
+
+/// What a stream does at its disk budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Stop taking data: sources pause (MQTT messages stay unacknowledged at the
+    /// broker) until room is made (by retention, or by a user truncating the stream).
+    #[default]
+    Pause,
+    /// Truncate the oldest data to make room; data not yet replicated is never dropped
+    /// (the stream pauses instead).
+    DropOldest,
+}
+
+/// An MQTT broker and what to take from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttSpec {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id; with a persistent session the broker keeps our subscriptions and
+    /// unacknowledged messages under it while we are away.
+    pub client_id: String,
+    /// Protocol version.
+    pub version: MqttVersion,
+    /// Username and password.
+    pub credentials: Option<(String, String)>,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// Topic filters and where their messages go.
+    pub routes: Vec<MqttRoute>,
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttVersion {
+    /// 3.1.1.
+    #[default]
+    V311,
+    /// 5.
+    V5,
+}
+
+/// One topic filter's messages into one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttRoute {
+    /// Topic filter (`+` and `#` wildcards).
+    pub filter: String,
+    /// Index into [`EdgeConfig::streams`].
+    pub stream: usize,
+    /// Subscription QoS (0, 1 or 2).
+    pub qos: u8,
+    /// Where the routing key comes from.
+    pub key: KeyFrom,
+}
+
+/// Where an MQTT message's routing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KeyFrom {
+    /// The whole topic (the default: per-topic order).
+    #[default]
+    Topic,
+    /// One level of the topic, 0-based (`sensors/+/x` with level 1: the device).
+    TopicLevel(usize),
+    /// A top-level field of a JSON payload (strings as is, other values as JSON
+    /// text); a message without it, or not JSON, gets the topic as key.
+    JsonField(String),
+    /// No key: events spread over the segments.
+    None,
+}
+
+impl KeyFrom {
+    /// The key of a message.
+    pub fn key<'a>(&self, topic: &'a str, payload: &[u8]) -> std::borrow::Cow<'a, [u8]> {
+        use std::borrow::Cow;
+        match self {
+            KeyFrom::Topic => Cow::Borrowed(topic.as_bytes()),
+            KeyFrom::TopicLevel(n) => {
+                Cow::Borrowed(topic.split('/').nth(*n).unwrap_or(topic).as_bytes())
+            }
+            KeyFrom::JsonField(field) => {
+                match serde_json::from_slice::<serde_json::Value>(payload) {
+                    Ok(serde_json::Value::Object(mut m)) => match m.remove(field) {
+                        Some(serde_json::Value::String(s)) => Cow::Owned(s.into_bytes()),
+                        Some(v) => Cow::Owned(v.to_string().into_bytes()),
+                        None => Cow::Borrowed(topic.as_bytes()),
+                    },
+                    _ => Cow::Borrowed(topic.as_bytes()),
+                }
+            }
+            KeyFrom::None => Cow::Borrowed(&[]),
+        }
+    }
+}
+
+/// Parses and validates an edge configuration; relative paths are joined to `base`.
+pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
+    let raw: RawFile = from_toml(text)?;
+    let mut v = Validator::new(text, base);
+    let node = v.node(RawNode {
+        data_dir: raw.data_dir,
+        quic: raw.quic,
+        http: raw.http,
+        tls: raw.tls,
+        log: raw.log,
+        policies: raw.policies,
+    });
+    let streams = streams(&mut v, raw.stream);
+    let mqtt = raw
+        .mqtt
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, m)| mqtt(&mut v, i, m, &streams))
+        .collect();
+    v.finish(EdgeConfig {
+        node,
+        streams,
+        mqtt,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    data_dir: Option<Spanned<PathBuf>>,
+    quic: Option<RawListen>,
+    http: Option<RawListen>,
+    tls: Option<Spanned<RawTls>>,
+    log: Option<RawLog>,
+    policies: Option<RawPolicies>,
+    #[serde(default)]
+    stream: Vec<Spanned<RawStream>>,
+    #[serde(default)]
+    mqtt: Vec<Spanned<RawMqtt>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    name: Spanned<String>,
+    segments: Option<Spanned<u32>>,
+    disk_budget_mb: Option<Spanned<u64>>,
+    when_full: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    broker: Spanned<String>,
+    client_id: Spanned<String>,
+    version: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    keep_alive_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    filter: Spanned<String>,
+    stream: Spanned<String>,
+    qos: Option<Spanned<u8>>,
+    key: Option<Spanned<String>>,
+}
+
+fn streams(v: &mut Validator<'_>, raw: Vec<Spanned<RawStream>>) -> Vec<StreamSpec> {
+    let mut out: Vec<StreamSpec> = Vec::new();
+    for (i, s) in raw.into_iter().enumerate() {
+        let s = s.into_inner();
+        let key = |k: &str| format!("stream[{i}].{k}");
+        let name = s.name.get_ref();
+        let at = s.name.span().start;
+        let Some((scope, stream)) = name.split_once('/') else {
+            v.error::<()>(&key("name"), at, format!("{name:?} is not SCOPE/STREAM"));
+            continue;
+        };
+        if let Err(e) = validate_scoped_name(scope).and(validate_scoped_name(stream)) {
+            v.error::<()>(&key("name"), at, format!("{name:?}: {e}"));
+            continue;
+        }
+        if out.iter().any(|o| o.scope == scope && o.stream == stream) {
+            v.error::<()>(&key("name"), at, format!("{name:?} is configured twice"));
+            continue;
+        }
+        let segments = match s.segments {
+            Some(n) if !(1..=64).contains(n.get_ref()) => {
+                v.error::<()>(&key("segments"), n.span().start, "must be 1 to 64".into());
+                1
+            }
+            Some(n) => *n.get_ref(),
+            None => 1,
+        };
+        let disk_budget = match s.disk_budget_mb {
+            Some(mb) if *mb.get_ref() == 0 || *mb.get_ref() > (1 << 30) => v.error(
+                &key("disk_budget_mb"),
+                mb.span().start,
+                "must be between 1 and 1073741824".into(),
+            ),
+            Some(mb) => Some(*mb.get_ref() << 20),
+            None => None,
+        };
+        let when_full = match s.when_full.as_ref().map(|w| (w.get_ref().as_str(), w)) {
+            None | Some(("pause", _)) => WhenFull::Pause,
+            Some(("drop-oldest", _)) => WhenFull::DropOldest,
+            Some((other, w)) => {
+                v.error::<()>(
+                    &key("when_full"),
+                    w.span().start,
+                    format!("{other:?}: expected \"pause\" or \"drop-oldest\""),
+                );
+                WhenFull::Pause
+            }
+        };
+        out.push(StreamSpec {
+            scope: scope.to_string(),
+            stream: stream.to_string(),
+            segments,
+            disk_budget,
+            when_full,
+        });
+    }
+    out
+}
+
+fn mqtt(
+    v: &mut Validator<'_>,
+    i: usize,
+    raw: Spanned<RawMqtt>,
+    streams: &[StreamSpec],
+) -> Option<MqttSpec> {
+    let at = raw.span().start;
+    let m = raw.into_inner();
+    let key = |k: &str| format!("mqtt[{i}].{k}");
+    let (host, port) = match m.broker.get_ref().rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
+            Ok(p) if p > 0 => (h.trim_matches(['[', ']']).to_string(), p),
+            _ => v.error(
+                &key("broker"),
+                m.broker.span().start,
+                format!("{:?}: bad port", m.broker.get_ref()),
+            )?,
+        },
+        _ => v.error(
+            &key("broker"),
+            m.broker.span().start,
+            format!("{:?} is not HOST:PORT", m.broker.get_ref()),
+        )?,
+    };
+    let client_id = m.client_id.get_ref().clone();
+    if client_id.is_empty() || client_id.len() > 128 {
+        v.error::<()>(
+            &key("client_id"),
+            m.client_id.span().start,
+            "must be 1 to 128 characters".into(),
+        );
+    }
+    let version = match m.version.as_ref().map(|s| (s.get_ref().as_str(), s)) {
+        None | Some(("3.1.1", _)) => MqttVersion::V311,
+        Some(("5", _)) => MqttVersion::V5,
+        Some((other, s)) => v.error(
+            &key("version"),
+            s.span().start,
+            format!("{other:?}: expected \"3.1.1\" or \"5\""),
+        )?,
+    };
+    let credentials = match (m.username, m.password) {
+        (Some(u), Some(p)) => Some((u.into_inner(), p.into_inner())),
+        (None, None) => None,
+        _ => v.error(
+            &key("username"),
+            at,
+            "username and password go together".into(),
+        )?,
+    };
+    let keep_alive = match m.keep_alive_secs {
+        Some(s) if !(5..=3600).contains(s.get_ref()) => v.error(
+            &key("keep_alive_secs"),
+            s.span().start,
+            "must be 5 to 3600".into(),
+        )?,
+        Some(s) => Duration::from_secs(*s.get_ref()),
+        None => Duration::from_secs(30),
+    };
+    if m.route.is_empty() {
+        v.error::<()>(
+            &key("route"),
+            at,
+            "at least one [[mqtt.route]] is needed".into(),
+        );
+    }
+    let mut routes = Vec::new();
+    for (j, r) in m.route.into_iter().enumerate() {
+        let r = r.into_inner();
+        let key = |k: &str| format!("mqtt[{i}].route[{j}].{k}");
+        if !rumqttc::valid_filter(r.filter.get_ref()) {
+            v.error::<()>(
+                &key("filter"),
+                r.filter.span().start,
+                format!("{:?} is not an MQTT topic filter", r.filter.get_ref()),
+            );
+        }
+        let stream = streams.iter().position(|s| s.name() == *r.stream.get_ref());
+        if stream.is_none() {
+            v.error::<()>(
+                &key("stream"),
+                r.stream.span().start,
+                format!(
+                    "{:?} is not a configured [[stream]] name",
+                    r.stream.get_ref()
+                ),
+            );
+        }
+        let qos = match r.qos {
+            Some(q) if *q.get_ref() > 2 => {
+                v.error::<()>(&key("qos"), q.span().start, "must be 0, 1 or 2".into());
+                1
+            }
+            Some(q) => *q.get_ref(),
+            None => 1,
+        };
+        let from = match r.key.as_ref().map(|k| (k.get_ref().as_str(), k)) {
+            None | Some(("topic", _)) => KeyFrom::Topic,
+            Some(("none", _)) => KeyFrom::None,
+            Some((s, k)) => {
+                if let Some(level) = s.strip_prefix("topic-level:") {
+                    match level.parse() {
+                        Ok(n) => KeyFrom::TopicLevel(n),
+                        Err(_) => {
+                            v.error::<()>(
+                                &key("key"),
+                                k.span().start,
+                                format!("{s:?}: the level is a number"),
+                            );
+                            KeyFrom::Topic
+                        }
+                    }
+                } else if let Some(field) = s.strip_prefix("json:").filter(|f| !f.is_empty()) {
+                    KeyFrom::JsonField(field.to_string())
+                } else {
+                    v.error::<()>(
+                        &key("key"),
+                        k.span().start,
+                        format!(
+                            "{s:?}: expected \"topic\", \"topic-level:N\", \"json:FIELD\" or \"none\""
+                        ),
+                    );
+                    KeyFrom::Topic
+                }
+            }
+        };
+        if let Some(stream) = stream {
+            routes.push(MqttRoute {
+                filter: r.filter.into_inner(),
+                stream,
+                qos,
+                key: from,
+            });
+        }
+    }
+    Some(MqttSpec {
+        host,
+        port,
+        client_id,
+        version,
+        credentials,
+        keep_alive,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text, Path::new("/etc/t"))
+            .expect_err("accepted")
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_examples_are_valid() {
+        let c = parse(
+            include_str!("../../config/edge-mqtt-pi.toml"),
+            Path::new("/etc/t"),
+        )
+        .expect("edge-mqtt-pi.toml");
+        assert_eq!(c.mqtt.len(), 1);
+    }
+
+    #[test]
+    fn streams_and_routes_are_mapped() {
+        let c = parse(
+            "[[stream]]\nname = \"site/s\"\nsegments = 2\ndisk_budget_mb = 3\n\
+             when_full = \"drop-oldest\"\n\
+             [[mqtt]]\nbroker = \"localhost:1883\"\nclient_id = \"gw\"\nversion = \"5\"\n\
+             [[mqtt.route]]\nfilter = \"a/+/b\"\nstream = \"site/s\"\nqos = 2\n\
+             key = \"topic-level:1\"\n",
+            Path::new("/etc/t"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.streams,
+            vec![StreamSpec {
+                scope: "site".into(),
+                stream: "s".into(),
+                segments: 2,
+                disk_budget: Some(3 << 20),
+                when_full: WhenFull::DropOldest,
+            }]
+        );
+        let m = &c.mqtt[0];
+        assert_eq!((m.host.as_str(), m.port), ("localhost", 1883));
+        assert_eq!(m.version, MqttVersion::V5);
+        assert_eq!(
+            m.routes,
+            vec![MqttRoute {
+                filter: "a/+/b".into(),
+                stream: 0,
+                qos: 2,
+                key: KeyFrom::TopicLevel(1),
+            }]
+        );
+    }
+
+    #[test]
+    fn every_error_names_key_and_line() {
+        let e = errors(
+            "[[stream]]\nname = \"nos\"\n\
+             [[stream]]\nname = \"a/b\"\nwhen_full = \"explode\"\n\
+             [[mqtt]]\nbroker = \"host\"\nclient_id = \"x\"\n\
+             [[mqtt]]\nbroker = \"h:1\"\nclient_id = \"x\"\n\
+             [[mqtt.route]]\nfilter = \"a/#/b\"\nstream = \"c/d\"\nqos = 3\nkey = \"json:\"\n",
+        );
+        let want = [
+            "line 2: stream[0].name: \"nos\" is not SCOPE/STREAM",
+            "line 5: stream[1].when_full: \"explode\"",
+            "line 7: mqtt[0].broker: \"host\" is not HOST:PORT",
+            "line 13: mqtt[1].route[0].filter: \"a/#/b\" is not an MQTT topic filter",
+            "line 14: mqtt[1].route[0].stream: \"c/d\" is not a configured [[stream]]",
+            "line 15: mqtt[1].route[0].qos: must be 0, 1 or 2",
+            "line 16: mqtt[1].route[0].key: \"json:\"",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+        let e = &errors("[[stream]]\nname = \"a/b\"\ncolour = 1\n")[0];
+        assert!(e.starts_with("line 3: "), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn keys_from_topic_level_and_json() {
+        let k =
+            |from: KeyFrom, topic, payload: &str| from.key(topic, payload.as_bytes()).into_owned();
+        assert_eq!(k(KeyFrom::Topic, "a/b", "x"), b"a/b");
+        assert_eq!(k(KeyFrom::TopicLevel(1), "s/dev7/t", "x"), b"dev7");
+        assert_eq!(k(KeyFrom::TopicLevel(9), "s/dev7/t", "x"), b"s/dev7/t");
+        let j = || KeyFrom::JsonField("id".into());
+        assert_eq!(k(j(), "t", r#"{"id":"d1","v":2}"#), b"d1");
+        assert_eq!(k(j(), "t", r#"{"id":42}"#), b"42");
+        assert_eq!(k(j(), "t", r#"{"v":1}"#), b"t");
+        assert_eq!(k(j(), "t", "not json"), b"t");
+        assert_eq!(k(KeyFrom::None, "t", "x"), b"");
+    }
+}

@@ -1,0 +1,295 @@
+//! What `tributary-edge status` shows: per stream its events, bytes, last event time,
+//! disk used and budget state; per source its counters. The running edge serves it as
+//! JSON on `GET /status` (and as Prometheus metrics); the `status` command fetches it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tributary::stream::segment_name;
+
+use crate::local::{LocalStream, EVENTS_ATTRIBUTE, LAST_EVENT_ATTRIBUTE};
+use crate::mqtt::MqttStats;
+
+/// The whole status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Local streams.
+    pub streams: Vec<StreamStatus>,
+    /// MQTT sources.
+    pub mqtt: Vec<MqttStatus>,
+}
+
+/// One local stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// `scope/stream`.
+    pub name: String,
+    /// Events the edge's sources stored in it (in segments still kept).
+    pub events: u64,
+    /// Bytes ever appended (segment lengths).
+    pub bytes: u64,
+    /// Bytes kept on disk (not truncated).
+    pub disk_bytes: u64,
+    /// The disk budget, if any.
+    pub disk_budget: Option<u64>,
+    /// Sources are paused at the budget.
+    pub paused: bool,
+    /// When the last event was stored (ms since the Unix epoch).
+    pub last_event_ms: Option<i64>,
+    /// Segments (active and sealed).
+    pub segments: usize,
+}
+
+/// One MQTT source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttStatus {
+    /// `host:port`.
+    pub broker: String,
+    /// Client id.
+    pub client_id: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Messages received (with redeliveries).
+    pub received: u64,
+    /// Messages stored.
+    pub stored: u64,
+    /// Redeliveries recognised as stored already.
+    pub duplicates: u64,
+    /// Messages that matched no route.
+    pub unrouted: u64,
+    /// Failed connection attempts and broken connections.
+    pub connection_errors: u64,
+}
+
+/// A named source's counters, for [`snapshot`].
+#[derive(Debug, Clone)]
+pub struct MqttSource {
+    /// `host:port`.
+    pub broker: String,
+    /// Client id.
+    pub client_id: String,
+    /// Counters.
+    pub stats: Arc<MqttStats>,
+}
+
+/// One stream's status now.
+pub fn stream_status(stream: &LocalStream) -> StreamStatus {
+    let spec = stream.spec();
+    let mut st = StreamStatus {
+        name: spec.name(),
+        events: 0,
+        bytes: 0,
+        disk_bytes: 0,
+        disk_budget: spec.disk_budget,
+        paused: stream.is_paused(),
+        last_event_ms: None,
+        segments: 0,
+    };
+    let Ok(meta) = stream.controller().describe(&spec.scope, &spec.stream) else {
+        return st;
+    };
+    for r in meta.segments.values() {
+        let name = segment_name(&spec.scope, &spec.stream, r.id);
+        let Ok(info) = stream.log().info(&name) else {
+            continue;
+        };
+        st.segments += 1;
+        st.bytes += info.length;
+        st.disk_bytes += info.length - info.start;
+        if let Some(n) = info.attributes.get(&EVENTS_ATTRIBUTE) {
+            st.events += u64::try_from(*n).unwrap_or(0);
+        }
+        if let Some(t) = info.attributes.get(&LAST_EVENT_ATTRIBUTE) {
+            st.last_event_ms = st.last_event_ms.max(Some(*t));
+        }
+    }
+    st
+}
+
+/// The status now.
+pub fn snapshot(streams: &[Arc<LocalStream>], mqtt: &[MqttSource]) -> Status {
+    Status {
+        streams: streams.iter().map(|s| stream_status(s)).collect(),
+        mqtt: mqtt
+            .iter()
+            .map(|m| MqttStatus {
+                broker: m.broker.clone(),
+                client_id: m.client_id.clone(),
+                connected: m.stats.connected.load(Ordering::Relaxed),
+                received: m.stats.received.load(Ordering::Relaxed),
+                stored: m.stats.stored.load(Ordering::Relaxed),
+                duplicates: m.stats.duplicates.load(Ordering::Relaxed),
+                unrouted: m.stats.unrouted.load(Ordering::Relaxed),
+                connection_errors: m.stats.connection_errors.load(Ordering::Relaxed),
+            })
+            .collect(),
+    }
+}
+
+/// The status in the Prometheus text format.
+pub fn render_metrics(s: &Status) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in rows {
+            out.push_str(&format!("{name}{{{labels}}} {value}\n"));
+        }
+    };
+    let per_stream = |f: &dyn Fn(&StreamStatus) -> String| {
+        s.streams
+            .iter()
+            .map(|st| (format!("stream=\"{}\"", st.name), f(st)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "tributary_edge_stream_events",
+        "gauge",
+        "Events stored by the edge's sources.",
+        per_stream(&|st| st.events.to_string()),
+    );
+    family(
+        "tributary_edge_stream_bytes",
+        "gauge",
+        "Bytes appended to the stream.",
+        per_stream(&|st| st.bytes.to_string()),
+    );
+    family(
+        "tributary_edge_stream_disk_bytes",
+        "gauge",
+        "Bytes of the stream kept on disk.",
+        per_stream(&|st| st.disk_bytes.to_string()),
+    );
+    family(
+        "tributary_edge_stream_paused",
+        "gauge",
+        "1 while the stream's sources are paused at its disk budget.",
+        per_stream(&|st| u8::from(st.paused).to_string()),
+    );
+    let per_mqtt = |f: &dyn Fn(&MqttStatus) -> u64| {
+        s.mqtt
+            .iter()
+            .map(|m| {
+                (
+                    format!("broker=\"{}\",client_id=\"{}\"", m.broker, m.client_id),
+                    f(m).to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "tributary_edge_mqtt_connected",
+        "gauge",
+        "1 while connected to the broker.",
+        per_mqtt(&|m| u64::from(m.connected)),
+    );
+    for (name, help, f) in [
+        (
+            "tributary_edge_mqtt_received_total",
+            "MQTT messages received, redeliveries included.",
+            (|m: &MqttStatus| m.received) as fn(&MqttStatus) -> u64,
+        ),
+        (
+            "tributary_edge_mqtt_stored_total",
+            "MQTT messages stored.",
+            |m| m.stored,
+        ),
+        (
+            "tributary_edge_mqtt_duplicates_total",
+            "MQTT redeliveries recognised as already stored.",
+            |m| m.duplicates,
+        ),
+        (
+            "tributary_edge_mqtt_unrouted_total",
+            "MQTT messages that matched no route.",
+            |m| m.unrouted,
+        ),
+        (
+            "tributary_edge_mqtt_connection_errors_total",
+            "MQTT connection attempts failed and connections broken.",
+            |m| m.connection_errors,
+        ),
+    ] {
+        family(name, "counter", help, per_mqtt(&f));
+    }
+    out
+}
+
+/// The status as a table for people.
+pub fn render_table(s: &Status) -> String {
+    let mut out = format!(
+        "{:<32} {:>12} {:>14} {:>14} {:>14}  {}\n",
+        "STREAM", "EVENTS", "BYTES", "DISK", "BUDGET", "LAST EVENT"
+    );
+    for st in &s.streams {
+        let budget = st
+            .disk_budget
+            .map_or_else(|| "-".to_string(), |b| b.to_string());
+        let last = st.last_event_ms.map_or_else(|| "-".to_string(), ago);
+        out.push_str(&format!(
+            "{:<32} {:>12} {:>14} {:>14} {:>14}  {}{}\n",
+            st.name,
+            st.events,
+            st.bytes,
+            st.disk_bytes,
+            budget,
+            last,
+            if st.paused {
+                "  PAUSED (disk budget)"
+            } else {
+                ""
+            }
+        ));
+    }
+    for m in &s.mqtt {
+        out.push_str(&format!(
+            "mqtt {} ({}): {}, received {}, stored {}, duplicates {}, unrouted {}, connection errors {}\n",
+            m.broker,
+            m.client_id,
+            if m.connected { "connected" } else { "DISCONNECTED" },
+            m.received,
+            m.stored,
+            m.duplicates,
+            m.unrouted,
+            m.connection_errors
+        ));
+    }
+    out
+}
+
+fn ago(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    format!("{:.1} s ago", (now - ms).max(0) as f64 / 1000.0)
+}
+
+/// Fetches the status from a running edge's HTTP address.
+pub async fn fetch(addr: SocketAddr) -> anyhow::Result<Status> {
+    use anyhow::Context;
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.take(64 << 20).read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .with_context(|| format!("{addr}: no answer in 10 s"))?
+        .with_context(|| format!("is the edge running? (HTTP {addr})"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{addr}: not an HTTP response"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "{addr}: {}",
+        head.lines().next().unwrap_or("")
+    );
+    serde_json::from_str(body).with_context(|| format!("{addr}: not an edge status document"))
+}

@@ -1,0 +1,299 @@
+//! A node that serves segments: the cloud's standalone node and the edge node are both
+//! one of these, with their own work around it. Everything lives under one data
+//! directory:
+//!
+//! ```text
+//! DATA_DIR/log/                  the segment log (its sled metadata store also holds
+//!                                the controller's scopes, streams and reader groups)
+//! DATA_DIR/tls/                  the development PKI (without [tls] in the config)
+//! DATA_DIR/client/profile.toml   how local clients reach the node (development PKI)
+//! ```
+//!
+//! [`Node::start`] opens the log and the controller, starts the policies and the
+//! segment service over QUIC; [`Node::serve_http`] adds health, metrics and status
+//! over HTTP; [`Node::shutdown`] stops it all in order.
+
+pub mod config;
+pub mod http;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::controller::Controller;
+use crate::log::SegmentLog;
+use crate::profile::ClientProfile;
+use crate::service::{SegmentServer, ServiceMetrics};
+use crate::tls::{server_config, DevPki, Identity};
+
+use self::config::{NodeConfig, DEFAULT_SERVER_NAME};
+use self::http::{HealthCheck, HttpServer, MetricsFn, StatusFn};
+
+/// Common name of the development PKI's client certificate.
+const DEV_CLIENT_NAME: &str = "tributary-client";
+/// How long shutdown waits for requests still using the segment log.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a node could not start or stop cleanly: what it was doing, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}: {source}")]
+pub struct NodeError {
+    doing: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn context<T, E>(r: Result<T, E>, doing: impl FnOnce() -> String) -> Result<T, NodeError>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    r.map_err(|e| NodeError {
+        doing: doing(),
+        source: e.into(),
+    })
+}
+
+/// A running node.
+pub struct Node {
+    data_dir: PathBuf,
+    log: Arc<SegmentLog>,
+    controller: Arc<Controller>,
+    server: SegmentServer,
+    quic_addr: SocketAddr,
+    server_name: String,
+    profile_path: Option<PathBuf>,
+    policies: tokio::task::JoinHandle<()>,
+    http: Option<HttpServer>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("data_dir", &self.data_dir)
+            .field("quic_addr", &self.quic_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the log and the controller under `cfg.data_dir` (created if needed),
+    /// starts the policies and the segment service on `cfg.quic_listen`. Without
+    /// `cfg.tls` it makes (or reuses) the development PKI and writes the client profile.
+    pub async fn start(cfg: &NodeConfig) -> Result<Node, NodeError> {
+        context(std::fs::create_dir_all(&cfg.data_dir), || {
+            format!("creating the data directory {}", cfg.data_dir.display())
+        })?;
+        // Absolute, so the client profile's paths hold from any working directory.
+        let data = context(std::fs::canonicalize(&cfg.data_dir), || {
+            format!("the data directory {}", cfg.data_dir.display())
+        })?;
+        let log_dir = data.join("log");
+        let log = Arc::new(context(
+            SegmentLog::open(&log_dir, cfg.log.clone()),
+            || format!("opening the segment log in {}", log_dir.display()),
+        )?);
+        let controller = Arc::new(context(Controller::open(log.clone()).await, || {
+            "opening the controller".into()
+        })?);
+
+        let (identity, dev_pki, server_name) = match &cfg.tls {
+            Some(t) => (
+                Identity {
+                    ca: t.ca.clone(),
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                },
+                None,
+                t.server_name.clone(),
+            ),
+            None => {
+                let pki = context(DevPki::ensure(&data.join("tls"), DEV_CLIENT_NAME), || {
+                    "making the development PKI".into()
+                })?;
+                (
+                    pki.server.clone(),
+                    Some(pki),
+                    DEFAULT_SERVER_NAME.to_string(),
+                )
+            }
+        };
+        let tls = context(server_config(&identity), || "server TLS".into())?;
+        let server = context(
+            SegmentServer::start(cfg.quic_listen, tls, controller.clone()),
+            || format!("listening on {} (QUIC)", cfg.quic_listen),
+        )?;
+        let quic_addr = context(server.local_addr(), || "the QUIC address".into())?;
+
+        let profile_path = match &dev_pki {
+            Some(pki) => {
+                let path = data.join("client").join("profile.toml");
+                let profile = ClientProfile {
+                    endpoint: reachable(quic_addr),
+                    server_name: server_name.clone(),
+                    ca: pki.client.ca.clone(),
+                    cert: pki.client.cert.clone(),
+                    key: pki.client.key.clone(),
+                };
+                context(profile.save(&path), || {
+                    format!("writing the client profile {}", path.display())
+                })?;
+                Some(path)
+            }
+            None => None,
+        };
+        let policies = controller.clone().spawn_policies(cfg.policies);
+        Ok(Node {
+            data_dir: data,
+            log,
+            controller,
+            server,
+            quic_addr,
+            server_name,
+            profile_path,
+            policies,
+            http: None,
+        })
+    }
+
+    /// Serves `/health`, `/metrics` (the node's own, then `extra_metrics`) and, if
+    /// given, `/status` over HTTP on `addr`; returns the address.
+    pub async fn serve_http(
+        &mut self,
+        addr: SocketAddr,
+        extra_metrics: Option<MetricsFn>,
+        status: Option<StatusFn>,
+    ) -> Result<SocketAddr, NodeError> {
+        let http = context(
+            HttpServer::start(
+                addr,
+                health_check(Arc::downgrade(&self.log)),
+                metrics(
+                    Arc::downgrade(&self.log),
+                    self.server.metrics(),
+                    extra_metrics,
+                ),
+                status,
+            )
+            .await,
+            || format!("listening on {addr} (HTTP)"),
+        )?;
+        let addr = http.local_addr();
+        self.http = Some(http);
+        Ok(addr)
+    }
+
+    /// The data directory (absolute).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The segment log.
+    pub fn log(&self) -> &Arc<SegmentLog> {
+        &self.log
+    }
+
+    /// The controller.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    /// The QUIC address the segment service listens on.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The name clients expect in the server certificate.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// The client profile written for the development PKI (`None` with `[tls]`).
+    pub fn profile_path(&self) -> Option<&Path> {
+        self.profile_path.as_deref()
+    }
+
+    /// Stops in order: the segment service (draining, every connection closed), the
+    /// HTTP server, the policies, the controller, and last the segment log, flushed and
+    /// closed. Callers drop their own handles to the log and controller first.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.server.shutdown().await;
+        if let Some(http) = self.http {
+            http.shutdown().await;
+        }
+        self.policies.abort();
+        let _ = self.policies.await;
+        drop(self.controller);
+        close_log(self.log).await
+    }
+}
+
+/// Where a local client reaches an address we listen on (the wildcard is not).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+fn health_check(log: Weak<SegmentLog>) -> HealthCheck {
+    Arc::new(move || match log.upgrade() {
+        Some(_) => Ok(()),
+        None => Err("the segment log is closed".into()),
+    })
+}
+
+fn metrics(
+    log: Weak<SegmentLog>,
+    service: Arc<ServiceMetrics>,
+    extra: Option<MetricsFn>,
+) -> MetricsFn {
+    Arc::new(move || {
+        let mut out = String::from(
+            "# HELP tributary_up Whether the node is serving.\n\
+             # TYPE tributary_up gauge\n\
+             tributary_up 1\n",
+        );
+        out.push_str(&service.render());
+        if let Some(log) = log.upgrade() {
+            out.push_str(&format!(
+                "# HELP tributary_segments Segments in the segment log.\n\
+                 # TYPE tributary_segments gauge\n\
+                 tributary_segments {}\n",
+                log.list().len()
+            ));
+        }
+        if let Some(extra) = &extra {
+            out.push_str(&extra());
+        }
+        out
+    })
+}
+
+/// Closes the segment log once nothing else uses it (requests still finishing may hold
+/// it for a moment). If some still do after [`CLOSE_WAIT`], it is left to close when
+/// the last one ends: everything acknowledged is durable either way.
+async fn close_log(mut log: Arc<SegmentLog>) -> Result<(), NodeError> {
+    let deadline = Instant::now() + CLOSE_WAIT;
+    loop {
+        match Arc::try_unwrap(log) {
+            Ok(log) => {
+                let closed = tokio::task::spawn_blocking(move || log.close()).await;
+                let closed = context(closed, || "closing the segment log".into())?;
+                return context(closed, || "closing the segment log".into());
+            }
+            Err(shared) if Instant::now() < deadline => {
+                log = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(shared) => {
+                tracing::warn!(
+                    users = Arc::strong_count(&shared) - 1,
+                    "the segment log is still in use; it closes when the last request ends"
+                );
+                return Ok(());
+            }
+        }
+    }
+}
