@@ -47,6 +47,10 @@ const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
 /// MQTT 5 receive maximum: QoS 1/2 messages the broker may have in flight to us.
 const RECEIVE_MAXIMUM: u16 = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Crash tests set this (milliseconds) to hold each ack back after the message
+/// arrived, widening the window in which a SIGKILL leaves stored messages
+/// unacknowledged, so that redeliveries are sure to be exercised.
+const ACK_DELAY_ENV: &str = "TRIBUTARY_EDGE_TEST_ACK_DELAY_MS";
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Counters of one MQTT source.
@@ -293,7 +297,11 @@ async fn session(spec: &MqttSpec, streams: &[Arc<LocalStream>], stats: &MqttStat
     let (client, mut events) = connect(spec);
     let client = Arc::new(client);
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(MAX_UNACKED);
-    let mut acker = tokio::spawn(ack_in_order(client.clone(), ack_rx));
+    let ack_delay = std::env::var(ACK_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    let mut acker = tokio::spawn(ack_in_order(client.clone(), ack_rx, ack_delay));
     let mut connected = false;
     let why = loop {
         let incoming = tokio::select! {
@@ -320,6 +328,7 @@ async fn session(spec: &MqttSpec, streams: &[Arc<LocalStream>], stats: &MqttStat
             Err(e) => break e,
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
+        let received = std::time::Instant::now();
         let Some(route) = spec
             .routes
             .iter()
@@ -330,6 +339,7 @@ async fn session(spec: &MqttSpec, streams: &[Arc<LocalStream>], stats: &MqttStat
             let pending = Pending {
                 wait: Wait::Nothing,
                 ack: msg.ack,
+                received,
             };
             if ack_tx.send(pending).await.is_err() {
                 break "the acknowledging task ended".into();
@@ -352,7 +362,11 @@ async fn session(spec: &MqttSpec, streams: &[Arc<LocalStream>], stats: &MqttStat
                     // yet durable: the ack waits for everything submitted.
                     None => Wait::Settled(stream.clone()),
                 };
-                let pending = Pending { wait, ack: msg.ack };
+                let pending = Pending {
+                    wait,
+                    ack: msg.ack,
+                    received,
+                };
                 if ack_tx.send(pending).await.is_err() {
                     break "the acknowledging task ended".into();
                 }
@@ -409,6 +423,7 @@ async fn store(
 struct Pending {
     wait: Wait,
     ack: Ack,
+    received: std::time::Instant,
 }
 
 /// What must be durable before a message is acknowledged.
@@ -423,7 +438,11 @@ enum Wait {
 
 /// Acknowledges messages in arrival order, each once its event is durable. Returns why
 /// it stopped.
-async fn ack_in_order(client: Arc<Client>, mut rx: mpsc::Receiver<Pending>) -> String {
+async fn ack_in_order(
+    client: Arc<Client>,
+    mut rx: mpsc::Receiver<Pending>,
+    delay: Option<Duration>,
+) -> String {
     while let Some(p) = rx.recv().await {
         let durable = match p.wait {
             Wait::Nothing => Ok(()),
@@ -432,6 +451,9 @@ async fn ack_in_order(client: Arc<Client>, mut rx: mpsc::Receiver<Pending>) -> S
         };
         if let Err(e) = durable {
             return format!("the segment log failed: {e}");
+        }
+        if let Some(d) = delay {
+            tokio::time::sleep_until((p.received + d).into()).await;
         }
         if let Err(e) = client.ack(&p.ack).await {
             return format!("acknowledging: {e}");

@@ -1,0 +1,253 @@
+//! Test harness: a real mosquitto broker and real `tributary-edge` processes, each
+//! stopped by its PID when dropped.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tributary::profile::ClientProfile;
+use tributary::service::Client;
+use tributary::tls::client_config;
+use tributary_edge::status::Status;
+
+/// A free loopback port (TCP and UDP are both free in practice).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A mosquitto broker on a loopback port, persistence off, queues unbounded.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let mut b = Broker {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    /// Starts it (again) on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_inflight_messages 0\nmax_queued_messages 0\nlog_dest stderr\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).expect("log");
+        let child = Command::new(mosquitto())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto (is it installed? scripts/test installs it)");
+        self.child = Some(child);
+        wait_tcp(([127, 0, 0, 1], self.port).into());
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn mosquitto() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "mosquitto".into()
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub fn wait_tcp(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `tributary-edge run` process with a config written into `dir`.
+pub struct Edge {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Edge {
+    /// Writes `dir/edge.toml` with the node sections (data in `dir/data`, free
+    /// ports) followed by `body`.
+    pub fn new(dir: &Path, body: &str) -> Edge {
+        let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let quic: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let config = dir.join("edge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"data\"\n[quic]\nlisten = \"{quic}\"\n[http]\nlisten = \"{http}\"\n{body}"
+            ),
+        )
+        .expect("write edge.toml");
+        Edge {
+            dir: dir.to_path_buf(),
+            config,
+            http,
+            quic,
+            env: Vec::new(),
+            child: None,
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Edge {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("edge.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tributary-edge"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tributary-edge");
+        self.child = Some(child);
+    }
+
+    /// Waits until its HTTP status answers.
+    pub async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.status().await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the edge did not start; see {}/edge.log",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        tributary_edge::status::fetch(self.http).await.ok()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().expect("wait")
+    }
+
+    /// A client of its segment service, through the profile it wrote.
+    pub async fn client(&self) -> Client {
+        let p = ClientProfile::load(self.dir.join("data/client/profile.toml")).expect("profile");
+        let tls = client_config(&p.identity()).expect("tls");
+        Client::connect(p.endpoint, &p.server_name, tls)
+            .await
+            .expect("connect to the edge")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("edge.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls the status until `f` holds (or panics after `secs`).
+pub async fn wait_status(
+    edge: &Edge,
+    secs: u64,
+    what: &str,
+    f: impl Fn(&Status) -> bool,
+) -> Status {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = edge.status().await {
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: status {s:?}");
+        }
+        assert!(Instant::now() < deadline, "{what}: no status");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads every event of `scope/stream` from the head through a fresh reader group;
+/// stops after `quiet` without a new event.
+pub async fn read_all(
+    client: &Client,
+    scope: &str,
+    stream: &str,
+    quiet: Duration,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use tributary::service::{EventReader, ReaderConfig};
+    use tributary::wire::StartFrom;
+    let group = format!("check-{}", rand::random::<u32>());
+    client
+        .create_reader_group(scope, &group, stream, StartFrom::Head)
+        .await
+        .expect("group");
+    let mut r = EventReader::join(client, scope, &group, "r", ReaderConfig::default())
+        .await
+        .expect("join");
+    let mut out = Vec::new();
+    while let Some(e) = r.next(quiet).await.expect("read") {
+        out.push((e.key.to_vec(), e.payload.to_vec()));
+    }
+    out
+}

@@ -1,0 +1,162 @@
+//! MQTT ingest end to end: a real mosquitto, real `tributary-edge` processes killed
+//! with SIGKILL, and the local stream read back over QUIC.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{read_all, wait_status, Broker, Edge};
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+const KEYS: u64 = 8;
+
+fn edge_config(port: u16, version: &str) -> String {
+    format!(
+        "[[stream]]\nname = \"site/sensors\"\nsegments = 2\n\
+         [[mqtt]]\nbroker = \"127.0.0.1:{port}\"\nclient_id = \"edge-under-test\"\nversion = \"{version}\"\n\
+         [[mqtt.route]]\nfilter = \"test/+\"\nstream = \"site/sensors\"\nqos = 1\nkey = \"topic-level:1\"\n"
+    )
+}
+
+/// Publishes numbered QoS 1 messages (`test/kN`, payload the number) until `stop`,
+/// then until the broker has acknowledged all; returns how many.
+async fn publish_until(port: u16, stop: Arc<AtomicBool>, pace: Duration) -> u64 {
+    let mut o = MqttOptions::new("publisher", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
+    let (client, mut events) = AsyncClient::new(o, 1000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("the publisher lost the broker: {e}"),
+                }
+            }
+        })
+    };
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        for _ in 0..5 {
+            n += 1;
+            client
+                .publish(
+                    format!("test/k{}", n % KEYS),
+                    QoS::AtLeastOnce,
+                    false,
+                    n.to_string(),
+                )
+                .await
+                .expect("publish");
+        }
+        tokio::time::sleep(pace).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while acked.load(Ordering::SeqCst) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker acknowledged {} of {n}",
+            acked.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    poller.abort();
+    n
+}
+
+/// Every number 1..=n exactly once, and per key in increasing order.
+fn check_exactly_once_in_order(events: &[(Vec<u8>, Vec<u8>)], n: u64) {
+    let mut seen = vec![0u32; n as usize + 1];
+    let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
+    for (key, payload) in events {
+        let v: u64 = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected payload {payload:?}"));
+        assert!((1..=n).contains(&v), "number {v} out of 1..={n}");
+        seen[v as usize] += 1;
+        assert_eq!(key, format!("k{}", v % KEYS).as_bytes(), "key of {v}");
+        let prev = last.insert(key.clone(), v).unwrap_or(0);
+        assert!(
+            prev < v,
+            "key {:?}: {v} after {prev}",
+            String::from_utf8_lossy(key)
+        );
+    }
+    let missing: Vec<_> = (1..=n)
+        .filter(|&v| seen[v as usize] == 0)
+        .take(10)
+        .collect();
+    let twice: Vec<_> = (1..=n).filter(|&v| seen[v as usize] > 1).take(10).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "missing {missing:?}, duplicated {twice:?} (of {n})"
+    );
+}
+
+async fn sigkill_cycles(version: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    // Acks held back 30 ms after the fsync: every kill leaves stored messages
+    // unacknowledged, which the broker redelivers with DUP set.
+    let mut edge = Edge::new(dir.path(), &edge_config(broker.port, version))
+        .env("TRIBUTARY_EDGE_TEST_ACK_DELAY_MS", "30");
+    edge.start();
+    edge.ready().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn(publish_until(
+        broker.port,
+        stop.clone(),
+        Duration::from_millis(2),
+    ));
+    let mut rng = rand::thread_rng().gen::<u64>();
+    let mut next = |lo: u64, hi: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        lo + rng % (hi - lo)
+    };
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(next(150, 600))).await;
+        edge.kill();
+        tokio::time::sleep(Duration::from_millis(next(0, 200))).await;
+        edge.start();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let n = publisher.await.expect("publisher");
+    let status = wait_status(&edge, 60, "all messages stored", |s| {
+        s.streams[0].events >= n && s.mqtt[0].connected
+    })
+    .await;
+    assert_eq!(status.streams[0].events, n, "events counted by the edge");
+
+    let client = edge.client().await;
+    let events = read_all(&client, "site", "sensors", Duration::from_secs(2)).await;
+    assert_eq!(events.len() as u64, n, "events read back");
+    check_exactly_once_in_order(&events, n);
+    let log = edge.log();
+    assert!(
+        log.matches("tributary-edge started").count() >= 21,
+        "the edge restarted 20 times"
+    );
+    assert_eq!(edge.terminate().code(), Some(0), "clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_messages_are_stored_exactly_once_through_20_sigkills_v311() {
+    sigkill_cycles("3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_messages_are_stored_exactly_once_through_20_sigkills_v5() {
+    sigkill_cycles("5").await;
+}
