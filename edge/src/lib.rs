@@ -3,12 +3,14 @@
 //!
 //! The edge is a [`tributary::node::Node`] (the same segment log, controller and
 //! segment service as the cloud's standalone node, so `trib` works against it) plus
-//! sources that store into local streams in-process ([`local`]): MQTT ([`mqtt`]), with
-//! disk budgets ([`budget`]) and a status report ([`status`]).
+//! sources that store into local streams in-process ([`local`]): MQTT ([`mqtt`]) and
+//! serial devices ([`serial`]), with disk budgets ([`budget`]) and a status report
+//! ([`status`]).
 
 pub mod budget;
 pub mod config;
 pub mod local;
 pub mod mqtt;
 pub mod run;
+pub mod serial;
 pub mod status;
