@@ -19,6 +19,12 @@
 //! stream = "site/sensors"
 //! qos = 1
 //! key = "topic-level:1"          # or "topic", "json:FIELD", "none"
+//!
+//! [[serial]]
+//! device = "/dev/serial/by-id/usb-FTDI-if00"
+//! baud = 115200
+//! framing = "lines"              # or "cobs" (binary records with a CRC-32)
+//! stream = "site/sensors"
 //! ```
 
 use std::net::SocketAddr;
@@ -32,6 +38,8 @@ use tributary::node::config::{
     from_toml, ConfigError, Defaults, RawListen, RawLog, RawNode, RawPolicies, RawTls, Validator,
 };
 use tributary::stream::validate_scoped_name;
+
+use crate::serial::{Framing, SerialConfig};
 
 /// Default QUIC address of the edge's segment service (local readers, `trib`).
 pub const DEFAULT_QUIC_LISTEN: SocketAddr =
@@ -61,6 +69,19 @@ pub struct EdgeConfig {
     pub streams: Vec<StreamSpec>,
     /// `[[mqtt]]`: MQTT brokers to subscribe to.
     pub mqtt: Vec<MqttSpec>,
+    /// `[[serial]]`: serial devices to read.
+    pub serial: Vec<SerialSpec>,
+}
+
+/// A serial device and where its frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSpec {
+    /// Device, speed, framing.
+    pub config: SerialConfig,
+    /// Index into [`EdgeConfig::streams`].
+    pub stream: usize,
+    /// The routing key of its events (default: the device path).
+    pub key: String,
 }
 
 /// A local stream.
@@ -198,10 +219,17 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
         .enumerate()
         .filter_map(|(i, m)| mqtt(&mut v, i, m, &streams))
         .collect();
+    let serial = raw
+        .serial
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| serial(&mut v, i, s, &streams))
+        .collect();
     v.finish(EdgeConfig {
         node,
         streams,
         mqtt,
+        serial,
     })
 }
 
@@ -218,6 +246,20 @@ struct RawFile {
     stream: Vec<Spanned<RawStream>>,
     #[serde(default)]
     mqtt: Vec<Spanned<RawMqtt>>,
+    #[serde(default)]
+    serial: Vec<Spanned<RawSerial>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSerial {
+    device: Spanned<PathBuf>,
+    baud: Option<Spanned<u32>>,
+    framing: Option<Spanned<String>>,
+    max_frame_bytes: Option<Spanned<usize>>,
+    utf8: Option<bool>,
+    stream: Spanned<String>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +352,65 @@ fn streams(v: &mut Validator<'_>, raw: Vec<Spanned<RawStream>>) -> Vec<StreamSpe
     out
 }
 
+/// The index of the configured stream `name`, or an error at `key`.
+fn stream_ref(
+    v: &mut Validator<'_>,
+    key: &str,
+    name: &Spanned<String>,
+    streams: &[StreamSpec],
+) -> Option<usize> {
+    let found = streams.iter().position(|s| s.name() == *name.get_ref());
+    if found.is_none() {
+        v.error::<()>(
+            key,
+            name.span().start,
+            format!("{:?} is not a configured [[stream]] name", name.get_ref()),
+        );
+    }
+    found
+}
+
+fn serial(
+    v: &mut Validator<'_>,
+    i: usize,
+    raw: Spanned<RawSerial>,
+    streams: &[StreamSpec],
+) -> Option<SerialSpec> {
+    let at = raw.span().start;
+    let s = raw.into_inner();
+    let key = |k: &str| format!("serial[{i}].{k}");
+    let stream = stream_ref(v, &key("stream"), &s.stream, streams);
+    let device = v.path(&key("device"), &s.device)?;
+    let max_len = s.max_frame_bytes.as_ref().map(|m| *m.get_ref());
+    let framing = match s.framing.as_ref().map(|f| (f.get_ref().as_str(), f)) {
+        None | Some(("lines", _)) => Framing::Lines {
+            max_len: max_len.unwrap_or(4096),
+            utf8: s.utf8.unwrap_or(false),
+        },
+        Some(("cobs", _)) => Framing::Cobs {
+            max_len: max_len.unwrap_or(4096),
+        },
+        Some((other, f)) => v.error(
+            &key("framing"),
+            f.span().start,
+            format!("{other:?}: expected \"lines\" or \"cobs\""),
+        )?,
+    };
+    let config = SerialConfig::new(
+        device,
+        s.baud.as_ref().map_or(9600, |b| *b.get_ref()),
+        framing,
+    );
+    if let Err(e) = config.validate() {
+        v.error::<()>(&key("device"), at, format!("{e:#}"));
+    }
+    Some(SerialSpec {
+        key: s.key.unwrap_or_else(|| config.device.display().to_string()),
+        config,
+        stream: stream?,
+    })
+}
+
 fn mqtt(
     v: &mut Validator<'_>,
     i: usize,
@@ -387,17 +488,7 @@ fn mqtt(
                 format!("{:?} is not an MQTT topic filter", r.filter.get_ref()),
             );
         }
-        let stream = streams.iter().position(|s| s.name() == *r.stream.get_ref());
-        if stream.is_none() {
-            v.error::<()>(
-                &key("stream"),
-                r.stream.span().start,
-                format!(
-                    "{:?} is not a configured [[stream]] name",
-                    r.stream.get_ref()
-                ),
-            );
-        }
+        let stream = stream_ref(v, &key("stream"), &r.stream, streams);
         let qos = match r.qos {
             Some(q) if *q.get_ref() > 2 => {
                 v.error::<()>(&key("qos"), q.span().start, "must be 0, 1 or 2".into());

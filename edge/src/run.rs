@@ -9,9 +9,10 @@ use tokio::sync::watch;
 use tributary::node::config::NodeConfig;
 use tributary::node::Node;
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, SerialSpec};
 use crate::local::LocalStream;
 use crate::mqtt::MqttStats;
+use crate::serial::SerialStats;
 use crate::status::{render_metrics, snapshot, MqttSource};
 
 /// Runs the edge; `node` is the node part of `cfg` with flags applied. On a signal the
@@ -49,16 +50,32 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         ));
     }
 
+    let mut serial = Vec::new();
+    for s in &cfg.serial {
+        let stats = Arc::new(SerialStats::for_config(&s.config));
+        serial.push(stats.clone());
+        tasks.spawn(serial_source(
+            s.clone(),
+            streams[s.stream].clone(),
+            stats,
+            stopped.clone(),
+        ));
+    }
+
     let status = {
-        let (streams, sources) = (streams.clone(), sources.clone());
+        let (streams, sources, serial) = (streams.clone(), sources.clone(), serial.clone());
         Arc::new(move || {
-            serde_json::to_string(&snapshot(&streams, &sources))
+            serde_json::to_string(&snapshot(&streams, &sources, &serial))
                 .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
         })
     };
     let metrics = {
-        let (streams, sources) = (streams.clone(), sources.clone());
-        Arc::new(move || render_metrics(&snapshot(&streams, &sources)))
+        let (streams, sources, serial) = (streams.clone(), sources.clone(), serial.clone());
+        Arc::new(move || {
+            let mut out = render_metrics(&snapshot(&streams, &sources, &serial));
+            crate::serial::render_prometheus(serial.iter().map(|s| &**s), &mut out);
+            out
+        })
     };
     let http = n
         .serve_http(node.http_listen, Some(metrics), Some(status))
@@ -69,6 +86,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         data_dir = %n.data_dir().display(),
         streams = cfg.streams.len(),
         mqtt_sources = cfg.mqtt.len(),
+        serial_sources = cfg.serial.len(),
         client_profile = %n
             .profile_path()
             .map_or_else(|| "none ([tls] configured)".into(), |p| p.display().to_string()),
@@ -86,4 +104,26 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
     n.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads a serial device and stores each good frame as one event. Serial devices are
+/// not acknowledged, so frames are submitted without waiting for each fsync; a frame
+/// that cannot be stored is logged and counted as lost.
+async fn serial_source(
+    spec: SerialSpec,
+    stream: Arc<LocalStream>,
+    stats: Arc<SerialStats>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let device = spec.config.device.display().to_string();
+    let reader = tokio::spawn(crate::serial::run(spec.config, tx, stats, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    while let Some(frame) = rx.recv().await {
+        if let Err(e) = stream.submit(spec.key.as_bytes(), &frame, None).await {
+            tracing::error!(%device, stream = %stream.spec().name(), error = %e, "storing a serial frame failed; frame lost");
+        }
+    }
+    let _ = reader.await;
 }

@@ -13,6 +13,7 @@ use tributary::stream::segment_name;
 
 use crate::local::{LocalStream, EVENTS_ATTRIBUTE, LAST_EVENT_ATTRIBUTE};
 use crate::mqtt::MqttStats;
+use crate::serial::SerialStats;
 
 /// The whole status document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,26 @@ pub struct Status {
     pub streams: Vec<StreamStatus>,
     /// MQTT sources.
     pub mqtt: Vec<MqttStatus>,
+    /// Serial sources.
+    #[serde(default)]
+    pub serial: Vec<SerialStatus>,
+}
+
+/// One serial source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialStatus {
+    /// Device path.
+    pub device: String,
+    /// Open now.
+    pub connected: bool,
+    /// Good frames read (each stored as an event).
+    pub frames: u64,
+    /// Frames rejected (bad checksum, too long, garbage, torn at a disconnect).
+    pub bad_frames: u64,
+    /// Times the device was lost.
+    pub disconnects: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
 }
 
 /// One local stream.
@@ -111,7 +132,11 @@ pub fn stream_status(stream: &LocalStream) -> StreamStatus {
 }
 
 /// The status now.
-pub fn snapshot(streams: &[Arc<LocalStream>], mqtt: &[MqttSource]) -> Status {
+pub fn snapshot(
+    streams: &[Arc<LocalStream>],
+    mqtt: &[MqttSource],
+    serial: &[Arc<SerialStats>],
+) -> Status {
     Status {
         streams: streams.iter().map(|s| stream_status(s)).collect(),
         mqtt: mqtt
@@ -127,10 +152,24 @@ pub fn snapshot(streams: &[Arc<LocalStream>], mqtt: &[MqttSource]) -> Status {
                 connection_errors: m.stats.connection_errors.load(Ordering::Relaxed),
             })
             .collect(),
+        serial: serial
+            .iter()
+            .map(|st| {
+                let s = st.snapshot();
+                SerialStatus {
+                    device: s.device,
+                    connected: s.connected,
+                    frames: s.frames,
+                    bad_frames: s.bad_frames,
+                    disconnects: s.disconnects,
+                    last_error: s.last_error,
+                }
+            })
+            .collect(),
     }
 }
 
-/// The status in the Prometheus text format.
+/// The status in the Prometheus text format (serial sources render their own).
 pub fn render_metrics(s: &Status) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
@@ -255,6 +294,19 @@ pub fn render_table(s: &Status) -> String {
             m.duplicates,
             m.unrouted,
             m.connection_errors
+        ));
+    }
+    for d in &s.serial {
+        out.push_str(&format!(
+            "serial {}: {}, frames {}, bad frames {}, disconnects {}{}\n",
+            d.device,
+            if d.connected { "open" } else { "NOT OPEN" },
+            d.frames,
+            d.bad_frames,
+            d.disconnects,
+            d.last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(", last error: {e}"))
         ));
     }
     out

@@ -3,9 +3,10 @@
 //! Killing `socat` is the device being unplugged; starting it again on the same link
 //! paths is the device coming back.
 
+mod common;
+
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,67 +17,7 @@ use tokio::task::JoinHandle;
 use tributary_adapters::framing::{cobs, FrameError};
 use tributary_edge::serial::{run, Framing, SerialConfig, SerialStats};
 
-/// How long a test waits for anything before failing.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A pty pair made by `socat`: `device` for the source, `sensor` for the test.
-/// Dropping it kills `socat` (by its PID) and removes the links.
-struct PtyPair {
-    child: Child,
-    device: PathBuf,
-    sensor: PathBuf,
-}
-
-impl PtyPair {
-    /// Starts `socat` with its links in `dir`, and waits until both are there.
-    fn start(dir: &Path) -> PtyPair {
-        let device = dir.join("device");
-        let sensor = dir.join("sensor");
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", device.display()))
-            .arg(format!("pty,raw,echo=0,link={}", sensor.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting socat (scripts/test installs it)");
-        let pair = PtyPair {
-            child,
-            device,
-            sensor,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        // Links that resolve, i.e. to the new ptys.
-        while !(pair.device.metadata().is_ok() && pair.sensor.metadata().is_ok()) {
-            assert!(Instant::now() < deadline, "socat made no pty links");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        pair
-    }
-
-    /// Opens the sensor's end for writing.
-    fn sensor(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.sensor)
-            .expect("opening the sensor end")
-    }
-
-    /// Kills `socat` (the device is unplugged) and removes its links at once, so that
-    /// they never point at a pty another test gets next.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.device);
-        let _ = std::fs::remove_file(&self.sensor);
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use common::{PtyPair, PATIENCE};
 
 /// A source running on a task, with what the test needs to drive and watch it.
 struct Running {

@@ -13,6 +13,68 @@ use tributary::service::Client;
 use tributary::tls::client_config;
 use tributary_edge::status::Status;
 
+/// How long a test waits for anything before failing.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A pty pair made by `socat`: `device` for the source, `sensor` for the test.
+/// Dropping it kills `socat` (by its PID) and removes the links.
+pub struct PtyPair {
+    child: Child,
+    pub device: PathBuf,
+    pub sensor: PathBuf,
+}
+
+impl PtyPair {
+    /// Starts `socat` with its links in `dir`, and waits until both are there.
+    pub fn start(dir: &Path) -> PtyPair {
+        let device = dir.join("device");
+        let sensor = dir.join("sensor");
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", device.display()))
+            .arg(format!("pty,raw,echo=0,link={}", sensor.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting socat (scripts/test installs it)");
+        let pair = PtyPair {
+            child,
+            device,
+            sensor,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        // Links that resolve, i.e. to the new ptys.
+        while !(pair.device.metadata().is_ok() && pair.sensor.metadata().is_ok()) {
+            assert!(Instant::now() < deadline, "socat made no pty links");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        pair
+    }
+
+    /// Opens the sensor's end for writing.
+    pub fn sensor(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.sensor)
+            .expect("opening the sensor end")
+    }
+
+    /// Kills `socat` (the device is unplugged) and removes its links at once, so that
+    /// they never point at a pty another test gets next.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.device);
+        let _ = std::fs::remove_file(&self.sensor);
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A free loopback port (TCP and UDP are both free in practice).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
