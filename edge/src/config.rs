@@ -567,6 +567,13 @@ mod tests {
         )
         .expect("edge-mqtt-pi.toml");
         assert_eq!(c.mqtt.len(), 1);
+        let c = parse(
+            include_str!("../../config/edge-serial-gateway.toml"),
+            Path::new("/etc/t"),
+        )
+        .expect("edge-serial-gateway.toml");
+        assert_eq!(c.serial.len(), 2);
+        assert_eq!(c.serial[1].key, "probe-1");
     }
 
     #[test]

@@ -313,3 +313,30 @@ pub async fn read_all(
     }
     out
 }
+
+/// Publishes `messages` (topic, payload) with QoS 1 and waits until the broker has
+/// acknowledged them all.
+pub async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut o = MqttOptions::new(format!("pub-{}", rand::random::<u32>()), "127.0.0.1", port);
+    o.set_max_packet_size(8 << 20, 8 << 20).set_inflight(100);
+    let (client, mut events) = AsyncClient::new(o, 100);
+    let n = messages.len();
+    let sender = tokio::spawn(async move {
+        for (t, p) in messages {
+            client.publish(t, QoS::AtLeastOnce, false, p).await.expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked < n {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("publisher: {e}"),
+            Err(_) => panic!("the broker acknowledged {acked} of {n}"),
+        }
+    }
+    let _client = sender.await.expect("sender");
+}
