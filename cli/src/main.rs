@@ -34,9 +34,9 @@ enum Command {
         #[command(subcommand)]
         what: admin::StreamCmd,
     },
-    /// Writes one event per line of standard input to SCOPE/STREAM.
+    /// Writes one event per line of standard input (or one per --file) to SCOPE/STREAM.
     Write(rw::WriteArgs),
-    /// Reads events of SCOPE/STREAM to standard output.
+    /// Reads events of SCOPE/STREAM to standard output (or, with --out, to files).
     Read(rw::ReadArgs),
     /// Benchmarks.
     Bench {

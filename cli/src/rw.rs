@@ -1,11 +1,12 @@
 //! `trib write` and `trib read`.
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncBufReadExt;
-use tributary::service::{Client, EventReader, EventWriter, ReaderConfig, WriterConfig};
+use tributary::service::{Client, EventReader, EventWriter, ReadEvent, ReaderConfig, WriterConfig};
 use tributary::stream::StreamCut;
 use tributary::wire::StartFrom;
 
@@ -20,10 +21,15 @@ pub struct WriteArgs {
     #[arg(long)]
     key: Option<String>,
     /// Writer id (a number, 0x-hex, or any text, hashed). With an id, the i-th input
-    /// line is event number i: rerunning the same input after a failure stores only
-    /// what is missing.
+    /// line (or file) is event number i: rerunning the same input after a failure
+    /// stores only what is missing.
     #[arg(long)]
     writer_id: Option<String>,
+    /// Write this file as one event, byte for byte (any size up to 1 GiB), instead of
+    /// reading lines from standard input. Repeat for more files, one event each, in
+    /// order.
+    #[arg(long = "file", value_name = "PATH")]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,12 +47,19 @@ pub struct ReadArgs {
     /// Stop after this many events.
     #[arg(long)]
     max: Option<u64>,
-    /// Stop after this many seconds without an event (default: tail until Ctrl-C).
+    /// Stop after this many seconds without an event (or a part of one: a large event
+    /// still arriving keeps the read going). Default: tail until Ctrl-C.
     #[arg(long)]
     timeout: Option<f64>,
-    /// One JSON object per event: key, segment, offset, payload.
+    /// One JSON object per event: key, segment, offset, payload (or, with --out,
+    /// path and bytes).
     #[arg(long)]
     json: bool,
+    /// Write each event's payload, byte for byte, to its own file in this directory
+    /// (created if missing), named SEGMENT-OFFSET.event (e.g. 0.0-1234.event), and
+    /// print the paths, one per line.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 /// A writer id from text: a decimal or 0x-hex number, else a stable hash of the text.
@@ -76,6 +89,9 @@ pub async fn write(c: &Client, args: WriteArgs) -> Result<()> {
     };
     let mut w = EventWriter::new(c, scope, stream, config).await?;
     let key = args.key.unwrap_or_default();
+    if !args.files.is_empty() {
+        return write_files(w, key.as_bytes(), &args.files).await;
+    }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut n: u64 = 0;
     while let Some(line) = lines.next_line().await.context("reading standard input")? {
@@ -88,6 +104,46 @@ pub async fn write(c: &Client, args: WriteArgs) -> Result<()> {
     eprintln!(
         "{n} events: {} stored, {} already stored before",
         stats.acknowledged, stats.already_stored
+    );
+    Ok(())
+}
+
+/// How long `write --file` keeps sending a file again after the connection failed
+/// during its upload (the data of an upload that failed is not stored).
+const FILE_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Writes each file as one event (streamed: a file is never held in memory whole). A
+/// file whose upload the connection or a server restart interrupted is read and sent
+/// again.
+async fn write_files(mut w: EventWriter, key: &[u8], files: &[PathBuf]) -> Result<()> {
+    for path in files {
+        let started = Instant::now();
+        let (number, len) = loop {
+            let file = tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("opening {}", path.display()))?;
+            let len = file
+                .metadata()
+                .await
+                .with_context(|| format!("reading the size of {}", path.display()))?
+                .len();
+            match w.write_large(key, len, file).await {
+                Ok(number) => break (number, len),
+                Err(e) if e.is_transient() && started.elapsed() < FILE_RETRY_FOR => {
+                    eprintln!("{}: {e}; sending it again", path.display());
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+            }
+        };
+        eprintln!("{}: {len} bytes, event {number}", path.display());
+    }
+    let stats = w.close().await?;
+    eprintln!(
+        "{} events: {} stored, {} already stored before",
+        files.len(),
+        stats.acknowledged,
+        stats.already_stored
     );
     Ok(())
 }
@@ -142,10 +198,14 @@ async fn read_events(
     args: &ReadArgs,
     idle: Option<Duration>,
 ) -> Result<()> {
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut r = EventReader::join(c, scope, group, reader, ReaderConfig::default()).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut count: u64 = 0;
     let mut last = Instant::now();
+    let mut bytes_read = r.bytes_read();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let result: Result<()> = loop {
@@ -166,6 +226,11 @@ async fn read_events(
         let e = match e {
             Ok(Some(e)) => e,
             Ok(None) => {
+                // A large event still arriving is not idleness.
+                if r.bytes_read() != bytes_read {
+                    bytes_read = r.bytes_read();
+                    last = Instant::now();
+                }
                 out.flush()?;
                 continue;
             }
@@ -173,7 +238,21 @@ async fn read_events(
         };
         last = Instant::now();
         count += 1;
-        let written = if args.json {
+        let written = if let Some(dir) = &args.out {
+            let path = save(dir, &e)?;
+            if args.json {
+                let obj = serde_json::json!({
+                    "key": String::from_utf8_lossy(&e.key),
+                    "segment": format!("{}.{}", e.segment.number, e.segment.epoch),
+                    "offset": e.offset,
+                    "path": path.to_string_lossy(),
+                    "bytes": e.payload.len(),
+                });
+                writeln!(out, "{obj}")
+            } else {
+                writeln!(out, "{}", path.display())
+            }
+        } else if args.json {
             let mut obj = serde_json::json!({
                 "key": String::from_utf8_lossy(&e.key),
                 "segment": format!("{}.{}", e.segment.number, e.segment.epoch),
@@ -204,6 +283,21 @@ async fn read_events(
         bail!("only {count} events before the timeout");
     }
     Ok(())
+}
+
+/// Writes an event's payload to `DIR/SEGMENT-OFFSET.event` (through a temporary name,
+/// so a file by that name is always whole); returns the path.
+fn save(dir: &Path, e: &ReadEvent) -> Result<PathBuf> {
+    let name = format!(
+        "{}.{}-{}.event",
+        e.segment.number, e.segment.epoch, e.offset
+    );
+    let path = dir.join(&name);
+    let partial = dir.join(format!(".{name}.partial"));
+    std::fs::write(&partial, &e.payload)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 fn hex(b: &[u8]) -> String {

@@ -160,6 +160,102 @@ async fn scopes_streams_write_with_a_writer_id_and_read_back() {
     drop(s.server);
 }
 
+/// `len` pseudo-random bytes (xorshift).
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_as_single_events_read_back_byte_identical_into_files() {
+    let s = Server::start().await;
+    let p = &s.profile;
+    ok(&trib(p, &["scope", "create", "site"], "").await);
+    ok(&trib(
+        p,
+        &["stream", "create", "site/videos", "--segments", "2"],
+        "",
+    )
+    .await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let video = payload(50_000_000, 1);
+    let clip = payload(1000, 2);
+    let (video_path, clip_path) = (dir.path().join("video.mp4"), dir.path().join("clip.bin"));
+    std::fs::write(&video_path, &video).expect("write video");
+    std::fs::write(&clip_path, &clip).expect("write clip");
+    let w = [
+        "write",
+        "site/videos",
+        "--key",
+        "cam-1",
+        "--writer-id",
+        "cam-1-upload",
+        "--file",
+        &clip_path.to_string_lossy(),
+        "--file",
+        &video_path.to_string_lossy(),
+    ];
+    let (_, err) = ok(&trib(p, &w, "").await);
+    assert!(
+        err.contains("2 events: 2 stored, 0 already stored"),
+        "{err}"
+    );
+    assert!(err.contains("50000000 bytes, event 2"), "{err}");
+    // A rerun with the same writer id sends nothing again.
+    let (_, err) = ok(&trib(p, &w, "").await);
+    assert!(err.contains("0 stored, 2 already stored"), "{err}");
+
+    let out_dir = dir.path().join("out");
+    let out_arg = out_dir.to_string_lossy().to_string();
+    let r = ["read", "site/videos", "--timeout", "1", "--out", &out_arg];
+    let (out, _) = ok(&trib(p, &r, "").await);
+    let paths: Vec<&str> = out.lines().collect();
+    assert_eq!(paths.len(), 2, "{out}");
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.ends_with(".event") && Path::new(p).starts_with(&out_dir)),
+        "{out}"
+    );
+    assert!(
+        std::fs::read(paths[0]).expect("clip") == clip,
+        "the clip is byte-identical"
+    );
+    assert!(
+        std::fs::read(paths[1]).expect("video") == video,
+        "the video is byte-identical"
+    );
+
+    let r = [
+        "read",
+        "site/videos",
+        "--timeout",
+        "1",
+        "--json",
+        "--out",
+        &out_arg,
+    ];
+    let (out, _) = ok(&trib(p, &r, "").await);
+    let last: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("two lines")).expect("json");
+    assert_eq!(last["bytes"], 50_000_000);
+    assert_eq!(last["key"], "cam-1");
+    assert_eq!(last["path"], paths[1]);
+    let names: Vec<String> = std::fs::read_dir(&out_dir)
+        .expect("out dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "no partial files left: {names:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_one_clear_line_and_a_non_zero_exit() {
     let s = Server::start().await;
@@ -184,6 +280,17 @@ async fn errors_are_one_clear_line_and_a_non_zero_exit() {
     assert!(err.contains("InvalidName"), "{err}");
     let err = failed(&trib(p, &["read", "s/t", "--from", "garbage"], "").await);
     assert!(err.contains("stream cut"), "{err}");
+    ok(&trib(p, &["stream", "create", "s/t"], "").await);
+    let err = failed(&trib(p, &["write", "s/t", "--file", "/nonexistent/video"], "").await);
+    assert!(err.contains("/nonexistent/video"), "{err}");
+    // Above the 1 GiB limit (a sparse file): refused before anything is sent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let huge = dir.path().join("huge.bin");
+    std::fs::File::create(&huge)
+        .and_then(|f| f.set_len((1 << 30) + 1))
+        .expect("sparse file");
+    let err = failed(&trib(p, &["write", "s/t", "--file", &huge.to_string_lossy()], "").await);
+    assert!(err.contains("the limit is 1073741824"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,13 @@
 //!
 //! The segment log stores bytes; this framing is how writers and readers agree on where
 //! one event ends and which routing key it was written with.
+//!
+//! A *large* event (more than one log append, up to [`MAX_LARGE_EVENT_BYTES`]) has the
+//! same frame, only long: it is written in chunks into a temporary segment that is then
+//! merged onto the stream segment in one atomic step (see
+//! [`crate::controller::Controller::append_large_event`] and
+//! [`crate::service::EventWriter::write_large`]), and readers reassemble it from as
+//! many reads as it takes.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -16,6 +23,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const EVENT_HEADER_LEN: usize = 6;
 /// Longest routing key.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+/// Largest payload of one event written in chunks (a large event): 1 GiB.
+pub const MAX_LARGE_EVENT_BYTES: u64 = 1 << 30;
+/// Most bytes one event may take in a segment: the largest payload with the longest
+/// routing key and the framing. Readers hold up to this much by default.
+pub const MAX_FRAMED_EVENT_BYTES: u64 =
+    MAX_LARGE_EVENT_BYTES + (EVENT_HEADER_LEN + MAX_KEY_LEN) as u64;
 
 /// One event as read back from a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +52,37 @@ pub fn encode_event(out: &mut BytesMut, key: &[u8], payload: &[u8]) {
     out.put_u16(key.len() as u16);
     out.put_slice(key);
     out.put_slice(payload);
+}
+
+/// The framing of an event whose `payload_len` payload bytes follow it, as written
+/// ahead of a large event's payload. Refuses a key above [`MAX_KEY_LEN`] and a payload
+/// above [`MAX_LARGE_EVENT_BYTES`].
+pub fn event_header(key: &[u8], payload_len: u64) -> Result<Bytes, String> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "routing key of {} bytes; the limit is {MAX_KEY_LEN}",
+            key.len()
+        ));
+    }
+    if payload_len > MAX_LARGE_EVENT_BYTES {
+        return Err(format!(
+            "event of {payload_len} bytes; the limit is {MAX_LARGE_EVENT_BYTES}"
+        ));
+    }
+    let mut b = BytesMut::with_capacity(EVENT_HEADER_LEN + key.len());
+    // Within u32: the payload limit plus the longest key is far below 4 GiB.
+    b.put_u32((2 + key.len() as u64 + payload_len) as u32);
+    b.put_u16(key.len() as u16);
+    b.put_slice(key);
+    Ok(b.freeze())
+}
+
+/// Bytes the event framed at the start of `buf` takes, framing included, read from its
+/// length field; `None` while fewer than 4 bytes are there. Says nothing about whether
+/// the rest of the frame is valid.
+pub fn framed_len_at(buf: &[u8]) -> Option<u64> {
+    let len: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    Some(4 + u64::from(u32::from_be_bytes(len)))
 }
 
 /// One framed event as a new buffer.
@@ -114,6 +158,21 @@ mod tests {
         assert_eq!(ev.len(), 3);
         assert_eq!(&ev[2].payload[..], b"three");
         assert_eq!(used, all.len());
+    }
+
+    #[test]
+    fn a_large_events_header_frames_it_like_any_other() {
+        let payload = vec![7u8; 3000];
+        let mut whole = BytesMut::from(&event_header(b"cam", 3000).expect("header")[..]);
+        whole.extend_from_slice(&payload);
+        assert_eq!(whole.freeze(), frame_event(b"cam", &payload));
+        assert_eq!(
+            framed_len_at(&frame_event(b"cam", &payload)),
+            Some(framed_len(b"cam", &payload) as u64)
+        );
+        assert_eq!(framed_len_at(&[0, 0, 1]), None);
+        assert!(event_header(b"", MAX_LARGE_EVENT_BYTES + 1).is_err());
+        assert!(event_header(&vec![0; MAX_KEY_LEN + 1], 1).is_err());
     }
 
     #[test]

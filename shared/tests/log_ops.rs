@@ -243,6 +243,48 @@ async fn merge_is_atomic_and_copies_nothing() {
 }
 
 #[tokio::test]
+async fn a_merge_sets_attributes_atomically_and_a_failed_condition_merges_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = |value| AttributeUpdate {
+        id: 0xabc,
+        value,
+        condition: AttributeCondition::Greater,
+    };
+    {
+        let log = SegmentLog::open(dir.path(), small_files()).expect("open");
+        log.create("stream/0").await.expect("create");
+        for (name, data) in [("tmp/1", &b"first;"[..]), ("tmp/2", b"second;")] {
+            log.create(name).await.expect("create");
+            log.append(name, data, &none()).await.expect("append");
+            log.seal(name).await.expect("seal");
+        }
+        let at = log
+            .merge_with("stream/0", "tmp/1", &[writer(5)])
+            .await
+            .expect("merge");
+        assert_eq!(at, 0);
+        assert!(matches!(
+            log.merge_with("stream/0", "tmp/2", &[writer(5)]).await,
+            Err(LogError::AttributeConflict {
+                current: Some(5),
+                ..
+            })
+        ));
+        assert_eq!(read_all(&log, "stream/0", 0).await, b"first;");
+        assert!(log.info("tmp/2").is_ok(), "the refused source stays");
+    }
+    // The attribute comes back from the log with the merge (replayed, not checkpointed).
+    let log = SegmentLog::open(dir.path(), small_files()).expect("reopen");
+    let info = log.info("stream/0").expect("info");
+    assert_eq!(info.attributes.get(&0xabc), Some(&5));
+    assert_eq!(info.length, 6);
+    log.merge_with("stream/0", "tmp/2", &[writer(6)])
+        .await
+        .expect("merge with a greater value");
+    assert_eq!(read_all(&log, "stream/0", 0).await, b"first;second;");
+}
+
+#[tokio::test]
 async fn tail_read_waits_for_data_and_times_out_empty() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log =

@@ -8,6 +8,7 @@
 //! per-key order holds across scaling.
 
 mod groups;
+mod large;
 mod policies;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use crate::stream::{
 };
 use crate::wire::WriterPosition;
 
+pub use large::LargeEventStored;
 pub use policies::PolicySettings;
 
 /// What the controller refuses or fails with.
@@ -59,6 +61,13 @@ pub enum ControllerError {
     /// The reader group exists and reads another stream.
     #[error("reader group {0:?} already exists for another stream")]
     GroupExists(String),
+    /// A large event that cannot be stored as given (key or length above the limit,
+    /// data shorter than announced).
+    #[error("{0}")]
+    InvalidEvent(String),
+    /// Reading a large event's data failed; nothing was stored.
+    #[error("reading the event's data: {0}")]
+    Input(#[source] std::io::Error),
 }
 
 type Result<T> = std::result::Result<T, ControllerError>;
@@ -93,8 +102,9 @@ fn stream_key(scope: &str, stream: &str) -> Vec<u8> {
 }
 
 impl Controller {
-    /// Opens the controller's metadata (kept in the log's metadata store) and
-    /// reconciles `log` with it.
+    /// Opens the controller's metadata (kept in the log's metadata store), reconciles
+    /// `log` with it, and deletes the temporary segments of large events a crash left
+    /// (they are never merged).
     pub async fn open(log: Arc<SegmentLog>) -> Result<Self> {
         let c = Controller {
             scopes: log.meta_tree("scopes")?,
@@ -114,6 +124,7 @@ impl Controller {
             let (scope, stream) = name.split_once('/').unwrap_or((name.as_str(), ""));
             c.reconcile(scope, stream, &meta).await?;
         }
+        c.delete_large_event_segments().await?;
         Ok(c)
     }
 

@@ -14,7 +14,8 @@ pub struct LogConfig {
     /// Bytes waiting for the next group commit beyond which appends are back-pressured.
     /// Default 4 MiB.
     pub max_batch_bytes: usize,
-    /// Largest single append. Larger events are chunked by the client. Default 8 MiB.
+    /// Largest single append. Larger events are written in chunks into a temporary
+    /// segment that is then merged (see [`crate::event`]). Default 8 MiB.
     pub max_append_bytes: usize,
     /// Appends to one segment in one batch are coalesced into frames of up to this many
     /// data bytes. Default 1 MiB.

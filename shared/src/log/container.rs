@@ -23,7 +23,7 @@ use super::files::{
 use super::format::{Op, FILE_HEADER_LEN};
 use super::index::{Chunk, DataIndex, Extent, Source};
 use super::meta::{chunk_name, Checkpoint, Meta};
-use super::table::{AppendOptions, AttributeId, Release, Table};
+use super::table::{AppendOptions, AttributeId, AttributeUpdate, Release, Table};
 use super::tier2::Tier2;
 use super::writer::{run, Batch, Syncer, Writer};
 
@@ -414,11 +414,27 @@ impl SegmentLog {
 
     /// Atomically appends the whole of the sealed segment `source` to `target` and
     /// removes `source`; returns the offset in `target` where the source's data starts.
-    /// No data is copied.
+    /// No data is copied; the source's attributes are dropped with it.
     pub async fn merge(&self, target: &str, source: &str) -> Result<u64> {
+        self.merge_with(target, source, &[]).await
+    }
+
+    /// [`SegmentLog::merge`] that also applies `attributes` to `target`, in the same
+    /// atomic operation (one log frame): either the source's data is in `target` and
+    /// the attributes are set, or neither. If a condition fails
+    /// ([`LogError::AttributeConflict`]), nothing changes and `source` stays.
+    pub async fn merge_with(
+        &self,
+        target: &str,
+        source: &str,
+        attributes: &[AttributeUpdate],
+    ) -> Result<u64> {
+        if attributes.len() > super::writer::MAX_FRAME_ATTRIBUTES {
+            return Err(LogError::TooManyAttributes);
+        }
         let mut at = 0;
         self.submit_op(|t| {
-            let op = t.check_merge(target, source)?;
+            let op = t.check_merge(target, source, attributes)?;
             at = t.get(target)?.length;
             Ok(Some(op))
         })
@@ -442,6 +458,11 @@ impl SegmentLog {
             sealed: s.sealed,
             attributes: s.attributes.clone(),
         })
+    }
+
+    /// The limits and timing it was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
     }
 
     /// A named tree in the log's metadata store (sled), for metadata kept next to the

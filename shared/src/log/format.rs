@@ -15,7 +15,8 @@
 //!   0  body_len   u32 LE   length of the body (the bytes after this 8-byte header)
 //!   4  crc32c     u32 LE   over the 4 body_len bytes followed by the body
 //!   8  body:
-//!        kind     u8       1 append, 2 create, 3 seal, 4 truncate, 5 merge, 6 delete
+//!        kind     u8       1 append, 2 create, 3 seal, 4 truncate, 5 merge, 6 delete,
+//!                          7 merge with attributes
 //!        seq      u64 LE   group-commit batch number (strictly increasing across files)
 //!        ...      kind-specific fields, all LE:
 //!        append:   segment u64, data_offset u64, n_attrs u16, n × (id u128, value i64), data
@@ -24,7 +25,12 @@
 //!        truncate: segment u64, new_start u64
 //!        merge:    target u64, source u64
 //!        delete:   segment u64
+//!        merge with attributes:
+//!                  target u64, source u64, n_attrs u16, n × (id u128, value i64)
 //! ```
+//!
+//! A merge that sets none of the target's attributes is written as kind 5, so logs that
+//! do not use attributes on merges stay readable by code that predates kind 7.
 //!
 //! An append frame carries the bytes of one or more appends to one segment that were
 //! committed in the same batch, and the final values of the attributes they set. A frame
@@ -54,6 +60,7 @@ const KIND_SEAL: u8 = 3;
 const KIND_TRUNCATE: u8 = 4;
 const KIND_MERGE: u8 = 5;
 const KIND_DELETE: u8 = 6;
+const KIND_MERGE_ATTRS: u8 = 7;
 
 /// One logged operation. Append data travels beside it (see [`encode_frame`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +79,13 @@ pub enum Op {
     Seal { seg: u64 },
     /// Data below `start` was dropped.
     Truncate { seg: u64, start: u64 },
-    /// `source` (sealed) was appended to the end of `target` and ceased to exist.
-    Merge { target: u64, source: u64 },
+    /// `source` (sealed) was appended to the end of `target` and ceased to exist, and
+    /// the target's attributes were set to these values.
+    Merge {
+        target: u64,
+        source: u64,
+        attrs: Vec<(u128, i64)>,
+    },
     /// The segment was deleted.
     Delete { seg: u64 },
 }
@@ -140,11 +152,7 @@ pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
             put64(out, seq);
             put64(out, *seg);
             put64(out, *data_offset);
-            out.extend_from_slice(&(attrs.len() as u16).to_le_bytes());
-            for (id, v) in attrs {
-                out.extend_from_slice(&id.to_le_bytes());
-                out.extend_from_slice(&v.to_le_bytes());
-            }
+            put_attrs(out, attrs);
         }
         Op::Create { seg, name } => {
             out.push(KIND_CREATE);
@@ -164,11 +172,22 @@ pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
             put64(out, *seg);
             put64(out, *start);
         }
-        Op::Merge { target, source } => {
-            out.push(KIND_MERGE);
+        Op::Merge {
+            target,
+            source,
+            attrs,
+        } => {
+            out.push(if attrs.is_empty() {
+                KIND_MERGE
+            } else {
+                KIND_MERGE_ATTRS
+            });
             put64(out, seq);
             put64(out, *target);
             put64(out, *source);
+            if !attrs.is_empty() {
+                put_attrs(out, attrs);
+            }
         }
         Op::Delete { seg } => {
             out.push(KIND_DELETE);
@@ -183,6 +202,15 @@ pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
     let crc = crc32c::crc32c_append(head_crc, data);
     out[start..start + 4].copy_from_slice(&len_bytes);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Writes `n_attrs u16, n × (id u128, value i64)`; callers keep `n` within `u16`.
+fn put_attrs(out: &mut Vec<u8>, attrs: &[(u128, i64)]) {
+    out.extend_from_slice(&(attrs.len() as u16).to_le_bytes());
+    for (id, v) in attrs {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
+    }
 }
 
 /// A frame read back from disk.
@@ -257,13 +285,7 @@ pub fn decode_frame(buf: &[u8], max_body_len: usize) -> Result<Frame, FrameError
         KIND_APPEND => {
             let seg = r.u64()?;
             let data_offset = r.u64()?;
-            let n = r.u16()? as usize;
-            let mut attrs = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                let id = r.u128()?;
-                let v = r.u64()? as i64;
-                attrs.push((id, v));
-            }
+            let attrs = r.attrs()?;
             data_pos = FRAME_HEADER_LEN + r.pos;
             Op::Append {
                 seg,
@@ -288,6 +310,12 @@ pub fn decode_frame(buf: &[u8], max_body_len: usize) -> Result<Frame, FrameError
         KIND_MERGE => Op::Merge {
             target: r.u64()?,
             source: r.u64()?,
+            attrs: Vec::new(),
+        },
+        KIND_MERGE_ATTRS => Op::Merge {
+            target: r.u64()?,
+            source: r.u64()?,
+            attrs: r.attrs()?,
         },
         KIND_DELETE => Op::Delete { seg: r.u64()? },
         k => return Err(FrameError::Invalid(format!("unknown frame kind {k}"))),
@@ -334,6 +362,16 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(16)?);
         Ok(u128::from_le_bytes(a))
     }
+    fn attrs(&mut self) -> Result<Vec<(u128, i64)>, FrameError> {
+        let n = self.u16()? as usize;
+        let mut attrs = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let id = self.u128()?;
+            let v = self.u64()? as i64;
+            attrs.push((id, v));
+        }
+        Ok(attrs)
+    }
 }
 
 #[cfg(test)]
@@ -375,10 +413,29 @@ mod tests {
             Op::Merge {
                 target: 1,
                 source: 2,
+                attrs: Vec::new(),
+            },
+            b"",
+        );
+        roundtrip(
+            Op::Merge {
+                target: 1,
+                source: 2,
+                attrs: vec![(u128::MAX, i64::MIN), (5, 6)],
             },
             b"",
         );
         roundtrip(Op::Delete { seg: 1 }, b"");
+        // A merge without attributes keeps the original kind and layout.
+        let mut buf = Vec::new();
+        let merge = Op::Merge {
+            target: 1,
+            source: 2,
+            attrs: Vec::new(),
+        };
+        encode_frame(&mut buf, 1, &merge, b"");
+        assert_eq!(buf[FRAME_HEADER_LEN], KIND_MERGE);
+        assert_eq!(buf.len(), FRAME_HEADER_LEN + MIN_BODY_LEN + 16);
     }
 
     #[test]

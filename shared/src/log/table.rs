@@ -21,7 +21,7 @@ use super::format::Op;
 pub type AttributeId = u128;
 
 /// When an attribute update applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AttributeCondition {
     /// Always.
     Always,
@@ -37,8 +37,8 @@ pub enum AttributeCondition {
     NotEquals(i64),
 }
 
-/// One attribute update carried by an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One attribute update carried by an append or a merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributeUpdate {
     /// Attribute id.
     pub id: AttributeId,
@@ -197,30 +197,7 @@ impl Table {
                 });
             }
         }
-        let mut attrs: Vec<(AttributeId, i64)> = Vec::with_capacity(opts.attributes.len());
-        for u in &opts.attributes {
-            let current = attrs
-                .iter()
-                .rev()
-                .find(|(id, _)| *id == u.id)
-                .map(|(_, v)| *v)
-                .or_else(|| s.attributes.get(&u.id).copied());
-            let ok = match u.condition {
-                AttributeCondition::Always => true,
-                AttributeCondition::Greater => current.is_none_or(|c| u.value > c),
-                AttributeCondition::Equals(e) => current == e,
-                AttributeCondition::NotEquals(v) => current != Some(v),
-            };
-            if !ok {
-                return Err(LogError::AttributeConflict {
-                    segment: name.to_string(),
-                    id: u.id,
-                    current,
-                });
-            }
-            attrs.retain(|(id, _)| *id != u.id);
-            attrs.push((u.id, u.value));
-        }
+        let attrs = check_attributes(name, s, &opts.attributes)?;
         Ok((
             Op::Append {
                 seg: s.id,
@@ -254,8 +231,14 @@ impl Table {
         }))
     }
 
-    /// Validates a merge of `source` onto the end of `target`.
-    pub fn check_merge(&self, target: &str, source: &str) -> Result<Op> {
+    /// Validates a merge of `source` onto the end of `target` that also applies
+    /// `attributes` to `target` (their conditions checked against `target`).
+    pub fn check_merge(
+        &self,
+        target: &str,
+        source: &str,
+        attributes: &[AttributeUpdate],
+    ) -> Result<Op> {
         let t = self.get(target)?;
         let s = self.get(source)?;
         let bad = |reason| {
@@ -277,9 +260,11 @@ impl Table {
         if s.start != 0 {
             return bad("the source has been truncated");
         }
+        let attrs = check_attributes(target, t, attributes)?;
         Ok(Op::Merge {
             target: t.id,
             source: s.id,
+            attrs,
         })
     }
 
@@ -385,7 +370,11 @@ impl Table {
                 }
                 Ok(released)
             }
-            Op::Merge { target, source } => {
+            Op::Merge {
+                target,
+                source,
+                attrs,
+            } => {
                 let src = self
                     .segs
                     .remove(source)
@@ -401,6 +390,9 @@ impl Table {
                     ..*p
                 }));
                 t.length += src.length;
+                for (id, v) in attrs {
+                    t.attributes.insert(*id, *v);
+                }
                 Ok(Vec::new())
             }
             Op::Delete { seg } => {
@@ -437,6 +429,40 @@ impl Table {
         }
         live
     }
+}
+
+/// Checks attribute updates against a segment's attributes, in order (a later update
+/// sees an earlier one); returns the final value of each attribute set.
+fn check_attributes(
+    name: &str,
+    s: &SegmentState,
+    updates: &[AttributeUpdate],
+) -> Result<Vec<(AttributeId, i64)>> {
+    let mut attrs: Vec<(AttributeId, i64)> = Vec::with_capacity(updates.len());
+    for u in updates {
+        let current = attrs
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == u.id)
+            .map(|(_, v)| *v)
+            .or_else(|| s.attributes.get(&u.id).copied());
+        let ok = match u.condition {
+            AttributeCondition::Always => true,
+            AttributeCondition::Greater => current.is_none_or(|c| u.value > c),
+            AttributeCondition::Equals(e) => current == e,
+            AttributeCondition::NotEquals(v) => current != Some(v),
+        };
+        if !ok {
+            return Err(LogError::AttributeConflict {
+                segment: name.to_string(),
+                id: u.id,
+                current,
+            });
+        }
+        attrs.retain(|(id, _)| *id != u.id);
+        attrs.push((u.id, u.value));
+    }
+    Ok(attrs)
 }
 
 fn seg_mut(
@@ -506,7 +532,7 @@ mod tests {
         append(&mut t, "s", 5);
         let op = t.check_seal("s").expect("seal").expect("op");
         run(&mut t, op);
-        let op = t.check_merge("t", "s").expect("merge");
+        let op = t.check_merge("t", "s", &[]).expect("merge");
         run(&mut t, op);
         assert!(t.get("s").is_err());
         assert_eq!(append(&mut t, "t", 3), 15);
@@ -569,5 +595,37 @@ mod tests {
         assert!(t
             .check_append("s", 1, &upd(1, AttributeCondition::NotEquals(4)))
             .is_ok());
+    }
+
+    #[test]
+    fn a_merge_sets_the_targets_attributes_under_their_conditions() {
+        let mut t = Table::default();
+        for name in ["t", "s"] {
+            let op = t.check_create(name).expect("create");
+            run(&mut t, op);
+        }
+        append(&mut t, "s", 4);
+        let op = t.check_seal("s").expect("seal").expect("op");
+        run(&mut t, op);
+        let upd = |value| AttributeUpdate {
+            id: 7,
+            value,
+            condition: AttributeCondition::Greater,
+        };
+        let op = t.check_merge("t", "s", &[upd(3)]).expect("merge");
+        run(&mut t, op);
+        assert_eq!(t.get("t").expect("t").attributes.get(&7), Some(&3));
+        let op = t.check_create("s2").expect("create");
+        run(&mut t, op);
+        let op = t.check_seal("s2").expect("seal").expect("op");
+        run(&mut t, op);
+        assert!(matches!(
+            t.check_merge("t", "s2", &[upd(3)]),
+            Err(LogError::AttributeConflict {
+                current: Some(3),
+                ..
+            })
+        ));
+        assert!(t.get("s2").is_ok(), "a refused merge leaves the source");
     }
 }

@@ -131,7 +131,7 @@ impl Batch {
     /// Adds a non-append operation after the appends already batched for its segments.
     pub fn push_op(&mut self, op: Op) {
         match &op {
-            Op::Merge { target, source } => {
+            Op::Merge { target, source, .. } => {
                 self.close(*target);
                 self.close(*source);
             }

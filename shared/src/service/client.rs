@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::log::AttributeUpdate;
 use crate::stream::{KeyRange, ReaderReport, SegmentId, StreamConfig, StreamCut, StreamMeta};
 use crate::wire::{
     encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, GroupInfo, Request,
@@ -43,6 +44,21 @@ pub enum ClientError {
     /// The writer or reader stopped after an earlier error.
     #[error("{0}")]
     Failed(String),
+    /// An event longer than the reader takes ([`crate::service::ReaderConfig::max_event_bytes`]).
+    #[error(
+        "the event at offset {offset} of segment {segment} takes {size} bytes; this reader \
+         takes at most {max} (ReaderConfig::max_event_bytes)"
+    )]
+    EventTooLarge {
+        /// Segment it is in.
+        segment: SegmentId,
+        /// Its offset there.
+        offset: u64,
+        /// Bytes it takes, framing included.
+        size: u64,
+        /// The reader's limit.
+        max: u64,
+    },
 }
 
 impl From<WireError> for ClientError {
@@ -74,9 +90,10 @@ impl ClientError {
             ClientError::Server { code, .. } => {
                 matches!(code, ErrorCode::ShuttingDown | ErrorCode::Busy)
             }
-            ClientError::Protocol(_) | ClientError::InvalidInput(_) | ClientError::Failed(_) => {
-                false
-            }
+            ClientError::Protocol(_)
+            | ClientError::InvalidInput(_)
+            | ClientError::Failed(_)
+            | ClientError::EventTooLarge { .. } => false,
         }
     }
 }
@@ -218,6 +235,27 @@ impl Client {
         self.ok(Request::MergeSegments {
             target: target.into(),
             source: source.into(),
+        })
+        .await
+    }
+
+    /// Merges the sealed `source` onto `target` and applies `attributes` to `target` in
+    /// the same atomic step; returns the offset in `target` where the source's data
+    /// starts. A failed condition is refused with `Conflict` and merges nothing.
+    pub async fn merge_with_attributes(
+        &self,
+        target: &str,
+        source: &str,
+        attributes: &[AttributeUpdate],
+    ) -> Result<u64, ClientError> {
+        let req = Request::MergeWithAttributes {
+            target: target.into(),
+            source: source.into(),
+            attributes: attributes.to_vec(),
+        };
+        self.expect(req, |r| match r {
+            Response::Merged { offset } => Ok(offset),
+            other => Err(other),
         })
         .await
     }

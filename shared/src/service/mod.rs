@@ -3,6 +3,7 @@
 //! with this same code.
 
 mod client;
+mod large;
 mod reader;
 mod server;
 mod writer;

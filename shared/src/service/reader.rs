@@ -8,6 +8,12 @@
 //! taken away is dropped with its buffer, so the next holder starts exactly after the
 //! last delivered event. A reader that stops syncing loses its segments after the
 //! group's timeout, and they are read again from the last reported positions.
+//!
+//! An event may span many reads (a large event, up to
+//! [`crate::event::MAX_LARGE_EVENT_BYTES`]): its bytes gather in one buffer, sized
+//! once from the event's length field, and it is delivered whole.
+//! [`ReaderConfig::max_event_bytes`] bounds that buffer; a longer event is an error
+//! ([`ClientError::EventTooLarge`]), never an allocation.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound::{Excluded, Unbounded};
@@ -17,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
 use super::client::{Client, ClientError};
-use crate::event::{decode_events, framed_len, Event};
+use crate::event::{decode_events, framed_len, framed_len_at, Event, MAX_FRAMED_EVENT_BYTES};
 use crate::stream::{segment_name, ReaderReport, SegmentId};
 use crate::wire::ErrorCode;
 
@@ -30,6 +36,11 @@ pub struct ReaderConfig {
     pub read_bytes: u32,
     /// Longest a single read waits at a segment's tail.
     pub tail_wait: Duration,
+    /// Largest event the reader takes, in bytes it takes in the segment (framing and
+    /// routing key included): the most it buffers for one event. A longer event stops
+    /// the reader with [`ClientError::EventTooLarge`]. Default
+    /// [`MAX_FRAMED_EVENT_BYTES`], the largest event a writer writes.
+    pub max_event_bytes: u64,
 }
 
 impl Default for ReaderConfig {
@@ -38,9 +49,14 @@ impl Default for ReaderConfig {
             sync_interval: Duration::from_secs(1),
             read_bytes: 1 << 20,
             tail_wait: Duration::from_millis(500),
+            max_event_bytes: MAX_FRAMED_EVENT_BYTES,
         }
     }
 }
+
+/// Most bytes asked for in one read while an event is incomplete (the server sends at
+/// most 4 MiB; the frame limit is 16 MiB).
+const MAX_READ_BYTES: u64 = 8 << 20;
 
 /// An event with where it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +79,9 @@ struct Held {
     fetched: u64,
     /// Read bytes not yet decoded (a partial event).
     partial: BytesMut,
+    /// Bytes the partial event at the front of `partial` takes in all, once its
+    /// length field is there.
+    need: Option<u64>,
     /// Decoded events not yet delivered, with their offsets.
     events: VecDeque<(u64, Event)>,
     /// The segment is sealed and everything in it was fetched.
@@ -75,9 +94,19 @@ impl Held {
             position: offset,
             fetched: offset,
             partial: BytesMut::new(),
+            need: None,
             events: VecDeque::new(),
             ended: false,
         }
+    }
+
+    /// Bytes to ask for in the next read: more while a long event is incomplete.
+    fn read_len(&self, read_bytes: u32) -> u32 {
+        let missing = self
+            .need
+            .map_or(0, |n| n.saturating_sub(self.partial.len() as u64));
+        let len = missing.min(MAX_READ_BYTES).max(u64::from(read_bytes));
+        u32::try_from(len).unwrap_or(u32::MAX)
     }
 }
 
@@ -95,6 +124,8 @@ pub struct EventReader {
     last_sync: Instant,
     /// The segment round-robin delivery served last.
     turn: SegmentId,
+    /// Bytes received from the server so far.
+    bytes_read: u64,
 }
 
 type FetchResult = (SegmentId, u64, Result<(Bytes, bool), ClientError>);
@@ -124,9 +155,17 @@ impl EventReader {
                 number: 0,
                 epoch: 0,
             },
+            bytes_read: 0,
         };
         r.sync().await?;
         Ok(r)
+    }
+
+    /// Bytes received from the server so far. It grows while a large event arrives,
+    /// before the event is delivered: a caller that gives up after a time without
+    /// events can tell a slow event from none.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
     }
 
     /// The segments it holds now.
@@ -259,28 +298,49 @@ impl EventReader {
     }
 
     /// Reads every held segment that has nothing buffered, concurrently, until one
-    /// returns something or all waited `wait` at their tails.
+    /// returns something or all waited `wait` at their tails. A segment in the middle
+    /// of a long event is read on as soon as each read returns (for up to `wait`, so
+    /// the reader still syncs with its group while a large event arrives).
     async fn fetch(&mut self, wait: Duration) -> Result<(), ClientError> {
+        let until = Instant::now() + wait;
         let mut reads: JoinSet<FetchResult> = JoinSet::new();
-        for (id, h) in &self.held {
-            if !h.events.is_empty() || h.ended {
-                continue;
-            }
-            let client = self.client.clone();
-            let name = segment_name(&self.scope, &self.stream, *id);
-            let (id, offset, max) = (*id, h.fetched, self.config.read_bytes);
-            reads.spawn(async move {
-                let r = client.read(&name, offset, max, wait).await;
-                (id, offset, r)
-            });
+        let ready: Vec<SegmentId> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.events.is_empty() && !h.ended)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            self.spawn_read(&mut reads, id, wait);
         }
         while let Some(done) = reads.join_next().await {
             let Ok((id, offset, r)) = done else { continue };
             if self.take(id, offset, r).await? {
                 break;
             }
+            let arriving = self
+                .held
+                .get(&id)
+                .is_some_and(|h| h.need.is_some() && h.fetched > offset && !h.ended);
+            if arriving && Instant::now() < until {
+                self.spawn_read(&mut reads, id, wait);
+            }
         }
         Ok(())
+    }
+
+    /// Reads the segment on from where its fetched bytes end.
+    fn spawn_read(&self, reads: &mut JoinSet<FetchResult>, id: SegmentId, wait: Duration) {
+        let Some(h) = self.held.get(&id) else {
+            return;
+        };
+        let client = self.client.clone();
+        let name = segment_name(&self.scope, &self.stream, id);
+        let (offset, max) = (h.fetched, h.read_len(self.config.read_bytes));
+        reads.spawn(async move {
+            let r = client.read(&name, offset, max, wait).await;
+            (id, offset, r)
+        });
     }
 
     /// Takes one read's result; true if it brought events or an end.
@@ -298,22 +358,48 @@ impl EventReader {
         }
         match r {
             Ok((data, end)) => {
+                self.bytes_read += data.len() as u64;
                 h.fetched += data.len() as u64;
                 h.partial.extend_from_slice(&data);
-                let buf = h.partial.split().freeze();
-                let (events, used) = decode_events(&buf).map_err(|e| {
-                    ClientError::Protocol(format!(
-                        "segment {id} at {}: {e}",
-                        h.fetched - buf.len() as u64
-                    ))
-                })?;
-                let mut at = h.fetched - buf.len() as u64;
-                for e in events {
-                    let len = framed_len(&e.key, &e.payload) as u64;
-                    h.events.push_back((at, e));
-                    at += len;
+                // Whole events at the front of the buffer; the incomplete one after them
+                // stays (its buffer sized once, from its length field).
+                let start = h.fetched - h.partial.len() as u64;
+                let mut whole = 0usize;
+                h.need = None;
+                while let Some(len) = framed_len_at(&h.partial[whole..]) {
+                    if len > self.config.max_event_bytes {
+                        return Err(ClientError::EventTooLarge {
+                            segment: id,
+                            offset: start + whole as u64,
+                            size: len,
+                            max: self.config.max_event_bytes,
+                        });
+                    }
+                    let have = (h.partial.len() - whole) as u64;
+                    if have < len {
+                        h.need = Some(len);
+                        // Within max_event_bytes, which the caller sized for memory.
+                        let more = usize::try_from(len - have).unwrap_or(usize::MAX);
+                        if whole == 0 {
+                            h.partial.reserve(more);
+                        }
+                        break;
+                    }
+                    whole += len as usize;
                 }
-                h.partial.extend_from_slice(&buf[used..]);
+                if whole > 0 {
+                    let buf = h.partial.split_to(whole).freeze();
+                    let (events, used) = decode_events(&buf).map_err(|e| {
+                        ClientError::Protocol(format!("segment {id} at {start}: {e}"))
+                    })?;
+                    debug_assert_eq!(used, whole);
+                    let mut at = start;
+                    for e in events {
+                        let len = framed_len(&e.key, &e.payload) as u64;
+                        h.events.push_back((at, e));
+                        at += len;
+                    }
+                }
                 if end && !h.partial.is_empty() {
                     return Err(ClientError::Protocol(format!(
                         "segment {id} ends inside an event ({} bytes left over)",

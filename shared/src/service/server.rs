@@ -1,8 +1,9 @@
 //! Server side of the segment service.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use crate::controller::Controller;
 use crate::log::{
     AppendOptions, AttributeCondition, AttributeUpdate, LogError, SegmentLog, Ticket,
 };
+use crate::stream::is_large_event_segment;
 use crate::wire::{
     encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, Request, Response,
     SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
@@ -103,6 +105,10 @@ struct Shared {
     /// Requests being served; shutdown waits until none is left.
     in_flight: Arc<watch::Sender<usize>>,
 }
+
+/// Temporary segments of large events a connection created and has not merged or
+/// deleted yet; they are deleted when the connection ends (`None` from then on).
+type Temps = Arc<Mutex<Option<HashSet<String>>>>;
 
 /// Counts a request as in flight while it lives.
 struct InFlight(Arc<watch::Sender<usize>>);
@@ -269,19 +275,45 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         return;
     }
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let temps: Temps = Arc::new(Mutex::new(Some(HashSet::new())));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let shared = shared.clone();
+        let (shared, temps) = (shared.clone(), temps.clone());
         let guard = InFlight::new(&shared.in_flight);
         tokio::spawn(async move {
-            serve_stream(send, recv, &shared).await;
+            serve_stream(send, recv, &shared, &temps).await;
             drop(guard);
         });
+    }
+    // The client is gone: a large event it did not merge will never be (a reconnecting
+    // writer starts the event over in a new temporary segment).
+    let left = lock(&temps).take().unwrap_or_default();
+    for name in left {
+        delete_abandoned(shared.log(), &name).await;
+    }
+}
+
+fn lock(temps: &Temps) -> std::sync::MutexGuard<'_, Option<HashSet<String>>> {
+    temps.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Deletes the temporary segment of a large event whose connection ended.
+async fn delete_abandoned(log: &SegmentLog, name: &str) {
+    match log.delete(name).await {
+        Ok(()) | Err(LogError::NoSuchSegment(_)) => {}
+        Err(e) => {
+            tracing::info!(segment = %name, error = %e, "cannot delete an abandoned large event; the next start will")
+        }
     }
 }
 
 /// One request: read it, answer it, finish the stream. A bad frame gets an error reply
 /// and closes only this stream.
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: &Shared) {
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: &Shared,
+    temps: &Temps,
+) {
     let req = match read_frame(&mut recv, MAX_CONTROL_LEN).await {
         Ok(Some(f)) => f.control::<Request>(),
         Ok(None) => return,
@@ -343,7 +375,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
                 ErrorCode::UnexpectedMessage,
                 "Hello is only the first request",
             ),
-            other => match segment_control(shared.log(), &other).await {
+            other => match segment_control(shared, temps, &other).await {
                 Some(r) => r,
                 None => stream_control(&shared.controller, other).await,
             },
@@ -464,6 +496,7 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
         | Request::SealSegment { .. }
         | Request::TruncateSegment { .. }
         | Request::MergeSegments { .. }
+        | Request::MergeWithAttributes { .. }
         | Request::DeleteSegment { .. }
         | Request::SegmentInfo { .. } => {
             error(ErrorCode::UnexpectedMessage, "not a controller request")
@@ -471,20 +504,46 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
     }
 }
 
-/// Requests on single segments; `None` if `req` is not one.
-async fn segment_control(log: &SegmentLog, req: &Request) -> Option<Response> {
+/// Requests on single segments; `None` if `req` is not one. Keeps track of the large
+/// events' temporary segments this connection creates.
+async fn segment_control(shared: &Shared, temps: &Temps, req: &Request) -> Option<Response> {
+    let log = shared.log();
     let done = |r: Result<(), LogError>| match r {
         Ok(()) => Response::Ok,
         Err(e) => Response::error(&e),
     };
     Some(match req {
-        Request::CreateSegment { segment } => done(log.create(segment).await),
+        Request::CreateSegment { segment } => {
+            let r = log.create(segment).await;
+            if r.is_ok() && is_large_event_segment(segment) {
+                let open = lock(temps).as_mut().map(|t| t.insert(segment.clone()));
+                if open.is_none() {
+                    // The connection ended while this request ran.
+                    delete_abandoned(log, segment).await;
+                }
+            }
+            done(r)
+        }
         Request::SealSegment { segment } => done(log.seal(segment).await.map(|_| ())),
         Request::TruncateSegment { segment, offset } => done(log.truncate(segment, *offset).await),
         Request::MergeSegments { target, source } => {
-            done(log.merge(target, source).await.map(|_| ()))
+            merge(shared, temps, target, source, &[]).await.1
         }
-        Request::DeleteSegment { segment } => done(log.delete(segment).await),
+        Request::MergeWithAttributes {
+            target,
+            source,
+            attributes,
+        } => match merge(shared, temps, target, source, attributes).await {
+            (Some(offset), _) => Response::Merged { offset },
+            (None, r) => r,
+        },
+        Request::DeleteSegment { segment } => {
+            let r = log.delete(segment).await;
+            if r.is_ok() {
+                forget(temps, segment);
+            }
+            done(r)
+        }
         Request::SegmentInfo { segment } => match log.info(segment) {
             Ok(i) => Response::Info(SegmentInfoWire {
                 name: i.name,
@@ -496,6 +555,45 @@ async fn segment_control(log: &SegmentLog, req: &Request) -> Option<Response> {
         },
         _ => return None,
     })
+}
+
+/// The connection no longer has to delete this temporary segment.
+fn forget(temps: &Temps, name: &str) {
+    if let Some(t) = lock(temps).as_mut() {
+        t.remove(name);
+    }
+}
+
+/// A merge; returns the offset where the source starts in the target (or `None`) and
+/// the plain reply. A large event merged onto its stream segment counts as one event
+/// of its length for the metrics and the scaling policy.
+async fn merge(
+    shared: &Shared,
+    temps: &Temps,
+    target: &str,
+    source: &str,
+    attributes: &[AttributeUpdate],
+) -> (Option<u64>, Response) {
+    let log = shared.log();
+    let large = is_large_event_segment(source) && !is_large_event_segment(target);
+    let length = match log.info(source) {
+        Ok(i) => i.length,
+        Err(e) => return (None, Response::error(&e)),
+    };
+    match log.merge_with(target, source, attributes).await {
+        Ok(offset) => {
+            forget(temps, source);
+            if large {
+                shared
+                    .metrics
+                    .appended_events
+                    .fetch_add(1, Ordering::Relaxed);
+                shared.controller.record_append(target, 1, length);
+            }
+            (Some(offset), Response::Ok)
+        }
+        Err(e) => (None, Response::error(&e)),
+    }
 }
 
 /// What the acknowledging task sends, in order.
@@ -562,7 +660,10 @@ async fn append_session(
                                 .appended_events
                                 .fetch_add(u64::from(event_count), Ordering::Relaxed);
                             metrics.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
-                            controller.record_append(&segment, u64::from(event_count), bytes);
+                            // A large event's chunks count when it is merged.
+                            if !is_large_event_segment(&segment) {
+                                controller.record_append(&segment, u64::from(event_count), bytes);
+                            }
                             Response::Appended {
                                 event_number,
                                 end_offset,

@@ -17,21 +17,29 @@
 //! not in one of its predecessors; so "event `n` with key `k` is stored" is exactly
 //! "some segment whose range contains `k` holds an event number `>= n`". That rule
 //! also lets a new writer with the same id skip what an earlier run stored.
+//!
+//! A large event ([`EventWriter::write_large`], beyond one append block) is numbered
+//! like any other, written after every earlier event is durable, and merged onto its
+//! segment with the writer's attribute set to its number in the same atomic step (see
+//! the `large` module), so the same rule covers it.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::client::{AckStream, AppendSession, Client, ClientError};
-use crate::event::{encode_event, framed_len, MAX_KEY_LEN};
-use crate::stream::{key_point, segment_name, KeyRange, SegmentId, StreamMeta};
+use super::large::{Failure, LargeWrite, Outcome};
+use crate::event::{encode_event, event_header, framed_len, MAX_KEY_LEN};
+use crate::stream::{key_point, random_id, segment_name, KeyRange, SegmentId, StreamMeta};
 use crate::wire::{ErrorCode, WriterPosition};
 
-/// Largest event payload a writer takes (the rest of an append block is framing).
-/// Largest event payload a writer takes: with the largest routing key and the framing
-/// it still fits one append (the log's default limit is 8 MiB).
+/// Largest event payload [`EventWriter::write`] takes: with the largest routing key and
+/// the framing it still fits one append (the log's default limit is 8 MiB). Larger
+/// events, up to [`crate::event::MAX_LARGE_EVENT_BYTES`], go through
+/// [`EventWriter::write_large`].
 pub const MAX_EVENT_BYTES: usize = (8 << 20) - (128 << 10);
 
 /// Most events handed to the writer task at once.
@@ -86,6 +94,13 @@ pub struct WriterStats {
 enum Cmd {
     Events(Vec<Pending>),
     Flush(oneshot::Sender<Result<WriterStats, ClientError>>),
+    /// A large event was written beside the task (after every earlier one was durable).
+    Large {
+        number: i64,
+        outcome: Outcome,
+    },
+    /// Whether a large event was stored cannot be told: the writer must stop.
+    Fail(ClientError),
 }
 
 /// One event waiting for its acknowledgement.
@@ -118,6 +133,11 @@ pub struct EventWriter {
     task: tokio::task::JoinHandle<()>,
     writer_id: u128,
     next_number: i64,
+    /// For large events, which the caller's task writes itself.
+    client: Client,
+    scope: String,
+    stream: String,
+    config: WriterConfig,
 }
 
 impl EventWriter {
@@ -141,6 +161,7 @@ impl EventWriter {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let next_number = config.first_event_number;
         let (acked_tx, acked) = watch::channel(next_number - 1);
+        let large_config = config.clone();
         let task = Task {
             acked: acked_tx,
             client: client.clone(),
@@ -169,6 +190,10 @@ impl EventWriter {
             task: tokio::spawn(task.run(rx)),
             writer_id,
             next_number,
+            client: client.clone(),
+            scope: scope.to_string(),
+            stream: stream.to_string(),
+            config: large_config,
         })
     }
 
@@ -245,6 +270,66 @@ impl EventWriter {
         Ok(())
     }
 
+    /// Writes one event of `len` payload bytes read from `data`, which may be far
+    /// larger than one append (up to [`crate::event::MAX_LARGE_EVENT_BYTES`]), and
+    /// waits until it is durable; returns its event number. Every event written before
+    /// is made durable first (so per-key order holds), then the payload is streamed to
+    /// the server in blocks, never held whole in memory, into a temporary segment that
+    /// is merged onto the segment owning `key` in one atomic step: readers see the
+    /// whole event or nothing, also if this process dies half-way. If that segment is
+    /// sealed meanwhile (scaling), the event goes to its successor without being sent
+    /// again. With a writer id, a rerun skips an event an earlier run stored (`data`
+    /// is then not read).
+    ///
+    /// Exactly `len` bytes are read from `data`. If `data` ends early or fails, or the
+    /// connection is lost during the upload, the event is not stored, the error says
+    /// so, and the writer goes on (its number is given to the next event). Only if it
+    /// cannot be found out whether the event was stored (the server stayed away for
+    /// [`WriterConfig::retry_for`] around the merge) does the writer stop, as after
+    /// any failure it cannot recover from.
+    pub async fn write_large<R: AsyncRead + Unpin>(
+        &mut self,
+        key: &[u8],
+        len: u64,
+        data: R,
+    ) -> Result<i64, ClientError> {
+        let header = event_header(key, len).map_err(ClientError::InvalidInput)?;
+        let framed = header.len() as u64 + len;
+        // The rule "stored iff some segment of the key holds a number >= n" needs every
+        // earlier event stored before this one.
+        self.flush().await?;
+        let number = self.next_number;
+        let write = LargeWrite {
+            client: &mut self.client,
+            scope: &self.scope,
+            stream: &self.stream,
+            writer_id: self.writer_id,
+            number,
+            key,
+            block_bytes: self.config.max_block_bytes,
+            max_unacked_bytes: self.config.max_unacked_bytes,
+            retry_for: self.config.retry_for,
+        };
+        let input = (&header[..]).chain(data).take(framed);
+        match write.run(input, framed).await {
+            Ok(outcome) => {
+                self.next_number += 1;
+                if self.tx.send(Cmd::Large { number, outcome }).await.is_err() {
+                    return Err(failure());
+                }
+                Ok(number)
+            }
+            Err(Failure::NotStored(e)) => Err(e),
+            Err(Failure::Unknown(e)) => {
+                let _ = self
+                    .tx
+                    .send(Cmd::Fail(ClientError::Failed(e.to_string())))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
     /// Waits until every event written so far is durable (or was stored before).
     pub async fn flush(&mut self) -> Result<WriterStats, ClientError> {
         self.hand_over().await?;
@@ -278,23 +363,6 @@ fn sealed_stream(scope: &str, stream: &str) -> ClientError {
         code: ErrorCode::Sealed,
         message: format!("stream {scope}/{stream} is sealed"),
     }
-}
-
-fn random_id() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut id: u128 = 0;
-    for i in 0..2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        h.write_u32(std::process::id());
-        id |= u128::from(h.finish()) << (64 * i);
-    }
-    id
 }
 
 enum AckMsg {
@@ -414,6 +482,14 @@ impl Task {
                     }
                 }
                 Cmd::Flush(tx) => self.flushes.push_back((self.last_number, tx)),
+                Cmd::Large { number, outcome } => {
+                    self.last_number = number;
+                    match outcome {
+                        Outcome::Stored => self.stats.acknowledged += 1,
+                        Outcome::AlreadyStored => self.stats.already_stored += 1,
+                    }
+                }
+                Cmd::Fail(e) => return Err(Trouble::Fatal(e)),
             }
             if self.unacked_bytes < self.config.max_unacked_bytes {
                 cmd = rx.try_recv().ok();

@@ -123,6 +123,42 @@ pub fn segment_name(scope: &str, stream: &str, id: SegmentId) -> String {
     format!("{scope}/{stream}/{id}")
 }
 
+/// Where the temporary segments of large events live in the segment store. No stream
+/// segment starts with it (scope names cannot hold `#`); every segment that does is a
+/// large event being written, which only its writer merges. The controller deletes
+/// all of them when it opens (a crash left them), and the segment service those a
+/// connection created when it ends.
+pub const LARGE_EVENT_PREFIX: &str = "#large/";
+
+/// A new, unique name for the temporary segment of a large event.
+pub fn large_event_segment_name() -> String {
+    format!("{LARGE_EVENT_PREFIX}{:032x}", random_id())
+}
+
+/// Whether `name` is the temporary segment of a large event.
+pub fn is_large_event_segment(name: &str) -> bool {
+    name.starts_with(LARGE_EVENT_PREFIX)
+}
+
+/// A random 128-bit id (writer ids, temporary segment names): the process-wide
+/// randomly keyed hasher over the clock and the process id.
+pub(crate) fn random_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id: u128 = 0;
+    for i in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        id |= u128::from(h.finish()) << (64 * i);
+    }
+    id
+}
+
 /// How a stream scales.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

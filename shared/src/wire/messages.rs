@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::controller::ControllerError;
-use crate::log::LogError;
+use crate::log::{AttributeUpdate, LogError};
 use crate::stream::{
     KeyRange, ReaderReport, SegmentId, StreamConfig, StreamCut, StreamError, StreamMeta,
 };
@@ -47,6 +47,18 @@ pub enum Request {
         target: String,
         /// Source segment.
         source: String,
+    },
+    /// Append the sealed `source` to `target` and apply `attributes` to `target`, in
+    /// one atomic step; the reply is [`Response::Merged`]. A failed condition
+    /// (`Conflict`) merges nothing and leaves `source`. This is how a large event's
+    /// temporary segment becomes part of a stream segment.
+    MergeWithAttributes {
+        /// Target segment.
+        target: String,
+        /// Source segment (sealed).
+        source: String,
+        /// Attribute updates of `target`, checked and applied in order.
+        attributes: Vec<AttributeUpdate>,
     },
     /// Delete a segment.
     DeleteSegment {
@@ -292,6 +304,11 @@ pub enum Response {
         /// The block had been stored before and was not stored again.
         duplicate: bool,
     },
+    /// The source was merged.
+    Merged {
+        /// Offset in the target where the source's data starts.
+        offset: u64,
+    },
     /// Names (scopes or streams), sorted.
     Names(Vec<String>),
     /// A stream's metadata.
@@ -441,6 +458,9 @@ impl From<&ControllerError> for ErrorCode {
             ControllerError::NotSealed(_) => ErrorCode::NotSealed,
             ControllerError::NoSuchGroup(_) => ErrorCode::NoSuchGroup,
             ControllerError::GroupExists(_) => ErrorCode::GroupExists,
+            ControllerError::InvalidEvent(_) | ControllerError::Input(_) => {
+                ErrorCode::InvalidArgument
+            }
         }
     }
 }
