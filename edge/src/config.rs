@@ -40,6 +40,7 @@ use tributary::node::config::{
 use tributary::stream::validate_scoped_name;
 
 use crate::serial::{Framing, SerialConfig};
+use crate::watch::{After, WatchSpec};
 
 /// Default QUIC address of the edge's segment service (local readers, `trib`).
 pub const DEFAULT_QUIC_LISTEN: SocketAddr =
@@ -71,6 +72,8 @@ pub struct EdgeConfig {
     pub mqtt: Vec<MqttSpec>,
     /// `[[serial]]`: serial devices to read.
     pub serial: Vec<SerialSpec>,
+    /// `[[watch]]`: directories whose files become events.
+    pub watch: Vec<WatchSpec>,
 }
 
 /// A serial device and where its frames go.
@@ -225,11 +228,18 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
         .enumerate()
         .filter_map(|(i, s)| serial(&mut v, i, s, &streams))
         .collect();
+    let watch = raw
+        .watch
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, w)| watch(&mut v, i, w, &streams))
+        .collect();
     v.finish(EdgeConfig {
         node,
         streams,
         mqtt,
         serial,
+        watch,
     })
 }
 
@@ -248,6 +258,56 @@ struct RawFile {
     mqtt: Vec<Spanned<RawMqtt>>,
     #[serde(default)]
     serial: Vec<Spanned<RawSerial>>,
+    #[serde(default)]
+    watch: Vec<Spanned<RawWatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    dir: Spanned<PathBuf>,
+    stream: Spanned<String>,
+    settle_ms: Option<Spanned<u64>>,
+    poll_ms: Option<Spanned<u64>>,
+    after: Option<Spanned<String>>,
+}
+
+fn watch(
+    v: &mut Validator<'_>,
+    i: usize,
+    raw: Spanned<RawWatch>,
+    streams: &[StreamSpec],
+) -> Option<WatchSpec> {
+    let w = raw.into_inner();
+    let key = |k: &str| format!("watch[{i}].{k}");
+    let stream = stream_ref(v, &key("stream"), &w.stream, streams);
+    let dir = v.path(&key("dir"), &w.dir)?;
+    let mut ms = |k: &str, val: &Option<Spanned<u64>>, default: u64| match val {
+        Some(m) if !(10..=3_600_000).contains(m.get_ref()) => {
+            v.error::<()>(&key(k), m.span().start, "must be 10 to 3600000".into());
+            Duration::from_millis(default)
+        }
+        Some(m) => Duration::from_millis(*m.get_ref()),
+        None => Duration::from_millis(default),
+    };
+    let settle = ms("settle_ms", &w.settle_ms, 2000);
+    let poll = ms("poll_ms", &w.poll_ms, 500);
+    let after = match w.after.as_ref().map(|a| (a.get_ref().as_str(), a)) {
+        None | Some(("delete", _)) => After::Delete,
+        Some(("keep", _)) => After::Keep,
+        Some((other, a)) => v.error(
+            &key("after"),
+            a.span().start,
+            format!("{other:?}: expected \"delete\" or \"keep\""),
+        )?,
+    };
+    Some(WatchSpec {
+        dir,
+        stream: stream?,
+        settle,
+        poll,
+        after,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -574,6 +634,12 @@ mod tests {
         .expect("edge-serial-gateway.toml");
         assert_eq!(c.serial.len(), 2);
         assert_eq!(c.serial[1].key, "probe-1");
+        let c = parse(
+            include_str!("../../config/edge-camera-gateway.toml"),
+            Path::new("/etc/t"),
+        )
+        .expect("edge-camera-gateway.toml");
+        assert_eq!(c.watch.len(), 1);
     }
 
     #[test]

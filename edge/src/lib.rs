@@ -3,8 +3,8 @@
 //!
 //! The edge is a [`tributary::node::Node`] (the same segment log, controller and
 //! segment service as the cloud's standalone node, so `trib` works against it) plus
-//! sources that store into local streams in-process ([`local`]): MQTT ([`mqtt`]) and
-//! serial devices ([`serial`]), with disk budgets ([`budget`]) and a status report
+//! sources that store into local streams in-process ([`local`]): MQTT ([`mqtt`]),
+//! serial devices ([`serial`]) and watched directories of video files ([`watch`]), with disk budgets ([`budget`]) and a status report
 //! ([`status`]).
 
 pub mod budget;
@@ -14,3 +14,4 @@ pub mod mqtt;
 pub mod run;
 pub mod serial;
 pub mod status;
+pub mod watch;

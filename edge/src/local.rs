@@ -22,6 +22,9 @@ use crate::config::{StreamSpec, WhenFull};
 pub const EVENTS_ATTRIBUTE: AttributeId = 0x7472_6962_6564_6765_0000_0000_0000_0001;
 /// Attribute: when the last of them was stored, in milliseconds since the Unix epoch.
 pub const LAST_EVENT_ATTRIBUTE: AttributeId = 0x7472_6962_6564_6765_0000_0000_0000_0002;
+/// Attributes `[LARGE_EVENTS, LARGE_EVENTS + 2^32)`: large events stored in the segment,
+/// one counter per source that writes them (each source the only writer of its own).
+pub const LARGE_EVENTS: AttributeId = 0x7472_6962_6564_6765_0000_0000_8000_0000;
 /// Attribute ids at or above this (and below `+ 2^96`) belong to sources.
 pub const SOURCE_ATTRIBUTES: AttributeId = 0x7472_6962_6564_6765_0000_0001_0000_0000;
 
@@ -233,6 +236,15 @@ impl LocalStream {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The active segment a key goes to now.
+    pub fn segment_for(&self, key: &[u8]) -> Option<String> {
+        let point = tributary::stream::key_point(key);
+        lock(&self.routes)
+            .iter()
+            .find(|r| r.range.contains(point))
+            .map(|r| r.segment.clone())
     }
 
     /// Waits until a submitted event is durable.

@@ -62,17 +62,39 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         ));
     }
 
+    let mut watched = Vec::new();
+    for w in &cfg.watch {
+        let stats = Arc::new(crate::watch::WatchStats::default());
+        watched.push((w.dir.clone(), stats.clone()));
+        tasks.spawn(crate::watch::run(
+            w.clone(),
+            streams[w.stream].clone(),
+            stats,
+            stopped.clone(),
+        ));
+    }
+
     let status = {
-        let (streams, sources, serial) = (streams.clone(), sources.clone(), serial.clone());
+        let (streams, sources, serial, watched) = (
+            streams.clone(),
+            sources.clone(),
+            serial.clone(),
+            watched.clone(),
+        );
         Arc::new(move || {
-            serde_json::to_string(&snapshot(&streams, &sources, &serial))
+            serde_json::to_string(&snapshot(&streams, &sources, &serial, &watched))
                 .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
         })
     };
     let metrics = {
-        let (streams, sources, serial) = (streams.clone(), sources.clone(), serial.clone());
+        let (streams, sources, serial, watched) = (
+            streams.clone(),
+            sources.clone(),
+            serial.clone(),
+            watched.clone(),
+        );
         Arc::new(move || {
-            let mut out = render_metrics(&snapshot(&streams, &sources, &serial));
+            let mut out = render_metrics(&snapshot(&streams, &sources, &serial, &watched));
             crate::serial::render_prometheus(serial.iter().map(|s| &**s), &mut out);
             out
         })
@@ -87,6 +109,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         streams = cfg.streams.len(),
         mqtt_sources = cfg.mqtt.len(),
         serial_sources = cfg.serial.len(),
+        watched_dirs = cfg.watch.len(),
         client_profile = %n
             .profile_path()
             .map_or_else(|| "none ([tls] configured)".into(), |p| p.display().to_string()),

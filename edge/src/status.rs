@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary::stream::segment_name;
 
-use crate::local::{LocalStream, EVENTS_ATTRIBUTE, LAST_EVENT_ATTRIBUTE};
+use crate::local::{LocalStream, EVENTS_ATTRIBUTE, LARGE_EVENTS, LAST_EVENT_ATTRIBUTE};
 use crate::mqtt::MqttStats;
 use crate::serial::SerialStats;
+use crate::watch::{WatchStats, WatchStatus};
 
 /// The whole status document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,9 @@ pub struct Status {
     /// Serial sources.
     #[serde(default)]
     pub serial: Vec<SerialStatus>,
+    /// Watched directories.
+    #[serde(default)]
+    pub watch: Vec<WatchStatus>,
 }
 
 /// One serial source.
@@ -121,7 +125,15 @@ pub fn stream_status(stream: &LocalStream) -> StreamStatus {
         st.segments += 1;
         st.bytes += info.length;
         st.disk_bytes += info.length - info.start;
-        if let Some(n) = info.attributes.get(&EVENTS_ATTRIBUTE) {
+        let large = info
+            .attributes
+            .range(LARGE_EVENTS..LARGE_EVENTS + (1 << 32));
+        for (_, n) in info
+            .attributes
+            .get_key_value(&EVENTS_ATTRIBUTE)
+            .into_iter()
+            .chain(large)
+        {
             st.events += u64::try_from(*n).unwrap_or(0);
         }
         if let Some(t) = info.attributes.get(&LAST_EVENT_ATTRIBUTE) {
@@ -136,6 +148,7 @@ pub fn snapshot(
     streams: &[Arc<LocalStream>],
     mqtt: &[MqttSource],
     serial: &[Arc<SerialStats>],
+    watch: &[(std::path::PathBuf, Arc<WatchStats>)],
 ) -> Status {
     Status {
         streams: streams.iter().map(|s| stream_status(s)).collect(),
@@ -166,6 +179,7 @@ pub fn snapshot(
                 }
             })
             .collect(),
+        watch: watch.iter().map(|(dir, w)| w.status(dir)).collect(),
     }
 }
 
@@ -254,6 +268,24 @@ pub fn render_metrics(s: &Status) -> String {
     ] {
         family(name, "counter", help, per_mqtt(&f));
     }
+    let per_dir = |f: &dyn Fn(&WatchStatus) -> u64| {
+        s.watch
+            .iter()
+            .map(|w| (format!("dir=\"{}\"", w.dir), f(w).to_string()))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "tributary_edge_watch_files_total",
+        "counter",
+        "Files of a watched directory stored as events.",
+        per_dir(&|w| w.files),
+    );
+    family(
+        "tributary_edge_watch_errors_total",
+        "counter",
+        "Failed attempts to store a watched file (retried).",
+        per_dir(&|w| w.errors),
+    );
     out
 }
 
@@ -307,6 +339,12 @@ pub fn render_table(s: &Status) -> String {
             d.last_error
                 .as_ref()
                 .map_or_else(String::new, |e| format!(", last error: {e}"))
+        ));
+    }
+    for w in &s.watch {
+        out.push_str(&format!(
+            "watch {}: files {}, bytes {}, errors {}\n",
+            w.dir, w.files, w.bytes, w.errors
         ));
     }
     out

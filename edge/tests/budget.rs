@@ -50,7 +50,10 @@ async fn pause_stops_taking_messages_at_the_budget_and_loses_none() {
     let s = wait_status(&edge, 20, "paused at the budget", |s| s.streams[0].paused).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s2 = edge.status().await.expect("status");
-    assert_eq!(s.streams[0].events, s2.streams[0].events, "stored more while paused");
+    assert_eq!(
+        s.streams[0].events, s2.streams[0].events,
+        "stored more while paused"
+    );
     let stored = s2.streams[0].events;
     assert!((90..150).contains(&stored), "{s2:?}");
     assert!(s2.streams[0].disk_bytes >= 1 << 20, "{s2:?}");
@@ -70,7 +73,10 @@ async fn pause_stops_taking_messages_at_the_budget_and_loses_none() {
     }
     assert_eq!(got.len() as u64, stored);
     let cut = client.stream_tail("site", "data").await.expect("tail");
-    client.truncate_stream("site", "data", &cut).await.expect("truncate");
+    client
+        .truncate_stream("site", "data", &cut)
+        .await
+        .expect("truncate");
 
     wait_status(&edge, 20, "the rest stored after the truncation", |s| {
         s.streams[0].events == 150 && !s.streams[0].paused
@@ -79,7 +85,11 @@ async fn pause_stops_taking_messages_at_the_budget_and_loses_none() {
     while let Some(e) = reader.next(Duration::from_secs(1)).await.expect("read") {
         got.push(number(&e.payload));
     }
-    assert_eq!(got, (1..=150).collect::<Vec<_>>(), "each message once, in order");
+    assert_eq!(
+        got,
+        (1..=150).collect::<Vec<_>>(),
+        "each message once, in order"
+    );
     assert_eq!(edge.terminate().code(), Some(0));
 }
 
@@ -107,6 +117,10 @@ async fn drop_oldest_keeps_the_newest_data_within_the_budget() {
         .collect();
     let first = *got.first().expect("something kept");
     assert!(first > 100, "the oldest were dropped: {first}");
-    assert_eq!(got, (first..=300).collect::<Vec<_>>(), "the newest, whole and in order");
+    assert_eq!(
+        got,
+        (first..=300).collect::<Vec<_>>(),
+        "the newest, whole and in order"
+    );
     assert_eq!(edge.terminate().code(), Some(0));
 }

@@ -324,7 +324,10 @@ pub async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
     let n = messages.len();
     let sender = tokio::spawn(async move {
         for (t, p) in messages {
-            client.publish(t, QoS::AtLeastOnce, false, p).await.expect("publish");
+            client
+                .publish(t, QoS::AtLeastOnce, false, p)
+                .await
+                .expect("publish");
         }
         client
     });
