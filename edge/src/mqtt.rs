@@ -39,9 +39,14 @@ use crate::local::{LocalStream, SinkError, Submitted, SOURCE_ATTRIBUTES};
 
 /// Largest MQTT packet taken; larger ones make rumqttc drop the connection.
 const MAX_PACKET: usize = tributary::service::MAX_EVENT_BYTES - 1024;
-/// Messages stored but not yet acknowledged, at most (the broker's in-flight window is
-/// usually far smaller).
-const MAX_UNACKED: usize = 4096;
+/// Capacity of rumqttc's request channel, through which acks reach its event loop.
+/// The event loop is polled only by the task that takes messages, and hands out
+/// messages it has read before it sends queued acks, so that task must never wait for
+/// the acker (it would stop both): acks queue without bound, and what bounds them is
+/// the broker's in-flight window (MQTT 5: our receive maximum; 3.1.1: the broker's
+/// setting, mosquitto's `max_inflight_messages`, 20 by default). A queued ack holds no
+/// payload.
+const REQUESTS: usize = 1 << 16;
 /// MQTT 5 session expiry: how long the broker keeps our session while we are away.
 const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
 /// MQTT 5 receive maximum: QoS 1/2 messages the broker may have in flight to us.
@@ -107,10 +112,11 @@ impl Events {
     async fn poll(&mut self) -> Result<Incoming, String> {
         match self {
             Events::V4(e) => match e.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(mut p))) => {
+                    // The ack needs only QoS and packet id: it keeps no payload alive.
                     Ok(Incoming::Publish(Box::new(Message {
-                        topic: p.topic.clone(),
-                        payload: p.payload.clone(),
+                        topic: std::mem::take(&mut p.topic),
+                        payload: std::mem::take(&mut p.payload),
                         qos: p.qos as u8,
                         pkid: p.pkid,
                         dup: p.dup,
@@ -130,10 +136,13 @@ impl Events {
             Events::V5(e) => {
                 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
                 match e.poll().await {
-                    Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) => {
+                    Ok(rumqttc::v5::Event::Incoming(Packet::Publish(mut p))) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        p.topic = Bytes::new();
+                        p.properties = None;
                         Ok(Incoming::Publish(Box::new(Message {
-                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                            payload: p.payload.clone(),
+                            topic,
+                            payload: std::mem::take(&mut p.payload),
                             qos: p.qos as u8,
                             pkid: p.pkid,
                             dup: p.dup,
@@ -204,7 +213,7 @@ fn connect(spec: &MqttSpec) -> (Client, Events) {
             if let Some((u, p)) = &spec.credentials {
                 o.set_credentials(u, p);
             }
-            let (c, e) = rumqttc::AsyncClient::new(o, 64);
+            let (c, e) = rumqttc::AsyncClient::new(o, REQUESTS);
             (Client::V4(c), Events::V4(Box::new(e)))
         }
         MqttVersion::V5 => {
@@ -222,7 +231,7 @@ fn connect(spec: &MqttSpec) -> (Client, Events) {
             if let Some((u, p)) = &spec.credentials {
                 o.set_credentials(u, p);
             }
-            let (c, e) = rumqttc::v5::AsyncClient::new(o, 64);
+            let (c, e) = rumqttc::v5::AsyncClient::new(o, REQUESTS);
             (Client::V5(c), Events::V5(Box::new(e)))
         }
     }
@@ -296,7 +305,7 @@ enum Session {
 async fn session(spec: &MqttSpec, streams: &[Arc<LocalStream>], stats: &MqttStats) -> Session {
     let (client, mut events) = connect(spec);
     let client = Arc::new(client);
-    let (ack_tx, ack_rx) = mpsc::channel::<Pending>(MAX_UNACKED);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Pending>();
     let ack_delay = std::env::var(ACK_DELAY_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -341,7 +350,7 @@ async fn session(spec: &MqttSpec, streams: &[Arc<LocalStream>], stats: &MqttStat
                 ack: msg.ack,
                 received,
             };
-            if ack_tx.send(pending).await.is_err() {
+            if ack_tx.send(pending).is_err() {
                 break "the acknowledging task ended".into();
             }
             continue;
@@ -367,7 +376,7 @@ async fn session(spec: &MqttSpec, streams: &[Arc<LocalStream>], stats: &MqttStat
                     ack: msg.ack,
                     received,
                 };
-                if ack_tx.send(pending).await.is_err() {
+                if ack_tx.send(pending).is_err() {
                     break "the acknowledging task ended".into();
                 }
             }
@@ -440,7 +449,7 @@ enum Wait {
 /// it stopped.
 async fn ack_in_order(
     client: Arc<Client>,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
     delay: Option<Duration>,
 ) -> String {
     while let Some(p) = rx.recv().await {

@@ -160,3 +160,32 @@ async fn qos1_messages_are_stored_exactly_once_through_20_sigkills_v311() {
 async fn qos1_messages_are_stored_exactly_once_through_20_sigkills_v5() {
     sigkill_cycles("5").await;
 }
+
+/// Thousands of messages queued at the broker while the edge was away drain when it
+/// comes back, more than the edge keeps unacknowledged at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_queued_while_the_edge_was_away_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    let mut edge = Edge::new(dir.path(), &edge_config(broker.port, "3.1.1"));
+    edge.start();
+    wait_status(&edge, 20, "connected", |s| s.mqtt[0].connected).await;
+    assert_eq!(edge.terminate().code(), Some(0));
+    let n = 12_000u64;
+    common::publish(
+        broker.port,
+        (1..=n)
+            .map(|i| (format!("test/k{}", i % KEYS), i.to_string().into_bytes()))
+            .collect(),
+    )
+    .await;
+    edge.start();
+    wait_status(&edge, 60, "the backlog stored", |s| {
+        s.streams[0].events == n
+    })
+    .await;
+    let client = edge.client().await;
+    let events = read_all(&client, "site", "sensors", Duration::from_secs(1)).await;
+    check_exactly_once_in_order(&events, n);
+    assert_eq!(edge.terminate().code(), Some(0));
+}
