@@ -74,31 +74,27 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         ));
     }
 
-    let status = {
+    let snap = {
         let (streams, sources, serial, watched) = (
             streams.clone(),
             sources.clone(),
             serial.clone(),
             watched.clone(),
         );
+        Arc::new(move || snapshot(&streams, &sources, &serial, &watched))
+    };
+    let status = {
+        let snap = snap.clone();
         Arc::new(move || {
-            serde_json::to_string(&snapshot(&streams, &sources, &serial, &watched))
+            serde_json::to_string(&snap())
                 .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
         })
     };
-    let metrics = {
-        let (streams, sources, serial, watched) = (
-            streams.clone(),
-            sources.clone(),
-            serial.clone(),
-            watched.clone(),
-        );
-        Arc::new(move || {
-            let mut out = render_metrics(&snapshot(&streams, &sources, &serial, &watched));
-            crate::serial::render_prometheus(serial.iter().map(|s| &**s), &mut out);
-            out
-        })
-    };
+    let metrics = Arc::new(move || {
+        let mut out = render_metrics(&snap());
+        crate::serial::render_prometheus(serial.iter().map(|s| &**s), &mut out);
+        out
+    });
     let http = n
         .serve_http(node.http_listen, Some(metrics), Some(status))
         .await?;

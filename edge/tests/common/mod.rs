@@ -261,6 +261,20 @@ impl Edge {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("edge.log")).unwrap_or_default()
     }
+
+    /// The last lines of the edge's and the broker's logs, for failure messages.
+    pub fn tail(&self) -> String {
+        let last = |file: &str| {
+            let text = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        };
+        format!(
+            "--- edge.log (end)\n{}\n--- mosquitto.log (end)\n{}",
+            last("edge.log"),
+            last("mosquitto.log")
+        )
+    }
 }
 
 impl Drop for Edge {
@@ -282,9 +296,17 @@ pub async fn wait_status(
             if f(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "{what}: status {s:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: status {s:?}\n{}",
+                edge.tail()
+            );
         }
-        assert!(Instant::now() < deadline, "{what}: no status");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no status\n{}",
+            edge.tail()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
