@@ -28,6 +28,35 @@ pub const LARGE_EVENTS: AttributeId = 0x7472_6962_6564_6765_0000_0000_8000_0000;
 /// Attribute ids at or above this (and below `+ 2^96`) belong to sources.
 pub const SOURCE_ATTRIBUTES: AttributeId = 0x7472_6962_6564_6765_0000_0001_0000_0000;
 
+/// A source's attribute: `kind` and `name` say which source (e.g. an MQTT client id,
+/// a watched directory), `index` which of its attributes (e.g. a packet id).
+pub fn source_attribute(kind: &str, name: &[u8], index: u16) -> AttributeId {
+    let h = stable_hash(&[kind.as_bytes(), name]);
+    SOURCE_ATTRIBUTES + ((u128::from(h) << 16) | u128::from(index))
+}
+
+/// A fingerprint of `parts` to store in an attribute: non-negative, to fit its i64.
+pub fn fingerprint(parts: &[&[u8]]) -> i64 {
+    (stable_hash(parts) >> 1) as i64
+}
+
+/// FNV-1a over length-prefixed parts: a hash kept on disk must never change between
+/// builds, which std's does not promise.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for p in parts {
+        eat(&(p.len() as u64).to_be_bytes());
+        eat(p);
+    }
+    h
+}
+
 /// Why an event was not stored.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

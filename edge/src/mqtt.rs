@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tributary::log::{AttributeCondition, AttributeId, AttributeUpdate, Ticket};
 
 use crate::config::{MqttRoute, MqttSpec, MqttVersion};
-use crate::local::{LocalStream, SinkError, Submitted, SOURCE_ATTRIBUTES};
+use crate::local::{fingerprint, source_attribute, LocalStream, SinkError, Submitted};
 
 /// Largest MQTT packet taken; larger ones make rumqttc drop the connection.
 const MAX_PACKET: usize = tributary::service::MAX_EVENT_BYTES - 1024;
@@ -240,26 +240,7 @@ fn connect(spec: &MqttSpec) -> (Client, Events) {
 /// The attribute holding the fingerprint of the last message stored under `pkid` by
 /// the client `client_id`.
 fn packet_attribute(client_id: &str, pkid: u16) -> AttributeId {
-    let h = fnv1a(fnv1a(FNV_OFFSET, b"mqtt client "), client_id.as_bytes());
-    SOURCE_ATTRIBUTES + ((u128::from(h) << 16) | u128::from(pkid))
-}
-
-/// Topic and payload, hashed (non-negative, to fit the attribute's i64). The hash is
-/// stored on disk, so it is one that never changes (FNV-1a), not std's.
-fn fingerprint(topic: &str, payload: &[u8]) -> i64 {
-    let h = fnv1a(FNV_OFFSET, &(topic.len() as u64).to_be_bytes());
-    let h = fnv1a(fnv1a(h, topic.as_bytes()), payload);
-    (h >> 1) as i64
-}
-
-pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-pub(crate) fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    source_attribute("mqtt client", client_id.as_bytes(), pkid)
 }
 
 /// Runs the source until `shutdown` turns true. `streams[i]` is configured stream `i`.
@@ -411,7 +392,7 @@ async fn store(
 ) -> Result<Option<Ticket>, SinkError> {
     let key = route.key.key(&msg.topic, &msg.payload);
     let condition = (msg.qos > 0).then(|| {
-        let fp = fingerprint(&msg.topic, &msg.payload);
+        let fp = fingerprint(&[msg.topic.as_bytes(), &msg.payload]);
         AttributeUpdate {
             id: packet_attribute(&spec.client_id, msg.pkid),
             value: fp,
@@ -480,9 +461,10 @@ mod tests {
         let a = packet_attribute("gw-1", 7);
         assert_ne!(a, packet_attribute("gw-1", 8));
         assert_ne!(a, packet_attribute("gw-2", 7));
-        assert!(a >= SOURCE_ATTRIBUTES);
-        assert!(fingerprint("t", b"x") >= 0);
-        assert_ne!(fingerprint("t", b"x"), fingerprint("t", b"y"));
-        assert_ne!(fingerprint("t", b"x"), fingerprint("u", b"x"));
+        assert!(a >= crate::local::SOURCE_ATTRIBUTES);
+        assert!(fingerprint(&[b"t", b"x"]) >= 0);
+        assert_ne!(fingerprint(&[b"t", b"x"]), fingerprint(&[b"t", b"y"]));
+        assert_ne!(fingerprint(&[b"t", b"x"]), fingerprint(&[b"u", b"x"]));
+        assert_ne!(fingerprint(&[b"tx", b""]), fingerprint(&[b"t", b"x"]));
     }
 }

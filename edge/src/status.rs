@@ -343,8 +343,8 @@ pub fn render_table(s: &Status) -> String {
     }
     for w in &s.watch {
         out.push_str(&format!(
-            "watch {}: files {}, bytes {}, errors {}\n",
-            w.dir, w.files, w.bytes, w.errors
+            "watch {}: files {}, bytes {}, found stored after a crash {}, errors {}\n",
+            w.dir, w.files, w.bytes, w.already_stored, w.errors
         ));
     }
     out

@@ -29,7 +29,9 @@ use tributary::controller::ControllerError;
 use tributary::log::{AttributeCondition, AttributeId, AttributeUpdate, LogError};
 use tributary::stream::segment_name;
 
-use crate::local::{LocalStream, LARGE_EVENTS, LAST_EVENT_ATTRIBUTE, SOURCE_ATTRIBUTES};
+use crate::local::{
+    fingerprint, source_attribute, LocalStream, LARGE_EVENTS, LAST_EVENT_ATTRIBUTE,
+};
 
 /// What happens to a file once it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,6 +80,9 @@ pub struct WatchStatus {
     pub files: u64,
     /// Their bytes.
     pub bytes: u64,
+    /// Files found stored already after a crash.
+    #[serde(default)]
+    pub already_stored: u64,
     /// Failed attempts.
     pub errors: u64,
 }
@@ -89,6 +94,7 @@ impl WatchStats {
             dir: dir.display().to_string(),
             files: self.files.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            already_stored: self.already_stored.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
         }
     }
@@ -173,7 +179,7 @@ pub async fn run(
             if *shutdown.borrow() {
                 return;
             }
-            let fp = fingerprint(&name, len, mtime_ns);
+            let fp = file_fingerprint(&name, len, mtime_ns);
             if spec.after == After::Keep
                 && done.get(name.as_bytes()).ok().flatten().as_deref()
                     == Some(&fp.to_be_bytes()[..])
@@ -226,17 +232,11 @@ fn list(dir: &Path) -> std::io::Result<Vec<(String, u64, u128)>> {
 
 /// This directory's "last file stored" attribute.
 fn last_file_attribute(dir: &Path) -> AttributeId {
-    let h = crate::mqtt::fnv1a(
-        crate::mqtt::fnv1a(crate::mqtt::FNV_OFFSET, b"watch "),
-        dir.as_os_str().as_encoded_bytes(),
-    );
-    SOURCE_ATTRIBUTES + (u128::from(h) << 16) + 0xffff
+    source_attribute("watch", dir.as_os_str().as_encoded_bytes(), 0xffff)
 }
 
-fn fingerprint(name: &str, len: u64, mtime_ns: u128) -> i64 {
-    let h = crate::mqtt::fnv1a(crate::mqtt::FNV_OFFSET, name.as_bytes());
-    let h = crate::mqtt::fnv1a(h, &len.to_be_bytes());
-    (crate::mqtt::fnv1a(h, &mtime_ns.to_be_bytes()) >> 1) as i64
+fn file_fingerprint(name: &str, len: u64, mtime_ns: u128) -> i64 {
+    fingerprint(&[name.as_bytes(), &len.to_be_bytes(), &mtime_ns.to_be_bytes()])
 }
 
 /// Stores the file as one event, unless the last file stored from this directory is
@@ -361,7 +361,7 @@ mod tests {
             assert!(ignored(n), "{n}");
         }
         assert!(!ignored("clip-0001.mp4"));
-        assert_ne!(fingerprint("a", 1, 2), fingerprint("a", 1, 3));
+        assert_ne!(file_fingerprint("a", 1, 2), file_fingerprint("a", 1, 3));
         assert_ne!(
             last_file_attribute(Path::new("/a")),
             last_file_attribute(Path::new("/b"))

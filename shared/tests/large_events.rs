@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -21,94 +21,23 @@ use tributary::controller::{Controller, ControllerError};
 use tributary::event::{frame_event, MAX_LARGE_EVENT_BYTES};
 use tributary::log::{AppendOptions, AttributeCondition, AttributeUpdate, LogConfig, SegmentLog};
 use tributary::service::{
-    Client, ClientError, EventReader, EventWriter, ReadEvent, ReaderConfig, SegmentServer,
-    WriterConfig,
+    Client, ClientError, EventReader, EventWriter, ReadEvent, ReaderConfig, WriterConfig,
 };
-use tributary::stream::{
-    is_large_event_segment, segment_name, RetentionPolicy, ScalingPolicy, StreamConfig,
-};
-use tributary::tls::{client_config, server_config, transport, DevPki};
+use tributary::stream::{is_large_event_segment, segment_name};
+use tributary::tls::DevPki;
+
+mod common;
+use common::{connect, fixed, serve, Node};
 use tributary::wire::StartFrom;
 
 const MB: usize = 1_000_000;
 
-async fn serve(data: &Path, pki: &DevPki, addr: SocketAddr) -> (SegmentServer, Arc<Controller>) {
-    let log = Arc::new(SegmentLog::open(data, LogConfig::default()).expect("log"));
-    let controller = Arc::new(Controller::open(log).await.expect("controller"));
-    let tls = server_config(&pki.server).expect("server tls");
-    let server = SegmentServer::start(addr, tls, controller.clone()).expect("start");
-    (server, controller)
-}
-
-struct Node {
-    dir: tempfile::TempDir,
-    pki: DevPki,
-    server: Option<SegmentServer>,
-    controller: Option<Arc<Controller>>,
-    addr: SocketAddr,
-}
-
-impl Node {
-    async fn start() -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pki = DevPki::ensure(&dir.path().join("pki"), "test-client").expect("pki");
-        let (server, controller) =
-            serve(&dir.path().join("data"), &pki, ([127, 0, 0, 1], 0).into()).await;
-        let addr = server.local_addr().expect("addr");
-        Node {
-            dir,
-            pki,
-            server: Some(server),
-            controller: Some(controller),
-            addr,
-        }
-    }
-
-    async fn restart(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
-        self.controller = None;
-        let (server, controller) = serve(&self.dir.path().join("data"), &self.pki, self.addr).await;
-        self.server = Some(server);
-        self.controller = Some(controller);
-    }
-
-    fn controller(&self) -> &Controller {
-        self.controller.as_ref().expect("running")
-    }
-
-    async fn client(&self) -> Client {
-        connect(self.addr, &self.pki).await
-    }
-
-    /// Temporary segments of large events in the node's log.
-    fn temps(&self) -> Vec<String> {
-        temps(self.controller().log())
-    }
-}
-
+/// Temporary segments of large events in a log.
 fn temps(log: &SegmentLog) -> Vec<String> {
     log.list()
         .into_iter()
         .filter(|n| is_large_event_segment(n))
         .collect()
-}
-
-async fn connect(addr: SocketAddr, pki: &DevPki) -> Client {
-    let mut tls = client_config(&pki.client).expect("client tls");
-    // A SIGKILLed peer is noticed after this much silence.
-    tls.transport_config(transport(Duration::from_millis(1500)));
-    Client::connect(addr, "localhost", tls)
-        .await
-        .expect("connect")
-}
-
-fn fixed(n: u32) -> StreamConfig {
-    StreamConfig {
-        scaling: ScalingPolicy::Fixed { segments: n },
-        retention: RetentionPolicy::Forever,
-    }
 }
 
 /// `len` pseudo-random bytes (xorshift), different for each seed.
@@ -264,7 +193,11 @@ async fn a_50_mb_event_written_in_process_reads_back_byte_identical_between_smal
         "the attribute came with the merge"
     );
     assert_eq!(info.length, stored.offset + stored.length);
-    assert!(node.temps().is_empty(), "{:?}", node.temps());
+    assert!(
+        temps(node.controller().log()).is_empty(),
+        "{:?}",
+        temps(node.controller().log())
+    );
 
     w.write(b"cam-1", b"after").await.expect("write");
     w.close().await.expect("close");
@@ -311,7 +244,11 @@ async fn a_50_mb_event_over_quic_follows_a_scale_during_its_upload_and_a_rerun_s
     };
     let (number, ()) = tokio::join!(w.write_large(b"cam-1", video.len() as u64, input), scale);
     assert_eq!(number.expect("large event"), 2);
-    assert!(node.temps().is_empty(), "{:?}", node.temps());
+    assert!(
+        temps(node.controller().log()).is_empty(),
+        "{:?}",
+        temps(node.controller().log())
+    );
     w.write(b"cam-1", b"after").await.expect("write");
     let stats = w.close().await.expect("close");
     assert_eq!(stats.acknowledged, 3, "{stats:?}");
@@ -388,7 +325,11 @@ async fn oversized_short_and_unreadable_large_events_are_refused_and_leave_nothi
         .await
         .expect_err("short");
     assert!(e.to_string().contains("ended after"), "{e}");
-    assert!(node.temps().is_empty(), "{:?}", node.temps());
+    assert!(
+        temps(node.controller().log()).is_empty(),
+        "{:?}",
+        temps(node.controller().log())
+    );
 
     // The writer goes on: the refused event's number goes to the next one.
     let big = payload(2 * MB, 4);
@@ -437,12 +378,20 @@ async fn a_connection_that_ends_mid_upload_leaves_no_temporary_segment() {
         let _ = w.write_large(b"k", video.len() as u64, input).await;
     });
     reached.await.expect("half-way");
-    wait_for(|| !node.temps().is_empty(), "the temporary segment").await;
+    wait_for(
+        || !temps(node.controller().log()).is_empty(),
+        "the temporary segment",
+    )
+    .await;
     // The writing application gives up (or its host goes away): the connection ends.
     upload.abort();
     let _ = upload.await;
     writer_client.close().await;
-    wait_for(|| node.temps().is_empty(), "the server deletes it").await;
+    wait_for(
+        || temps(node.controller().log()).is_empty(),
+        "the server deletes it",
+    )
+    .await;
     let tail = c.stream_tail("s", "t").await.expect("tail");
     assert!(tail.positions.values().all(|l| *l == 0), "{tail:?}");
 }
@@ -632,10 +581,14 @@ async fn a_quic_writer_sigkilled_half_way_leaves_nothing_visible_or_temporary() 
         "nothing visible: {tail:?}"
     );
     // The server notices the connection is gone and deletes the temporary segment.
-    wait_for(|| node.temps().is_empty(), "the server deletes it").await;
+    wait_for(
+        || temps(node.controller().log()).is_empty(),
+        "the server deletes it",
+    )
+    .await;
 
     node.restart().await;
-    assert!(node.temps().is_empty());
+    assert!(temps(node.controller().log()).is_empty());
     let c = node.client().await;
     let mut r = reader(&c, "g", fast_reader()).await;
     assert!(read_all(&mut r, Duration::from_millis(500))

@@ -10,81 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tributary::controller::{Controller, PolicySettings};
-use tributary::log::{LogConfig, SegmentLog};
-use tributary::service::{
-    Client, EventReader, EventWriter, ReaderConfig, SegmentServer, WriterConfig,
-};
+use tributary::controller::PolicySettings;
+use tributary::service::{Client, EventReader, EventWriter, ReaderConfig, WriterConfig};
 use tributary::stream::{KeyRange, RetentionPolicy, ScalingPolicy, StreamConfig, StreamCut};
-use tributary::tls::{client_config, server_config, transport, DevPki};
+use tributary::tls::DevPki;
 use tributary::wire::StartFrom;
 
-struct Node {
-    dir: tempfile::TempDir,
-    pki: DevPki,
-    server: Option<SegmentServer>,
-    controller: Option<Arc<Controller>>,
-    addr: SocketAddr,
-}
-
-async fn serve(data: &Path, pki: &DevPki, addr: SocketAddr) -> (SegmentServer, Arc<Controller>) {
-    let log = Arc::new(SegmentLog::open(data, LogConfig::default()).expect("log"));
-    let controller = Arc::new(Controller::open(log).await.expect("controller"));
-    let tls = server_config(&pki.server).expect("server tls");
-    let server = SegmentServer::start(addr, tls, controller.clone()).expect("start");
-    (server, controller)
-}
-
-impl Node {
-    async fn start() -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pki = DevPki::ensure(&dir.path().join("pki"), "test-client").expect("pki");
-        let (server, controller) =
-            serve(&dir.path().join("data"), &pki, ([127, 0, 0, 1], 0).into()).await;
-        let addr = server.local_addr().expect("addr");
-        Node {
-            dir,
-            pki,
-            server: Some(server),
-            controller: Some(controller),
-            addr,
-        }
-    }
-
-    async fn restart(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
-        self.controller = None;
-        let (server, controller) = serve(&self.dir.path().join("data"), &self.pki, self.addr).await;
-        self.server = Some(server);
-        self.controller = Some(controller);
-    }
-
-    fn controller(&self) -> &Controller {
-        self.controller.as_ref().expect("running")
-    }
-
-    async fn client(&self) -> Client {
-        connect(self.addr, &self.pki).await
-    }
-}
-
-async fn connect(addr: SocketAddr, pki: &DevPki) -> Client {
-    let mut tls = client_config(&pki.client).expect("client tls");
-    // A SIGKILLed server is noticed after this much silence.
-    tls.transport_config(transport(Duration::from_millis(1500)));
-    Client::connect(addr, "localhost", tls)
-        .await
-        .expect("connect")
-}
-
-fn fixed(n: u32) -> StreamConfig {
-    StreamConfig {
-        scaling: ScalingPolicy::Fixed { segments: n },
-        retention: RetentionPolicy::Forever,
-    }
-}
+mod common;
+use common::{connect, fixed, serve, Node};
 
 fn fast_reader() -> ReaderConfig {
     ReaderConfig {
