@@ -26,8 +26,13 @@ impl Server {
             Arc::new(SegmentLog::open(dir.path().join("log"), LogConfig::default()).expect("log"));
         let controller = Arc::new(Controller::open(log).await.expect("controller"));
         let tls = server_config(&pki.server).expect("tls");
-        let server =
-            SegmentServer::start(([127, 0, 0, 1], 0).into(), tls, controller).expect("server");
+        let server = SegmentServer::start(
+            ([127, 0, 0, 1], 0).into(),
+            tls,
+            controller,
+            tributary::service::Access::open(),
+        )
+        .expect("server");
         let profile = dir.path().join("client").join("profile.toml");
         ClientProfile {
             endpoint: server.local_addr().expect("addr"),

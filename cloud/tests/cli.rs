@@ -137,8 +137,13 @@ fn certs_issue_working_certificates_and_reuse_the_ca() {
         };
         let controller = Arc::new(Controller::open(log).await.expect("controller"));
         let tls = server_config(&id("server")).expect("server TLS");
-        let server =
-            SegmentServer::start(([127, 0, 0, 1], 0).into(), tls, controller).expect("serve");
+        let server = SegmentServer::start(
+            ([127, 0, 0, 1], 0).into(),
+            tls,
+            controller,
+            tributary::service::Access::open(),
+        )
+        .expect("serve");
         let addr = server.local_addr().expect("addr");
         for (client, name) in [("alice", "node.test"), ("carol", "127.0.0.1")] {
             let tls = client_config(&id(client)).expect("client TLS");

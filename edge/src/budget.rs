@@ -5,10 +5,9 @@
 //!   acknowledging, so the broker keeps the messages). It resumes when room is made:
 //!   by the stream's retention, or by a user truncating it (`trib stream truncate`).
 //! - `drop-oldest`: the oldest tenth of the budget is truncated, at event boundaries,
-//!   to make room. Data not yet replicated to the cloud is never dropped: until
-//!   replication exists (the replication issue), local streams are not replicated, so
-//!   everything counts as droppable; replication will bound the cut by what the cloud
-//!   has acknowledged.
+//!   to make room. In a replicated stream the cut never passes what the cloud has
+//!   acknowledged: data not yet replicated is never dropped. When nothing can be
+//!   dropped, the stream pauses instead (and resumes once replication makes room).
 //!
 //! The state shows in `status` (`paused`) and metrics (`tributary_edge_stream_paused`).
 
@@ -117,12 +116,17 @@ async fn drop_oldest(s: &LocalStream, amount: u64) -> anyhow::Result<u64> {
     let mut dropped = 0;
     for (id, name, start, length) in kept {
         let share = ((length - start) as u128 * amount as u128 / total.max(1) as u128) as u64;
-        let offset = event_boundary_after(s, &name, start, length, start + share).await?;
+        // Never past what the cloud holds, in a replicated stream.
+        let limit = s.replica().map_or(length, |r| r.acked(&name).min(length));
+        let offset = event_boundary(s, &name, start, limit, start + share).await?;
         dropped += offset - start;
         cut.positions.insert(id, offset);
     }
     if dropped == 0 {
-        anyhow::bail!("no whole event to drop");
+        anyhow::bail!(match s.replica() {
+            Some(_) => "no whole event that the cloud holds already to drop",
+            None => "no whole event to drop",
+        });
     }
     s.controller()
         .truncate_stream(&spec.scope, &spec.stream, &cut)
@@ -130,18 +134,18 @@ async fn drop_oldest(s: &LocalStream, amount: u64) -> anyhow::Result<u64> {
     Ok(dropped)
 }
 
-/// The first event boundary at or after `target` (at most `length`), reading events
-/// from `start`.
-async fn event_boundary_after(
+/// The first event boundary at or after `target`, or the last one at or below `limit`
+/// if that comes first, reading events from `start`.
+async fn event_boundary(
     s: &LocalStream,
     segment: &str,
     start: u64,
-    length: u64,
+    limit: u64,
     target: u64,
 ) -> anyhow::Result<u64> {
     let mut offset = start;
     let mut want = 1 << 20;
-    while offset < target.min(length) {
+    while offset < target.min(limit) {
         let r = s.log().read(segment, offset, want, Duration::ZERO).await?;
         if r.data.is_empty() {
             break;
@@ -156,7 +160,11 @@ async fn event_boundary_after(
         // Stop at the first boundary past the target.
         let mut pos = offset;
         for e in &events {
-            pos += tributary::event::framed_len(&e.key, &e.payload) as u64;
+            let next = pos + tributary::event::framed_len(&e.key, &e.payload) as u64;
+            if next > limit {
+                return Ok(pos);
+            }
+            pos = next;
             if pos >= target {
                 return Ok(pos);
             }

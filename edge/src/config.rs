@@ -26,6 +26,9 @@
 //! framing = "lines"              # or "cobs" (binary records with a CRC-32)
 //! stream = "site/sensors"
 //! ```
+//!
+//! Replication to the cloud: `[cloud]` and `[[replicate]]`, see
+//! [`crate::replicate::config`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,10 +38,13 @@ use serde::Deserialize;
 use toml::Spanned;
 use tributary::node::config::NodeSettings;
 use tributary::node::config::{
-    from_toml, ConfigError, Defaults, RawListen, RawLog, RawNode, RawPolicies, RawTls, Validator,
+    from_toml, ConfigError, Defaults, RawGrant, RawListen, RawLog, RawNode, RawPolicies, RawTls,
+    Validator,
 };
 use tributary::stream::validate_scoped_name;
 
+use crate::replicate;
+use crate::replicate::config::{CloudSpec, RawCloud, RawReplicate, ReplicateSpec};
 use crate::serial::{Framing, SerialConfig};
 use crate::watch::{After, WatchSpec};
 
@@ -74,6 +80,10 @@ pub struct EdgeConfig {
     pub serial: Vec<SerialSpec>,
     /// `[[watch]]`: directories whose files become events.
     pub watch: Vec<WatchSpec>,
+    /// `[cloud]`: where to replicate.
+    pub cloud: Option<CloudSpec>,
+    /// `[[replicate]]`: which streams go where.
+    pub replicate: Vec<ReplicateSpec>,
 }
 
 /// A serial device and where its frames go.
@@ -214,8 +224,10 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
         tls: raw.tls,
         log: raw.log,
         policies: raw.policies,
+        grant: raw.grant,
     });
     let streams = streams(&mut v, raw.stream);
+    let (cloud, replicate) = replicate::config::parse(&mut v, raw.cloud, raw.replicate, &streams);
     let mqtt = raw
         .mqtt
         .into_iter()
@@ -240,6 +252,8 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
         mqtt,
         serial,
         watch,
+        cloud,
+        replicate,
     })
 }
 
@@ -252,6 +266,10 @@ struct RawFile {
     tls: Option<Spanned<RawTls>>,
     log: Option<RawLog>,
     policies: Option<RawPolicies>,
+    grant: Option<Vec<Spanned<RawGrant>>>,
+    cloud: Option<Spanned<RawCloud>>,
+    #[serde(default)]
+    replicate: Vec<Spanned<RawReplicate>>,
     #[serde(default)]
     stream: Vec<Spanned<RawStream>>,
     #[serde(default)]

@@ -5,7 +5,7 @@
 //! the append is stored only if the condition holds (the MQTT source's duplicate check).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -17,6 +17,7 @@ use tributary::log::{
 use tributary::stream::{segment_name, KeyRange, ScalingPolicy, StreamConfig};
 
 use crate::config::{StreamSpec, WhenFull};
+use crate::replicate::Replica;
 
 /// Attribute: events stored in the segment by the edge's sources.
 pub const EVENTS_ATTRIBUTE: AttributeId = 0x7472_6962_6564_6765_0000_0000_0000_0001;
@@ -104,6 +105,8 @@ pub struct LocalStream {
     resumed: tokio::sync::Notify,
     /// Bytes on disk: measured by the budget check, grown by each submit in between.
     disk_used: AtomicU64,
+    /// Its replication to the cloud, if configured.
+    replica: OnceLock<Arc<Replica>>,
 }
 
 impl LocalStream {
@@ -137,9 +140,20 @@ impl LocalStream {
             paused: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             disk_used: AtomicU64::new(0),
+            replica: OnceLock::new(),
         };
         s.refresh().await?;
         Ok(Arc::new(s))
+    }
+
+    /// Attaches its replication (once).
+    pub fn set_replica(&self, replica: Arc<Replica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// Its replication to the cloud, if configured.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.get()
     }
 
     /// What the configuration says of it.

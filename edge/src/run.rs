@@ -12,6 +12,7 @@ use tributary::node::Node;
 use crate::config::{EdgeConfig, SerialSpec};
 use crate::local::LocalStream;
 use crate::mqtt::MqttStats;
+use crate::replicate::Replica;
 use crate::serial::SerialStats;
 use crate::status::{render_metrics, snapshot, MqttSource};
 
@@ -33,6 +34,23 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(cloud) = &cfg.cloud {
+        let tls = tributary::tls::client_config(&cloud.identity)
+            .context("the [cloud] certificate, key or CA")?;
+        let mut replicas = Vec::new();
+        for spec in &cfg.replicate {
+            let local = streams[spec.stream].clone();
+            let r = Replica::open(&local, spec.clone())?;
+            local.set_replica(r.clone());
+            replicas.push((local, r));
+        }
+        tasks.spawn(crate::replicate::run(
+            cloud.clone(),
+            tls,
+            replicas,
+            stopped.clone(),
+        ));
+    }
     tasks.spawn(crate::budget::enforce(streams.clone(), stopped.clone()));
     let mut sources = Vec::new();
     for m in &cfg.mqtt {
@@ -106,6 +124,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         mqtt_sources = cfg.mqtt.len(),
         serial_sources = cfg.serial.len(),
         watched_dirs = cfg.watch.len(),
+        replicated_streams = cfg.replicate.len(),
         client_profile = %n
             .profile_path()
             .map_or_else(|| "none ([tls] configured)".into(), |p| p.display().to_string()),

@@ -13,6 +13,7 @@ use tributary::stream::segment_name;
 
 use crate::local::{LocalStream, EVENTS_ATTRIBUTE, LARGE_EVENTS, LAST_EVENT_ATTRIBUTE};
 use crate::mqtt::MqttStats;
+use crate::replicate::ReplicaStatus;
 use crate::serial::SerialStats;
 use crate::watch::{WatchStats, WatchStatus};
 
@@ -29,6 +30,9 @@ pub struct Status {
     /// Watched directories.
     #[serde(default)]
     pub watch: Vec<WatchStatus>,
+    /// Replication to the cloud, per replicated stream.
+    #[serde(default)]
+    pub replication: Vec<ReplicaStatus>,
 }
 
 /// One serial source.
@@ -150,6 +154,10 @@ pub fn snapshot(
     serial: &[Arc<SerialStats>],
     watch: &[(std::path::PathBuf, Arc<WatchStats>)],
 ) -> Status {
+    let replication = streams
+        .iter()
+        .filter_map(|s| s.replica().map(|r| r.status()))
+        .collect();
     Status {
         streams: streams.iter().map(|s| stream_status(s)).collect(),
         mqtt: mqtt
@@ -180,6 +188,7 @@ pub fn snapshot(
             })
             .collect(),
         watch: watch.iter().map(|(dir, w)| w.status(dir)).collect(),
+        replication,
     }
 }
 
@@ -286,6 +295,42 @@ pub fn render_metrics(s: &Status) -> String {
         "Failed attempts to store a watched file (retried).",
         per_dir(&|w| w.errors),
     );
+    let per_replica = |f: &dyn Fn(&ReplicaStatus) -> String| {
+        s.replication
+            .iter()
+            .map(|r| (format!("stream=\"{}\",to=\"{}\"", r.stream, r.to), f(r)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "tributary_edge_replication_connected",
+        "gauge",
+        "1 while the stream is replicating (connected, no error).",
+        per_replica(&|r| u8::from(r.connected).to_string()),
+    );
+    family(
+        "tributary_edge_replication_lag_bytes",
+        "gauge",
+        "Bytes of the stream the cloud does not hold yet.",
+        per_replica(&|r| r.lag_bytes.to_string()),
+    );
+    family(
+        "tributary_edge_replication_lag_seconds",
+        "gauge",
+        "Age of the oldest byte the cloud does not hold yet.",
+        per_replica(&|r| (r.lag_ms as f64 / 1000.0).to_string()),
+    );
+    family(
+        "tributary_edge_replicated_bytes_total",
+        "counter",
+        "Bytes the cloud acknowledged since the edge started.",
+        per_replica(&|r| r.replicated_bytes.to_string()),
+    );
+    family(
+        "tributary_edge_replication_duplicate_frames_total",
+        "counter",
+        "Resent frames the cloud recognised as stored already.",
+        per_replica(&|r| r.duplicate_frames.to_string()),
+    );
     out
 }
 
@@ -345,6 +390,21 @@ pub fn render_table(s: &Status) -> String {
         out.push_str(&format!(
             "watch {}: files {}, bytes {}, found stored after a crash {}, errors {}\n",
             w.dir, w.files, w.bytes, w.already_stored, w.errors
+        ));
+    }
+    for r in &s.replication {
+        out.push_str(&format!(
+            "replicate {} -> {}: {}, lag {} bytes ({:.1} s), replicated {} bytes, resends recognised {}{}\n",
+            r.stream,
+            r.to,
+            if r.connected { "replicating" } else { "NOT REPLICATING" },
+            r.lag_bytes,
+            r.lag_ms as f64 / 1000.0,
+            r.replicated_bytes,
+            r.duplicate_frames,
+            r.last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(", last error: {e}"))
         ));
     }
     out

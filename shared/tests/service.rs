@@ -41,8 +41,13 @@ impl Node {
         let log = Arc::new(SegmentLog::open(&self.data, LogConfig::default()).expect("log"));
         let controller = Arc::new(Controller::open(log).await.expect("controller"));
         let tls = server_config(&self.pki.server).expect("server tls");
-        let server =
-            SegmentServer::start(([127, 0, 0, 1], 0).into(), tls, controller).expect("start");
+        let server = SegmentServer::start(
+            ([127, 0, 0, 1], 0).into(),
+            tls,
+            controller,
+            tributary::service::Access::open(),
+        )
+        .expect("start");
         self.addr = server.local_addr().expect("addr");
         self.server = Some(server);
     }

@@ -9,6 +9,7 @@
 
 mod groups;
 mod large;
+mod mirror;
 mod policies;
 
 use std::collections::HashMap;
@@ -65,6 +66,11 @@ pub enum ControllerError {
     /// data shorter than announced).
     #[error("{0}")]
     InvalidEvent(String),
+    /// A mirror stream cannot follow its source as asked (it is not a mirror, a
+    /// sealed segment misses data, the histories differ), or a client tried to scale
+    /// a mirror.
+    #[error("{0}")]
+    Mirror(String),
     /// Reading a large event's data failed; nothing was stored.
     #[error("reading the event's data: {0}")]
     Input(#[source] std::io::Error),
@@ -325,8 +331,15 @@ impl Controller {
         seal: &[SegmentId],
         new_ranges: &[KeyRange],
     ) -> Result<Vec<SegmentId>> {
-        self.change(scope, stream, |meta| Ok(meta.scale(seal, new_ranges)?))
-            .await
+        self.change(scope, stream, |meta| {
+            if meta.mirror {
+                return Err(ControllerError::Mirror(format!(
+                    "{scope}/{stream} mirrors an edge stream: it scales when its source does"
+                )));
+            }
+            Ok(meta.scale(seal, new_ranges)?)
+        })
+        .await
     }
 
     /// Seals every segment of the stream.

@@ -130,7 +130,8 @@ impl Controller {
         if meta.sealed {
             return Ok(());
         }
-        if let Some(elapsed) = elapsed {
+        // A mirror scales when its source does (see `Controller::mirror_stream`).
+        if let Some(elapsed) = elapsed.filter(|_| !meta.mirror) {
             for d in self.scale_decisions(scope, stream, &meta, load, elapsed, settings)? {
                 let (seal, ranges) = match d {
                     ScaleDecision::Split { segment, into } => (vec![segment], into),

@@ -22,6 +22,12 @@
 //! [policies]       # automatic scaling and retention
 //! tick_secs = 10
 //! scale_window_secs = 120
+//! [[grant]]        # who may do what, by client certificate common name; without any
+//! identity = "ops" # [[grant]], every client the CA signed may do everything
+//! admin = true
+//! [[grant]]
+//! identity = "edge-pi-17"
+//! streams = ["factory/*", "site/temps"]
 //! ```
 
 use std::fmt;
@@ -33,9 +39,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::Spanned;
 
+use std::collections::BTreeMap;
+
 use crate::controller::PolicySettings;
 use crate::log::LogConfig;
 use crate::profile::line_of;
+use crate::service::{Access, Grant};
+use crate::stream::validate_scoped_name;
 
 /// Default name clients expect in the server certificate.
 pub const DEFAULT_SERVER_NAME: &str = "localhost";
@@ -72,6 +82,8 @@ pub struct NodeSettings {
     pub log: LogConfig,
     /// `[policies]`, over the defaults of [`PolicySettings`].
     pub policies: PolicySettings,
+    /// `[[grant]]`.
+    pub access: Access,
 }
 
 /// A node's complete configuration.
@@ -89,6 +101,8 @@ pub struct NodeConfig {
     pub log: LogConfig,
     /// How often and over which window scaling and retention run.
     pub policies: PolicySettings,
+    /// What each client identity may do.
+    pub access: Access,
 }
 
 /// Command-line flags that override the file.
@@ -132,6 +146,7 @@ impl NodeConfig {
             tls: file.tls,
             log: file.log,
             policies: file.policies,
+            access: file.access,
         }
     }
 }
@@ -244,6 +259,17 @@ pub struct RawNode {
     pub log: Option<RawLog>,
     /// `[policies]`.
     pub policies: Option<RawPolicies>,
+    /// `[[grant]]`.
+    pub grant: Option<Vec<Spanned<RawGrant>>>,
+}
+
+/// `[[grant]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrant {
+    identity: Option<Spanned<String>>,
+    admin: Option<bool>,
+    streams: Option<Vec<Spanned<String>>>,
 }
 
 /// `[policies]` as written.
@@ -321,6 +347,10 @@ impl<'a> Validator<'a> {
         let tls = raw.tls.and_then(|t| self.tls(t));
         let log = self.log(raw.log.unwrap_or_default());
         let policies = self.policies(raw.policies.unwrap_or_default());
+        let access = match raw.grant {
+            Some(grants) => self.grants(grants),
+            None => Access::open(),
+        };
         NodeSettings {
             data_dir,
             quic_listen,
@@ -328,7 +358,61 @@ impl<'a> Validator<'a> {
             tls,
             log,
             policies,
+            access,
         }
+    }
+
+    fn grants(&mut self, raw: Vec<Spanned<RawGrant>>) -> Access {
+        let mut grants = BTreeMap::new();
+        for (i, g) in raw.into_iter().enumerate() {
+            let at = g.span().start;
+            let g = g.into_inner();
+            let key = |k: &str| format!("grant[{i}].{k}");
+            let Some(identity) = g.identity else {
+                self.error::<()>(
+                    &key("identity"),
+                    at,
+                    "missing: the client certificate's common name".into(),
+                );
+                continue;
+            };
+            if identity.get_ref().trim().is_empty() {
+                self.error::<()>(
+                    &key("identity"),
+                    identity.span().start,
+                    "must not be empty".into(),
+                );
+                continue;
+            }
+            let mut streams = Vec::new();
+            for (j, p) in g.streams.unwrap_or_default().into_iter().enumerate() {
+                let ok = p.get_ref().split_once('/').is_some_and(|(scope, stream)| {
+                    validate_scoped_name(scope).is_ok()
+                        && (stream == "*" || validate_scoped_name(stream).is_ok())
+                });
+                if ok {
+                    streams.push(p.into_inner());
+                } else {
+                    self.error::<()>(
+                        &format!("grant[{i}].streams[{j}]"),
+                        p.span().start,
+                        format!("{:?} is not SCOPE/STREAM or SCOPE/*", p.get_ref()),
+                    );
+                }
+            }
+            let grant = Grant {
+                admin: g.admin.unwrap_or(false),
+                streams,
+            };
+            if grants.insert(identity.get_ref().clone(), grant).is_some() {
+                self.error::<()>(
+                    &key("identity"),
+                    identity.span().start,
+                    format!("{:?} has another [[grant]] already", identity.get_ref()),
+                );
+            }
+        }
+        Access::granted(grants)
     }
 
     /// Records a problem at byte `at`; returns `None` for the caller's convenience.

@@ -120,7 +120,7 @@ impl Node {
         };
         let tls = context(server_config(&identity), || "server TLS".into())?;
         let server = context(
-            SegmentServer::start(cfg.quic_listen, tls, controller.clone()),
+            SegmentServer::start(cfg.quic_listen, tls, controller.clone(), cfg.access.clone()),
             || format!("listening on {} (QUIC)", cfg.quic_listen),
         )?;
         let quic_addr = context(server.local_addr(), || "the QUIC address".into())?;

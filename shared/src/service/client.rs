@@ -6,11 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::log::AttributeUpdate;
-use crate::stream::{KeyRange, ReaderReport, SegmentId, StreamConfig, StreamCut, StreamMeta};
+use crate::stream::{
+    KeyRange, ReaderReport, ScaleRecord, SegmentId, StreamConfig, StreamCut, StreamMeta,
+};
 use crate::wire::{
-    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, GroupInfo, Request,
-    Response, SegmentInfoWire, StartFrom, WireError, WriterPosition, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, GroupInfo,
+    ReplicationLag, Request, Response, SegmentInfoWire, StartFrom, WireError, WriterPosition,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 /// What a client call can fail with.
@@ -162,6 +164,11 @@ impl Client {
     /// The connection is gone (closed by either side or lost).
     pub fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()
+    }
+
+    /// Resolves when the connection is gone.
+    pub async fn closed(&self) {
+        self.conn.closed().await;
     }
 
     /// The server's address.
@@ -319,34 +326,88 @@ impl Client {
         segment: &str,
         writer_id: u128,
     ) -> Result<AppendSession, ClientError> {
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
         let req = Request::SetupAppend {
             segment: segment.into(),
             writer_id,
         };
-        send.write_all(&encode_control(&req))
-            .await
-            .map_err(conn_err)?;
-        let reply = match read_frame(&mut recv, MAX_FRAME_LEN).await? {
-            Some(f) => f.control::<Response>()?,
-            None => {
-                return Err(ClientError::Connection(
-                    "the server closed the stream".into(),
-                ))
-            }
-        };
-        match reply {
-            Response::AppendSetup {
-                last_event_number,
-                length,
-            } => Ok(AppendSession {
+        match self.open_session(&req).await? {
+            (
+                send,
+                recv,
+                Response::AppendSetup {
+                    last_event_number,
+                    length,
+                },
+            ) => Ok(AppendSession {
                 send,
                 acks: Some(AckStream { recv }),
                 last_event_number,
                 length,
             }),
-            other => Err(refused(other)),
+            (_, _, other) => Err(refused(other)),
         }
+    }
+
+    /// Opens a mirror session to `segment`, a segment of a mirror stream (see
+    /// [`Client::mirror_stream`]); its `length` says where to continue.
+    pub async fn mirror_session(&self, segment: &str) -> Result<MirrorSession, ClientError> {
+        let req = Request::SetupMirror {
+            segment: segment.into(),
+        };
+        match self.open_session(&req).await? {
+            (send, recv, Response::AppendSetup { length, .. }) => Ok(MirrorSession {
+                send,
+                acks: Some(MirrorAcks { recv }),
+                length,
+            }),
+            (_, _, other) => Err(refused(other)),
+        }
+    }
+
+    /// Sends a session's request on a new stream; returns the stream and the reply.
+    async fn open_session(
+        &self,
+        req: &Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream, Response), ClientError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+        send.write_all(&encode_control(req))
+            .await
+            .map_err(conn_err)?;
+        match read_frame(&mut recv, MAX_FRAME_LEN).await? {
+            Some(f) => Ok((send, recv, f.control::<Response>()?)),
+            None => Err(ClientError::Connection(
+                "the server closed the stream".into(),
+            )),
+        }
+    }
+
+    /// Makes `scope/stream` the mirror of a source stream configured with `config`
+    /// and replays the scales of `scales` it does not have yet; each segment they seal
+    /// must hold its length in `lengths`. Returns the mirror's metadata.
+    pub async fn mirror_stream(
+        &self,
+        scope: &str,
+        stream: &str,
+        config: StreamConfig,
+        scales: Vec<ScaleRecord>,
+        lengths: Vec<(SegmentId, u64)>,
+    ) -> Result<StreamMeta, ClientError> {
+        let req = Request::MirrorStream {
+            scope: scope.into(),
+            stream: stream.into(),
+            config,
+            scales,
+            lengths,
+        };
+        self.expect(req, stream_meta).await
+    }
+
+    /// Reports this edge's replication lag to the server (for its metrics).
+    pub async fn report_replication(
+        &self,
+        streams: Vec<ReplicationLag>,
+    ) -> Result<(), ClientError> {
+        self.ok(Request::ReportReplication { streams }).await
     }
 
     async fn expect<T>(
@@ -728,6 +789,80 @@ impl AppendSession {
     }
 
     /// Ends the session after the blocks sent so far.
+    pub fn finish(&mut self) -> Result<(), ClientError> {
+        self.send.finish().map_err(conn_err)
+    }
+}
+
+/// The acknowledgements of a mirror session, in order.
+#[derive(Debug)]
+pub struct MirrorAcks {
+    recv: quinn::RecvStream,
+}
+
+impl MirrorAcks {
+    /// The next acknowledgement; `None` when the server ended the session cleanly
+    /// (after the client finished it).
+    pub async fn next(&mut self) -> Result<Option<MirrorAck>, ClientError> {
+        match read_frame(&mut self.recv, MAX_FRAME_LEN).await? {
+            Some(f) => match f.control::<Response>()? {
+                Response::Mirrored {
+                    end_offset,
+                    duplicate,
+                } => Ok(Some(MirrorAck {
+                    end_offset,
+                    duplicate,
+                })),
+                other => Err(refused(other)),
+            },
+            None => Ok(None),
+        }
+    }
+}
+
+/// An acknowledgement of a mirror session: the segment holds every byte below
+/// `end_offset`, durably.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorAck {
+    /// Segment offset after the frame.
+    pub end_offset: u64,
+    /// Every byte of the frame had been stored before.
+    pub duplicate: bool,
+}
+
+/// Copies a source segment's bytes into a mirror segment: [`MirrorSession::send`]
+/// does not wait for earlier acknowledgements; [`MirrorAcks`] returns them in order.
+#[derive(Debug)]
+pub struct MirrorSession {
+    send: quinn::SendStream,
+    acks: Option<MirrorAcks>,
+    /// The mirror segment's length when the session opened: where to continue.
+    pub length: u64,
+}
+
+impl MirrorSession {
+    /// Sends the source's bytes at `offset`.
+    pub async fn send(&mut self, offset: u64, bytes: &[u8]) -> Result<(), ClientError> {
+        let h = DataHeader::Mirror { offset };
+        self.send
+            .write_all(&encode_data(&h, bytes.len()))
+            .await
+            .map_err(conn_err)?;
+        self.send.write_all(bytes).await.map_err(conn_err)
+    }
+
+    /// Sets the QUIC priority of the session's data against the connection's other
+    /// streams (higher goes first).
+    pub fn set_priority(&self, priority: i32) {
+        let _ = self.send.set_priority(priority);
+    }
+
+    /// Takes the acknowledgement half, to read it from another task.
+    pub fn take_acks(&mut self) -> Option<MirrorAcks> {
+        self.acks.take()
+    }
+
+    /// Ends the session after the bytes sent so far.
     pub fn finish(&mut self) -> Result<(), ClientError> {
         self.send.finish().map_err(conn_err)
     }

@@ -2,13 +2,17 @@
 //! the [`crate::wire`] protocol, and its client. The edge and the cloud serve segments
 //! with this same code.
 
+mod access;
 mod client;
 mod large;
 mod reader;
 mod server;
 mod writer;
 
-pub use client::{Ack, AckStream, AppendSession, Client, ClientError};
+pub use access::{Access, Grant};
+pub use client::{
+    Ack, AckStream, AppendSession, Client, ClientError, MirrorAck, MirrorAcks, MirrorSession,
+};
 pub use reader::{EventReader, ReadEvent, ReaderConfig};
 pub use server::{SegmentServer, ServiceMetrics};
 pub use writer::{EventWriter, WriterConfig, WriterStats, MAX_EVENT_BYTES};

@@ -1,10 +1,10 @@
 //! Server side of the segment service.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -13,10 +13,11 @@ use crate::controller::Controller;
 use crate::log::{
     AppendOptions, AttributeCondition, AttributeUpdate, LogError, SegmentLog, Ticket,
 };
+use crate::service::access::Access;
 use crate::stream::is_large_event_segment;
 use crate::wire::{
-    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, Request, Response,
-    SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, ReplicationLag, Request,
+    Response, SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 /// Largest control request the server reads (control messages are small).
@@ -48,9 +49,28 @@ pub struct ServiceMetrics {
     pub duplicate_blocks: AtomicU64,
     /// Bytes served to readers.
     pub read_bytes: AtomicU64,
+    /// The last replication lag each edge reported, per (edge identity, stream).
+    lags: Mutex<BTreeMap<(String, String), (ReplicationLag, Instant)>>,
 }
 
 impl ServiceMetrics {
+    /// Records the replication lag an edge reported.
+    pub fn record_lag(&self, edge: &str, streams: Vec<ReplicationLag>) {
+        let mut lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for l in streams {
+            lags.insert((edge.to_string(), l.stream.clone()), (l, now));
+        }
+    }
+
+    /// The last lag reported per (edge identity, stream), and how long ago.
+    pub fn lags(&self) -> Vec<(String, ReplicationLag, Duration)> {
+        let lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
+        lags.iter()
+            .map(|((edge, _), (l, at))| (edge.clone(), l.clone(), at.elapsed()))
+            .collect()
+    }
+
     /// Prometheus text exposition of the counters.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -91,14 +111,53 @@ impl ServiceMetrics {
                 v.load(Ordering::Relaxed)
             ));
         }
+        let lags = self.lags();
+        if !lags.is_empty() {
+            for (name, help) in [
+                (
+                    "tributary_edge_replication_lag_bytes",
+                    "Bytes an edge holds that its mirror stream does not (as the edge last reported).",
+                ),
+                (
+                    "tributary_edge_replication_lag_seconds",
+                    "Age of the oldest of them (as the edge last reported).",
+                ),
+                (
+                    "tributary_edge_replication_report_age_seconds",
+                    "Seconds since the edge last reported its lag.",
+                ),
+            ] {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+                for (edge, l, age) in &lags {
+                    let v = match name {
+                        "tributary_edge_replication_lag_bytes" => l.bytes as f64,
+                        "tributary_edge_replication_lag_seconds" => l.millis as f64 / 1000.0,
+                        _ => age.as_secs_f64(),
+                    };
+                    out.push_str(&format!(
+                        "{name}{{edge=\"{}\",stream=\"{}\"}} {v}\n",
+                        label(edge),
+                        label(&l.stream)
+                    ));
+                }
+            }
+        }
         out
     }
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// What every connection task shares.
 #[derive(Debug)]
 struct Shared {
     controller: Arc<Controller>,
+    access: Access,
     metrics: Arc<ServiceMetrics>,
     /// Becomes true when the server starts draining.
     draining: watch::Receiver<bool>,
@@ -149,11 +208,12 @@ pub struct SegmentServer {
 
 impl SegmentServer {
     /// Listens on `addr` (port 0 picks one) and serves `controller` (and its log) to
-    /// clients whose certificates `tls` accepts.
+    /// clients whose certificates `tls` accepts, each within what `access` grants it.
     pub fn start(
         addr: SocketAddr,
         tls: quinn::ServerConfig,
         controller: Arc<Controller>,
+        access: Access,
     ) -> std::io::Result<Self> {
         let endpoint = quinn::Endpoint::server(tls, addr)?;
         let (drain, draining) = watch::channel(false);
@@ -161,6 +221,7 @@ impl SegmentServer {
         let metrics = Arc::new(ServiceMetrics::default());
         let shared = Arc::new(Shared {
             controller,
+            access,
             metrics: metrics.clone(),
             draining,
             in_flight: in_flight.clone(),
@@ -275,12 +336,13 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         return;
     }
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let identity: Arc<str> = peer_identity(&conn).into();
     let temps: Temps = Arc::new(Mutex::new(Some(HashSet::new())));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (shared, temps) = (shared.clone(), temps.clone());
+        let (shared, temps, identity) = (shared.clone(), temps.clone(), identity.clone());
         let guard = InFlight::new(&shared.in_flight);
         tokio::spawn(async move {
-            serve_stream(send, recv, &shared, &temps).await;
+            serve_stream(send, recv, &shared, &temps, &identity).await;
             drop(guard);
         });
     }
@@ -289,6 +351,28 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let left = lock(&temps).take().unwrap_or_default();
     for name in left {
         delete_abandoned(shared.log(), &name).await;
+    }
+}
+
+/// The common name of the client's certificate (the identity grants name), or "" if
+/// it has none.
+fn peer_identity(conn: &quinn::Connection) -> String {
+    let certs = conn.peer_identity().and_then(|c| {
+        c.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    let Some(first) = certs.as_ref().and_then(|c| c.first()) else {
+        return String::new();
+    };
+    match x509_parser::parse_x509_certificate(first) {
+        Ok((_, cert)) => cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        Err(_) => String::new(),
     }
 }
 
@@ -313,6 +397,7 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     shared: &Shared,
     temps: &Temps,
+    identity: &str,
 ) {
     let req = match read_frame(&mut recv, MAX_CONTROL_LEN).await {
         Ok(Some(f)) => f.control::<Request>(),
@@ -332,10 +417,34 @@ async fn serve_stream(
     };
     let answer = if shared.is_draining() {
         error(ErrorCode::ShuttingDown, "the server is shutting down")
+    } else if let Err(why) = shared.access.check(identity, &req) {
+        tracing::info!(%identity, %why, "refusing an unauthorized request");
+        shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
+        error(ErrorCode::Unauthorized, why)
     } else {
         match req {
+            Request::SetupAppend { segment, .. } if shared.controller.is_mirror_segment(&segment) => {
+                error(
+                    ErrorCode::Unauthorized,
+                    format!("{segment} belongs to a mirror stream: only its edge's replication writes to it"),
+                )
+            }
+            Request::SetupMirror { segment } if !shared.controller.is_mirror_segment(&segment) => {
+                error(
+                    ErrorCode::Unauthorized,
+                    format!("{segment} is not a segment of a mirror stream (MirrorStream makes one)"),
+                )
+            }
             Request::SetupAppend { segment, writer_id } => {
-                return append_session(send, recv, shared, segment, writer_id).await;
+                let kind = SessionKind::Append { writer_id };
+                return session(send, recv, shared, segment, kind).await;
+            }
+            Request::SetupMirror { segment } => {
+                return session(send, recv, shared, segment, SessionKind::Mirror).await;
+            }
+            Request::ReportReplication { streams } => {
+                shared.metrics.record_lag(identity, streams);
+                Response::Ok
             }
             Request::Read {
                 segment,
@@ -489,8 +598,21 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
             c.group_position(&scope, &group, name.as_deref())
                 .map(Response::Cut),
         ),
+        Request::MirrorStream {
+            scope,
+            stream,
+            config,
+            scales,
+            lengths,
+        } => answer(
+            c.mirror_stream(&scope, &stream, config, &scales, &lengths)
+                .await
+                .map(Response::Stream),
+        ),
         Request::Hello { .. }
         | Request::SetupAppend { .. }
+        | Request::SetupMirror { .. }
+        | Request::ReportReplication { .. }
         | Request::Read { .. }
         | Request::CreateSegment { .. }
         | Request::SealSegment { .. }
@@ -598,37 +720,55 @@ async fn merge(
 
 /// What the acknowledging task sends, in order.
 enum Pending {
+    /// Stored once `ticket` is durable; then `reply` goes out.
     Stored {
-        event_number: i64,
-        event_count: u32,
-        bytes: u64,
-        end_offset: u64,
         ticket: Ticket,
+        events: u32,
+        bytes: u64,
+        reply: Response,
     },
-    Duplicate {
-        event_number: i64,
-        end_offset: u64,
-    },
+    /// Stored before (perhaps by an earlier session whose appends still wait for
+    /// their fsync): `reply` goes out once everything submitted is durable.
+    Duplicate(Response),
+    /// The session ends with this error.
     Failed(Response),
 }
 
-/// An append session: data frames in, `Appended` acknowledgements out, in order. Each
-/// block is stored with the writer's attribute set to its last event number under the
-/// condition "greater than stored", so a resent block is acknowledged as a duplicate
-/// and not stored again.
-async fn append_session(
+/// What a session's data frames are.
+#[derive(Debug, Clone, Copy)]
+enum SessionKind {
+    /// Blocks of whole events of one writer (`SetupAppend`).
+    Append { writer_id: u128 },
+    /// Bytes of a mirror's source segment at given offsets (`SetupMirror`).
+    Mirror,
+}
+
+/// An append or mirror session: data frames in, acknowledgements out, in order.
+///
+/// Appends: each block is stored with the writer's attribute set to its last event
+/// number under the condition "greater than stored", so a resent block is
+/// acknowledged as a duplicate and not stored again.
+///
+/// Mirror: each frame is stored only at its offset (a conditional append on the
+/// segment's length). What the segment already holds of a resent frame is
+/// acknowledged without being stored again, and only the rest is appended; a frame
+/// beyond the end is refused (`Conflict`) and the sender resumes from the length.
+async fn session(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: &Shared,
     segment: String,
-    writer_id: u128,
+    kind: SessionKind,
 ) {
     let log = shared.controller.log().clone();
-    // Appends of an earlier session of this writer may still wait for their fsync;
-    // what we report must include them, or the writer would resend them.
+    // Appends of an earlier session may still wait for their fsync; what we report
+    // must include them, or the client would resend them.
     let setup = match log.settle().await.and_then(|()| log.info(&segment)) {
         Ok(i) => Response::AppendSetup {
-            last_event_number: i.attributes.get(&writer_id).copied(),
+            last_event_number: match kind {
+                SessionKind::Append { writer_id } => i.attributes.get(&writer_id).copied(),
+                SessionKind::Mirror => None,
+            },
             length: i.length,
         },
         Err(e) => Response::error(&e),
@@ -649,38 +789,29 @@ async fn append_session(
             while let Some(p) = rx.recv().await {
                 let r = match p {
                     Pending::Stored {
-                        event_number,
-                        event_count,
-                        bytes,
-                        end_offset,
                         ticket,
+                        events,
+                        bytes,
+                        reply,
                     } => match log.durable(ticket).await {
                         Ok(()) => {
                             metrics
                                 .appended_events
-                                .fetch_add(u64::from(event_count), Ordering::Relaxed);
+                                .fetch_add(u64::from(events), Ordering::Relaxed);
                             metrics.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
                             // A large event's chunks count when it is merged.
-                            if !is_large_event_segment(&segment) {
-                                controller.record_append(&segment, u64::from(event_count), bytes);
+                            if events > 0 && !is_large_event_segment(&segment) {
+                                controller.record_append(&segment, u64::from(events), bytes);
                             }
-                            Response::Appended {
-                                event_number,
-                                end_offset,
-                                duplicate: false,
-                            }
+                            reply
                         }
                         Err(e) => Response::error(&e),
                     },
-                    Pending::Duplicate {
-                        event_number,
-                        end_offset,
-                    } => {
+                    Pending::Duplicate(reply) => {
                         metrics.duplicate_blocks.fetch_add(1, Ordering::Relaxed);
-                        Response::Appended {
-                            event_number,
-                            end_offset,
-                            duplicate: true,
+                        match log.settle().await {
+                            Ok(()) => reply,
+                            Err(e) => Response::error(&e),
                         }
                     }
                     Pending::Failed(r) => r,
@@ -716,27 +847,31 @@ async fn append_session(
                 break;
             }
         };
-        let (event_number, event_count, data) = match frame {
-            Frame::Data(
-                DataHeader::Append {
-                    event_number,
-                    event_count,
-                },
-                data,
-            ) => (event_number, event_count, data),
-            _ => {
-                let r = error(
-                    ErrorCode::UnexpectedMessage,
-                    "expected an append data frame",
-                );
-                let _ = tx.send(Pending::Failed(r)).await;
-                let _ = recv.stop(REFUSED.into());
-                break;
+        let p = match (kind, frame) {
+            (
+                SessionKind::Append { writer_id },
+                Frame::Data(
+                    DataHeader::Append {
+                        event_number,
+                        event_count,
+                    },
+                    data,
+                ),
+            ) => append_block(&log, &segment, writer_id, event_number, event_count, &data).await,
+            (SessionKind::Mirror, Frame::Data(DataHeader::Mirror { offset }, data)) => {
+                mirror_block(&log, &segment, offset, &data).await
             }
+            (kind, _) => Pending::Failed(error(
+                ErrorCode::UnexpectedMessage,
+                match kind {
+                    SessionKind::Append { .. } => "expected an append data frame",
+                    SessionKind::Mirror => "expected a mirror data frame",
+                },
+            )),
         };
-        let p = append_block(&log, &segment, writer_id, event_number, event_count, &data).await;
         let stop = matches!(p, Pending::Failed(_));
         if tx.send(p).await.is_err() || stop {
+            let _ = recv.stop(REFUSED.into());
             break;
         }
     }
@@ -764,20 +899,69 @@ async fn append_block(
         match log.submit_append(segment, data, &opts) {
             Ok((offset, ticket)) => {
                 return Pending::Stored {
-                    event_number,
-                    event_count,
-                    bytes: data.len() as u64,
-                    end_offset: offset + data.len() as u64,
                     ticket,
+                    events: event_count,
+                    bytes: data.len() as u64,
+                    reply: Response::Appended {
+                        event_number,
+                        end_offset: offset + data.len() as u64,
+                        duplicate: false,
+                    },
                 }
             }
             Err(LogError::Backpressure(_)) => log.wait_for_room().await,
             Err(LogError::AttributeConflict { .. }) => {
                 let end_offset = log.info(segment).map(|i| i.length).unwrap_or(0);
-                return Pending::Duplicate {
+                return Pending::Duplicate(Response::Appended {
                     event_number,
                     end_offset,
-                };
+                    duplicate: true,
+                });
+            }
+            Err(e) => return Pending::Failed(Response::error(&e)),
+        }
+    }
+}
+
+/// Stores a mirror frame at `offset`, or what the segment does not hold of it yet.
+async fn mirror_block(log: &SegmentLog, segment: &str, offset: u64, data: &Bytes) -> Pending {
+    let end = offset + data.len() as u64;
+    let mut at = offset;
+    loop {
+        let part = data.slice((at - offset) as usize..);
+        let opts = AppendOptions {
+            expected_length: Some(at),
+            attributes: Vec::new(),
+        };
+        match log.submit_append(segment, &part, &opts) {
+            Ok((_, ticket)) => {
+                return Pending::Stored {
+                    ticket,
+                    events: 0,
+                    bytes: part.len() as u64,
+                    reply: Response::Mirrored {
+                        end_offset: end,
+                        duplicate: false,
+                    },
+                }
+            }
+            Err(LogError::Backpressure(_)) => log.wait_for_room().await,
+            Err(LogError::BadOffset { actual, .. }) if actual >= end => {
+                return Pending::Duplicate(Response::Mirrored {
+                    end_offset: end,
+                    duplicate: true,
+                })
+            }
+            // The frame's beginning is stored (a resend with other boundaries).
+            Err(LogError::BadOffset { actual, .. }) if actual > at => at = actual,
+            Err(LogError::BadOffset { actual, .. }) => {
+                return Pending::Failed(error(
+                    ErrorCode::Conflict,
+                    format!(
+                        "segment {segment} holds {actual} bytes; a mirror frame at {offset} \
+                         would leave a gap (continue from {actual})"
+                    ),
+                ))
             }
             Err(e) => return Pending::Failed(Response::error(&e)),
         }

@@ -338,7 +338,23 @@ pub struct StreamMeta {
     pub sealed: bool,
     /// Where the stream starts after truncation (empty: at the beginning).
     pub head: StreamCut,
+    /// The stream mirrors a stream of an edge node: only that edge's replication
+    /// changes it (it scales as its source did, never by itself or a client).
+    #[serde(default)]
+    pub mirror: bool,
     next_number: u32,
+}
+
+/// One scale of a stream's history: in `epoch`, `sealed` were sealed and `created`
+/// made over their ranges (in the order [`StreamMeta::scale`] numbers them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRecord {
+    /// The epoch the scale began.
+    pub epoch: u32,
+    /// Segments sealed by it.
+    pub sealed: Vec<SegmentId>,
+    /// Segments created by it, with their ranges.
+    pub created: Vec<(SegmentId, KeyRange)>,
 }
 
 impl StreamMeta {
@@ -370,8 +386,36 @@ impl StreamMeta {
             segments,
             sealed: false,
             head: StreamCut::default(),
+            mirror: false,
             next_number,
         })
+    }
+
+    /// Every scale since the stream was created, oldest first. Replaying them with
+    /// [`StreamMeta::scale`] on a new stream of the same configuration gives the same
+    /// segments, numbers and all (how a mirror follows its source).
+    pub fn scale_history(&self) -> Vec<ScaleRecord> {
+        (1..=self.epoch)
+            .map(|epoch| {
+                let mut created: Vec<(SegmentId, KeyRange)> = self
+                    .segments
+                    .values()
+                    .filter(|s| s.id.epoch == epoch)
+                    .map(|s| (s.id, s.range))
+                    .collect();
+                created.sort();
+                ScaleRecord {
+                    epoch,
+                    sealed: self
+                        .segments
+                        .values()
+                        .filter(|s| s.sealed_epoch == Some(epoch))
+                        .map(|s| s.id)
+                        .collect(),
+                    created,
+                }
+            })
+            .collect()
     }
 
     /// The active segments, by key range.
@@ -713,5 +757,31 @@ mod tests {
         };
         assert_eq!(m.truncate(&cut).expect("truncate"), vec![s0]);
         assert_eq!(m.head_cut(), cut);
+    }
+
+    #[test]
+    fn replaying_the_scale_history_gives_the_same_segments() {
+        let mut src = stream(2);
+        let a = src
+            .active()
+            .iter()
+            .map(|s| (s.id, s.range))
+            .collect::<Vec<_>>();
+        let new = src.scale(&[a[0].0], &a[0].1.split(3)).expect("split");
+        let merged = src.active()[..2].iter().map(|s| s.id).collect::<Vec<_>>();
+        let r = KeyRange {
+            low: src.active()[0].range.low,
+            high: src.active()[1].range.high,
+        };
+        src.scale(&merged, &[r]).expect("merge");
+        assert_eq!(new.len(), 3);
+        let mut mirror = stream(2);
+        for s in src.scale_history() {
+            let ranges: Vec<KeyRange> = s.created.iter().map(|c| c.1).collect();
+            let created = mirror.scale(&s.sealed, &ranges).expect("replay");
+            assert_eq!(created, s.created.iter().map(|c| c.0).collect::<Vec<_>>());
+        }
+        assert_eq!(mirror.segments, src.segments);
+        assert_eq!(mirror.epoch, src.epoch);
     }
 }

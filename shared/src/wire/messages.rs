@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::controller::ControllerError;
 use crate::log::{AttributeUpdate, LogError};
 use crate::stream::{
-    KeyRange, ReaderReport, SegmentId, StreamConfig, StreamCut, StreamError, StreamMeta,
+    KeyRange, ReaderReport, ScaleRecord, SegmentId, StreamConfig, StreamCut, StreamError,
+    StreamMeta,
 };
 
 /// Client to server.
@@ -237,6 +238,46 @@ pub enum Request {
         /// Checkpoint name.
         name: Option<String>,
     },
+    /// Makes `scope/stream` the mirror of an edge stream with this configuration and
+    /// scale history: creates it (and the scope) if missing, then replays the scales it
+    /// does not have yet. A scale seals segments only if each holds exactly its length
+    /// in `lengths` (all of its source's data). The reply is [`Response::Stream`].
+    MirrorStream {
+        /// Scope.
+        scope: String,
+        /// Stream.
+        stream: String,
+        /// The source stream's configuration.
+        config: StreamConfig,
+        /// The source's scales to replay, oldest first.
+        scales: Vec<ScaleRecord>,
+        /// The final length of each segment those scales seal.
+        lengths: Vec<(SegmentId, u64)>,
+    },
+    /// Starts copying bytes into a segment of a mirror stream; data frames with
+    /// [`DataHeader::Mirror`] follow. The reply is [`Response::AppendSetup`] (its
+    /// `length` is where to continue), then one [`Response::Mirrored`] per frame.
+    SetupMirror {
+        /// Segment name.
+        segment: String,
+    },
+    /// An edge's replication lag per stream, for the cloud's metrics; the reply is
+    /// [`Response::Ok`].
+    ReportReplication {
+        /// One entry per replicated stream.
+        streams: Vec<ReplicationLag>,
+    },
+}
+
+/// How far a mirror stream is behind its source on the edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationLag {
+    /// The mirror stream, `scope/stream`.
+    pub stream: String,
+    /// Bytes the edge holds that the mirror does not.
+    pub bytes: u64,
+    /// Age of the oldest of them, in milliseconds.
+    pub millis: u64,
 }
 
 /// Where a new reader group starts.
@@ -304,6 +345,14 @@ pub enum Response {
         /// The block had been stored before and was not stored again.
         duplicate: bool,
     },
+    /// A mirror frame is durable (or was already stored: a resend is acknowledged
+    /// without being stored twice).
+    Mirrored {
+        /// Segment offset after the frame's bytes.
+        end_offset: u64,
+        /// Every byte of it had been stored before.
+        duplicate: bool,
+    },
     /// The source was merged.
     Merged {
         /// Offset in the target where the source's data starts.
@@ -341,6 +390,11 @@ pub enum DataHeader {
         event_number: i64,
         /// Events in the block.
         event_count: u32,
+    },
+    /// Bytes of a mirror stream's source segment, at `offset` (after `SetupMirror`).
+    Mirror {
+        /// Offset of the first byte in the segment.
+        offset: u64,
     },
     /// Bytes read.
     Read {
@@ -458,6 +512,7 @@ impl From<&ControllerError> for ErrorCode {
             ControllerError::NotSealed(_) => ErrorCode::NotSealed,
             ControllerError::NoSuchGroup(_) => ErrorCode::NoSuchGroup,
             ControllerError::GroupExists(_) => ErrorCode::GroupExists,
+            ControllerError::Mirror(_) => ErrorCode::Conflict,
             ControllerError::InvalidEvent(_) | ControllerError::Input(_) => {
                 ErrorCode::InvalidArgument
             }

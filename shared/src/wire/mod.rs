@@ -21,7 +21,8 @@ mod messages;
 
 pub use codec::{decode_frame, encode_control, encode_data, read_frame, Frame, WireError};
 pub use messages::{
-    DataHeader, ErrorCode, GroupInfo, Request, Response, SegmentInfoWire, StartFrom, WriterPosition,
+    DataHeader, ErrorCode, GroupInfo, ReplicationLag, Request, Response, SegmentInfoWire,
+    StartFrom, WriterPosition,
 };
 
 /// ALPN protocol id of Tributary's protocol.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tributary::controller::Controller;
 use tributary::log::{LogConfig, SegmentLog};
-use tributary::service::{Client, SegmentServer};
+use tributary::service::{Access, Client, SegmentServer};
 use tributary::stream::{RetentionPolicy, ScalingPolicy, StreamConfig};
 use tributary::tls::{client_config, server_config, transport, DevPki};
 
@@ -27,10 +27,20 @@ pub async fn serve(
     pki: &DevPki,
     addr: SocketAddr,
 ) -> (SegmentServer, Arc<Controller>) {
+    serve_with(data, pki, addr, Access::open()).await
+}
+
+/// A server whose clients may do what `access` grants.
+pub async fn serve_with(
+    data: &Path,
+    pki: &DevPki,
+    addr: SocketAddr,
+    access: Access,
+) -> (SegmentServer, Arc<Controller>) {
     let log = Arc::new(SegmentLog::open(data, LogConfig::default()).expect("log"));
     let controller = Arc::new(Controller::open(log).await.expect("controller"));
     let tls = server_config(&pki.server).expect("server tls");
-    let server = SegmentServer::start(addr, tls, controller.clone()).expect("start");
+    let server = SegmentServer::start(addr, tls, controller.clone(), access).expect("start");
     (server, controller)
 }
 

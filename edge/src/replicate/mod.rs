@@ -1,0 +1,518 @@
+//! Exactly-once replication of local streams to cloud streams (mirror mode).
+//!
+//! One QUIC connection (mutual TLS, the edge's certificate) carries every replicated
+//! stream. Per stream, the replicator asks the cloud to make the target stream a
+//! mirror of the local one (`MirrorStream`), then copies each segment's bytes in a
+//! mirror session of its own (a QUIC stream with the stream's priority). Every frame
+//! is a conditional append at its offset, so a resend after a reconnect or a crash of
+//! either side is acknowledged without being stored twice, and the session's setup
+//! reply (the cloud segment's length) says where to resume: there is no dedup window,
+//! only offsets. When a local segment is sealed by a scale and fully copied, the scale
+//! is replayed in the cloud (same segment numbers), and its successors are copied.
+//!
+//! Acknowledged offsets are kept in the node's metadata store (tree
+//! `edge-replicated`), so the disk budget knows what is safe to drop even while the
+//! cloud is unreachable. Lag (bytes and the age of the oldest unreplicated byte) is
+//! sampled every second, shown in `status` and metrics, and reported to the cloud.
+//! While the cloud is unreachable data stays in the local streams (their disk budget
+//! applies) and replication resumes with capped exponential backoff and jitter.
+
+pub mod config;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tributary::log::{LogError, SegmentLog};
+use tributary::service::Client;
+use tributary::stream::{segment_name, SegmentId};
+use tributary::wire::ReplicationLag;
+
+use self::config::{CloudSpec, ReplicateSpec};
+use crate::local::LocalStream;
+
+/// Bytes per mirror frame (at most; a read returns what the segment has).
+const FRAME_BYTES: usize = 1 << 20;
+/// How long a copier waits at a segment's tail before checking again.
+const TAIL_WAIT: Duration = Duration::from_secs(1);
+/// Retry delays after a failure: from this, doubling, up to the maximum.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often lag is sampled, and reported to the cloud.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// One replicated stream's progress, shared by the replicator, the disk budget and
+/// `status`.
+#[derive(Debug)]
+pub struct Replica {
+    spec: ReplicateSpec,
+    /// The local stream's name.
+    name: String,
+    /// Acknowledged offsets, persisted.
+    tree: sled::Tree,
+    /// Per local segment: the offset below which the cloud holds every byte durably.
+    acked: Mutex<HashMap<String, u64>>,
+    /// Per local segment: (length, when first seen) samples not yet acknowledged.
+    samples: Mutex<HashMap<String, VecDeque<(u64, Instant)>>>,
+    connected: AtomicBool,
+    replicated_bytes: AtomicU64,
+    duplicate_frames: AtomicU64,
+    lag_bytes: AtomicU64,
+    lag_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// What `status` shows of a replicated stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The local stream.
+    pub stream: String,
+    /// The cloud stream.
+    pub to: String,
+    /// Replicating now (connected, no error since).
+    pub connected: bool,
+    /// Bytes the cloud acknowledged since the edge started.
+    pub replicated_bytes: u64,
+    /// Frames the cloud recognised as stored already (resends).
+    pub duplicate_frames: u64,
+    /// Bytes the edge holds that the cloud does not.
+    pub lag_bytes: u64,
+    /// Age of the oldest of them, in milliseconds.
+    pub lag_ms: u64,
+    /// The last error, if any since the last success.
+    pub last_error: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Replica {
+    /// The replica of `local` per `spec`, with the offsets acknowledged before.
+    pub fn open(local: &LocalStream, spec: ReplicateSpec) -> anyhow::Result<Arc<Replica>> {
+        let tree = local
+            .log()
+            .meta_tree("edge-replicated")
+            .context("opening the replication state")?;
+        let mut acked = HashMap::new();
+        for kv in tree.iter() {
+            let (k, v) = kv.context("reading the replication state")?;
+            if let (Ok(name), Ok(off)) = (String::from_utf8(k.to_vec()), <[u8; 8]>::try_from(&*v)) {
+                acked.insert(name, u64::from_be_bytes(off));
+            }
+        }
+        Ok(Arc::new(Replica {
+            spec,
+            name: local.spec().name(),
+            tree,
+            acked: Mutex::new(acked),
+            samples: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(false),
+            replicated_bytes: AtomicU64::new(0),
+            duplicate_frames: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }))
+    }
+
+    /// What the configuration says.
+    pub fn spec(&self) -> &ReplicateSpec {
+        &self.spec
+    }
+
+    /// The offset below which the cloud holds every byte of the local `segment`.
+    pub fn acked(&self, segment: &str) -> u64 {
+        lock(&self.acked).get(segment).copied().unwrap_or(0)
+    }
+
+    fn set_acked(&self, segment: &str, offset: u64) {
+        let before = lock(&self.acked).insert(segment.to_string(), offset);
+        let grown = offset.saturating_sub(before.unwrap_or(offset));
+        self.replicated_bytes.fetch_add(grown, Ordering::Relaxed);
+        if before != Some(offset) {
+            if let Err(e) = self.tree.insert(segment, &offset.to_be_bytes()) {
+                tracing::warn!(%segment, error = %e, "cannot persist the replicated offset");
+            }
+        }
+    }
+
+    fn failed(&self, e: &anyhow::Error) {
+        self.connected.store(false, Ordering::Relaxed);
+        *lock(&self.last_error) = Some(format!("{e:#}"));
+    }
+
+    fn ok(&self) {
+        self.connected.store(true, Ordering::Relaxed);
+        *lock(&self.last_error) = None;
+    }
+
+    /// Samples the lengths of `local`'s segments and updates the lag.
+    pub fn sample(&self, local: &LocalStream) {
+        let s = local.spec();
+        let Ok(meta) = local.controller().describe(&s.scope, &s.stream) else {
+            return;
+        };
+        let now = Instant::now();
+        let (mut bytes, mut oldest) = (0, None::<Instant>);
+        let mut samples = lock(&self.samples);
+        for r in meta.segments.values() {
+            let name = segment_name(&s.scope, &s.stream, r.id);
+            let Ok(info) = local.log().info(&name) else {
+                continue;
+            };
+            let acked = self.acked(&name);
+            let q = samples.entry(name).or_default();
+            if q.back().is_none_or(|(l, _)| *l < info.length) && info.length > acked {
+                q.push_back((info.length, now));
+            }
+            // A sample is replicated once every byte below its length is.
+            while q.front().is_some_and(|(l, _)| *l <= acked) {
+                q.pop_front();
+            }
+            bytes += info.length.saturating_sub(acked.max(info.start));
+            if let Some((_, t)) = q.front() {
+                oldest = Some(oldest.map_or(*t, |o: Instant| o.min(*t)));
+            }
+        }
+        self.lag_bytes.store(bytes, Ordering::Relaxed);
+        let age = match (bytes, oldest) {
+            (0, _) | (_, None) => 0,
+            (_, Some(t)) => t.elapsed().as_millis() as u64,
+        };
+        self.lag_ms.store(age, Ordering::Relaxed);
+    }
+
+    /// The status now.
+    pub fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            stream: self.name.clone(),
+            to: self.spec.to(),
+            connected: self.connected.load(Ordering::Relaxed),
+            replicated_bytes: self.replicated_bytes.load(Ordering::Relaxed),
+            duplicate_frames: self.duplicate_frames.load(Ordering::Relaxed),
+            lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
+            lag_ms: self.lag_ms.load(Ordering::Relaxed),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+}
+
+/// Replicates `replicas` to `cloud` until `stopped` turns true.
+pub async fn run(
+    cloud: CloudSpec,
+    tls: quinn::ClientConfig,
+    replicas: Vec<(Arc<LocalStream>, Arc<Replica>)>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    if replicas.is_empty() {
+        return;
+    }
+    let sampler = {
+        let (replicas, mut stopped) = (replicas.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => replicas.iter().for_each(|(l, r)| r.sample(l)),
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let client = tokio::select! {
+            c = connect(&cloud, &tls) => c,
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        match client {
+            Ok(client) => {
+                tracing::info!(cloud = %client.server_addr(), "replication connected");
+                backoff = BACKOFF_MIN;
+                let mut tasks = tokio::task::JoinSet::new();
+                for (l, r) in &replicas {
+                    tasks.spawn(replicate_stream(client.clone(), l.clone(), r.clone()));
+                }
+                let only: Vec<Arc<Replica>> = replicas.iter().map(|(_, r)| r.clone()).collect();
+                tasks.spawn(report(client.clone(), only));
+                tokio::select! {
+                    () = client.closed() => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                let why = client
+                    .is_closed()
+                    .then(|| "the connection to the cloud was lost".to_string());
+                client.close().await;
+                for (_, r) in &replicas {
+                    r.connected.store(false, Ordering::Relaxed);
+                    if let Some(why) = &why {
+                        r.failed(&anyhow!("{why}"));
+                    }
+                }
+                if *stopped.borrow() {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cloud unreachable; data stays on the edge");
+                for (_, r) in &replicas {
+                    r.failed(&e);
+                }
+            }
+        }
+        let jitter = rand::thread_rng().gen_range(0.5..1.0);
+        tokio::select! {
+            () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    sampler.abort();
+}
+
+/// Connects to the first endpoint that answers.
+async fn connect(cloud: &CloudSpec, tls: &quinn::ClientConfig) -> anyhow::Result<Client> {
+    let mut errors = Vec::new();
+    for endpoint in &cloud.endpoints {
+        let addrs = match tokio::net::lookup_host(endpoint).await {
+            Ok(a) => a.collect::<Vec<_>>(),
+            Err(e) => {
+                errors.push(format!("{endpoint}: {e}"));
+                continue;
+            }
+        };
+        for addr in addrs {
+            match Client::connect(addr, &cloud.server_name, tls.clone()).await {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(format!("{endpoint} ({addr}): {e}")),
+            }
+        }
+    }
+    Err(anyhow!("no cloud endpoint answered: {}", errors.join("; ")))
+}
+
+/// Reports every replica's lag to the cloud, for its metrics.
+async fn report(client: Client, replicas: Vec<Arc<Replica>>) {
+    let mut every = tokio::time::interval(REPORT_EVERY);
+    loop {
+        every.tick().await;
+        let lags = replicas
+            .iter()
+            .map(|r| ReplicationLag {
+                stream: r.spec.to(),
+                bytes: r.lag_bytes.load(Ordering::Relaxed),
+                millis: r.lag_ms.load(Ordering::Relaxed),
+            })
+            .collect();
+        if let Err(e) = client.report_replication(lags).await {
+            tracing::debug!(error = %e, "reporting replication lag failed");
+            if client.is_closed() {
+                return;
+            }
+        }
+    }
+}
+
+/// Replicates one stream over `client` until the connection is lost. Failures that
+/// are not the connection's (e.g. the cloud refusing the stream) are retried with
+/// backoff.
+async fn replicate_stream(client: Client, local: Arc<LocalStream>, r: Arc<Replica>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let e = mirror(&client, &local, &r).await;
+        if client.is_closed() {
+            return;
+        }
+        tracing::warn!(stream = %r.name, to = %r.spec.to(), error = %format!("{e:#}"), retry_in = ?backoff, "replication failed");
+        r.failed(&e);
+        let jitter = rand::thread_rng().gen_range(0.5..1.0);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Makes the cloud stream follow the local one: replays the scales whose sealed
+/// segments are fully copied, copies every segment the mirror has, and starts over
+/// each time a segment is finished. Returns only on failure.
+async fn mirror(client: &Client, local: &Arc<LocalStream>, r: &Arc<Replica>) -> anyhow::Error {
+    let spec = local.spec().clone();
+    let log = local.log().clone();
+    // Segments sealed and fully copied.
+    let mut done: BTreeSet<SegmentId> = BTreeSet::new();
+    let mut running: BTreeSet<SegmentId> = BTreeSet::new();
+    let mut copiers = tokio::task::JoinSet::new();
+    loop {
+        let step = async {
+            let meta = local
+                .controller()
+                .describe_settled(&spec.scope, &spec.stream)
+                .await?;
+            let mut scales = Vec::new();
+            let mut lengths = Vec::new();
+            for s in meta.scale_history() {
+                if !s.sealed.iter().all(|id| done.contains(id)) {
+                    break;
+                }
+                for id in &s.sealed {
+                    let name = segment_name(&spec.scope, &spec.stream, *id);
+                    lengths.push((*id, log.info(&name)?.length));
+                }
+                scales.push(s);
+            }
+            let cloud = client
+                .mirror_stream(
+                    &r.spec.to_scope,
+                    &r.spec.to_stream,
+                    meta.config,
+                    scales,
+                    lengths,
+                )
+                .await?;
+            r.ok();
+            for rec in cloud.segments.values() {
+                if done.contains(&rec.id) || running.contains(&rec.id) {
+                    continue;
+                }
+                let local = segment_name(&spec.scope, &spec.stream, rec.id);
+                let remote = segment_name(&r.spec.to_scope, &r.spec.to_stream, rec.id);
+                running.insert(rec.id);
+                let (client, log, r, id) = (client.clone(), log.clone(), r.clone(), rec.id);
+                copiers.spawn(async move {
+                    copy(&client, &log, &r, &local, &remote).await.map(|()| id)
+                });
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = step.await {
+            return e;
+        }
+        match copiers.join_next().await {
+            Some(Ok(Ok(id))) => {
+                running.remove(&id);
+                done.insert(id);
+            }
+            Some(Ok(Err(e))) => return e,
+            Some(Err(e)) => return anyhow!("a segment copier failed: {e}"),
+            // Nothing to copy: every segment is done (a sealed stream).
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// Copies the local `segment` into the cloud's `remote` from where the cloud's copy
+/// ends, until the local segment is sealed and every byte is acknowledged.
+async fn copy(
+    client: &Client,
+    log: &SegmentLog,
+    r: &Replica,
+    segment: &str,
+    remote: &str,
+) -> anyhow::Result<()> {
+    let mut session = client
+        .mirror_session(remote)
+        .await
+        .with_context(|| format!("opening a mirror session to {remote}"))?;
+    session.set_priority(r.spec.priority);
+    let mut offset = session.length;
+    let info = match log.info(segment) {
+        Ok(i) => i,
+        Err(LogError::NoSuchSegment(_)) if offset > 0 => {
+            // Truncated away locally after it was replicated.
+            r.set_acked(segment, offset);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if offset > info.length {
+        bail!(
+            "the cloud's {remote} holds {offset} bytes, more than the edge's {segment} ({}): \
+             they are not copies of one another",
+            info.length
+        );
+    }
+    if offset < info.start {
+        bail!(
+            "the edge truncated {segment} at {} before the cloud had it (the cloud holds {offset} bytes): \
+             that data is lost",
+            info.start
+        );
+    }
+    r.set_acked(segment, offset);
+    let Some(mut acks) = session.take_acks() else {
+        bail!("the mirror session has no acknowledgements");
+    };
+    let acker = async {
+        while let Some(a) = acks.next().await? {
+            if a.duplicate {
+                r.duplicate_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            r.set_acked(segment, a.end_offset);
+        }
+        anyhow::Ok(())
+    };
+    let sender = async {
+        let mut pace = Pace::new(r.spec.max_bytes_per_s);
+        loop {
+            let read = log.read(segment, offset, FRAME_BYTES, TAIL_WAIT).await?;
+            if read.data.is_empty() {
+                if read.end_of_segment {
+                    session.finish()?;
+                    return anyhow::Ok(offset);
+                }
+                continue;
+            }
+            pace.take(read.data.len()).await;
+            session.send(offset, &read.data).await?;
+            offset += read.data.len() as u64;
+        }
+    };
+    tokio::pin!(acker);
+    let end = tokio::select! {
+        end = sender => end?,
+        a = &mut acker => {
+            a?;
+            bail!("the cloud ended the mirror session of {remote}");
+        }
+    };
+    acker.await?;
+    let acked = r.acked(segment);
+    if acked != end {
+        bail!("the cloud acknowledged {remote} up to {acked}, not to its end {end}");
+    }
+    Ok(())
+}
+
+/// A bandwidth cap: `take(n)` waits until `n` more bytes fit under the rate.
+struct Pace {
+    bytes_per_s: Option<u64>,
+    next: Instant,
+}
+
+impl Pace {
+    fn new(bytes_per_s: Option<u64>) -> Self {
+        Pace {
+            bytes_per_s,
+            next: Instant::now(),
+        }
+    }
+
+    async fn take(&mut self, n: usize) {
+        let Some(rate) = self.bytes_per_s else {
+            return;
+        };
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep(self.next - now).await;
+        }
+        self.next = self.next.max(now) + Duration::from_secs_f64(n as f64 / rate as f64);
+    }
+}

@@ -1,0 +1,106 @@
+//! Mirror streams: the cloud's copy of an edge stream, segment for segment. The edge's
+//! replicator copies each segment's bytes (conditional appends, see the segment
+//! service) and has the controller replay the source's scales here, each one only
+//! once the segments it seals hold all of their source's bytes. Replaying the scale
+//! history gives the same segment numbers, so `scope/stream/N.#epoch.E` names the
+//! same data on both sides.
+
+use crate::log::LogError;
+use crate::stream::{
+    segment_name, validate_scoped_name, KeyRange, ScaleRecord, SegmentId, StreamConfig, StreamMeta,
+};
+
+use super::{Controller, ControllerError, Result};
+
+impl Controller {
+    /// Makes `scope/stream` the mirror of a source stream configured with `config`:
+    /// creates it (and its scope) if missing, then replays each scale of `scales` it
+    /// does not have yet, in order. A scale is replayed only if every segment it seals
+    /// holds exactly its length in `lengths`. Returns the mirror's metadata.
+    pub async fn mirror_stream(
+        &self,
+        scope: &str,
+        stream: &str,
+        config: StreamConfig,
+        scales: &[ScaleRecord],
+        lengths: &[(SegmentId, u64)],
+    ) -> Result<StreamMeta> {
+        match self.create_scope(scope) {
+            Ok(()) | Err(ControllerError::ScopeExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let _change = self.changes.lock().await;
+        let name = format!("{scope}/{stream}");
+        let diverged = |why: String| ControllerError::Mirror(format!("{name}: {why}"));
+        let mut meta = match self.describe(scope, stream) {
+            Ok(m) if m.mirror => m,
+            Ok(_) => {
+                return Err(diverged(
+                    "the stream exists and is not a mirror; delete it or replicate elsewhere"
+                        .into(),
+                ))
+            }
+            Err(ControllerError::NoSuchStream(_)) => {
+                validate_scoped_name(stream)?;
+                let mut m = StreamMeta::new(config)?;
+                m.mirror = true;
+                self.persist(scope, stream, &m)?;
+                self.reconcile(scope, stream, &m).await?;
+                m
+            }
+            Err(e) => return Err(e),
+        };
+        let todo: Vec<&ScaleRecord> = scales.iter().filter(|s| s.epoch > meta.epoch).collect();
+        if !todo.is_empty() {
+            // The lengths checked below must include appends still waiting for fsync.
+            self.log.settle().await?;
+        }
+        for s in todo {
+            if s.epoch != meta.epoch + 1 {
+                return Err(diverged(format!(
+                    "the mirror is at epoch {}; the next scale sent is epoch {}",
+                    meta.epoch, s.epoch
+                )));
+            }
+            for id in &s.sealed {
+                let want = lengths.iter().find(|(i, _)| i == id).map(|(_, l)| *l);
+                let have = match self.log.info(&segment_name(scope, stream, *id)) {
+                    Ok(i) => i.length,
+                    Err(LogError::NoSuchSegment(_)) => 0,
+                    Err(e) => return Err(e.into()),
+                };
+                if want != Some(have) {
+                    return Err(diverged(format!(
+                        "segment {id} holds {have} bytes, its source {}; it is sealed only \
+                         once it holds all of them",
+                        want.map_or("did not say".to_string(), |w| w.to_string())
+                    )));
+                }
+            }
+            let ranges: Vec<KeyRange> = s.created.iter().map(|(_, r)| *r).collect();
+            let created = meta.scale(&s.sealed, &ranges)?;
+            let expected: Vec<SegmentId> = s.created.iter().map(|(id, _)| *id).collect();
+            if created != expected {
+                return Err(diverged(format!(
+                    "scale of epoch {} made {created:?} here, {expected:?} at the source",
+                    s.epoch
+                )));
+            }
+            self.persist(scope, stream, &meta)?;
+            self.reconcile(scope, stream, &meta).await?;
+        }
+        Ok(meta)
+    }
+
+    /// Whether the segment `name` belongs to a mirror stream.
+    pub fn is_mirror_segment(&self, name: &str) -> bool {
+        let mut parts = name.splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(scope), Some(stream), Some(_)) => self
+                .describe(scope, stream)
+                .map(|m| m.mirror)
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Mirror streams and grants over the real segment service (QUIC, mutual TLS): the
+//! protocol the edge's replicator speaks, and who may speak it.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{connect, fixed, serve_with, Node};
+use tributary::service::{Access, ClientError, Grant};
+use tributary::stream::{segment_name, SegmentId, StreamMeta};
+use tributary::tls::{client_config, CertAuthority, DevPki, Identity};
+use tributary::wire::ErrorCode;
+
+fn seg0() -> SegmentId {
+    SegmentId {
+        number: 0,
+        epoch: 0,
+    }
+}
+
+fn code(e: &ClientError) -> Option<ErrorCode> {
+    match e {
+        ClientError::Server { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn mirror_frames_are_stored_once_at_their_offsets() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    let meta = c
+        .mirror_stream("m", "s", fixed(1), vec![], vec![])
+        .await
+        .expect("mirror");
+    assert!(meta.mirror);
+    let name = segment_name("m", "s", seg0());
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+
+    let mut s = c.mirror_session(&name).await.expect("session");
+    assert_eq!(s.length, 0);
+    let mut acks = s.take_acks().expect("acks");
+    s.send(0, &data[..40_000]).await.expect("send");
+    s.send(40_000, &data[40_000..60_000]).await.expect("send");
+    // A resend of the first frame: acknowledged, not stored again.
+    s.send(0, &data[..40_000]).await.expect("resend");
+    // A resend with other boundaries: only what is missing is stored.
+    s.send(50_000, &data[50_000..80_000])
+        .await
+        .expect("overlap");
+    let a: Vec<_> = [
+        acks.next().await,
+        acks.next().await,
+        acks.next().await,
+        acks.next().await,
+    ]
+    .into_iter()
+    .map(|a| a.expect("ack").expect("ack"))
+    .collect();
+    assert_eq!(
+        a.iter()
+            .map(|a| (a.end_offset, a.duplicate))
+            .collect::<Vec<_>>(),
+        vec![
+            (40_000, false),
+            (60_000, false),
+            (40_000, true),
+            (80_000, false)
+        ]
+    );
+    // A frame beyond the end would leave a gap: refused, and the session ends.
+    s.send(90_000, &data[90_000..]).await.expect("send");
+    let e = acks.next().await.expect_err("gap refused");
+    assert_eq!(code(&e), Some(ErrorCode::Conflict), "{e}");
+    assert!(e.to_string().contains("80000"), "{e}");
+
+    // A new session resumes at the length.
+    let mut s = c.mirror_session(&name).await.expect("session");
+    assert_eq!(s.length, 80_000);
+    let mut acks = s.take_acks().expect("acks");
+    s.send(80_000, &data[80_000..]).await.expect("send");
+    s.finish().expect("finish");
+    assert_eq!(
+        acks.next().await.expect("ack").expect("ack").end_offset,
+        100_000
+    );
+    assert!(acks.next().await.expect("end").is_none());
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        let (b, _) = c
+            .read(&name, got.len() as u64, 1 << 20, std::time::Duration::ZERO)
+            .await
+            .expect("read");
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, data, "the mirror segment is byte-identical");
+
+    // Only replication writes to a mirror, and it scales only with its source.
+    let e = c
+        .append_session(&name, 7)
+        .await
+        .expect_err("append refused");
+    assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+    let r = meta.segments[&0].range.split(2);
+    let e = c
+        .scale_stream("m", "s", &[seg0()], &r)
+        .await
+        .expect_err("scale refused");
+    assert!(e.to_string().contains("mirror"), "{e}");
+    // A plain stream is not a mirror, and stays what it is.
+    c.create_stream("m", "plain", fixed(1))
+        .await
+        .expect("create");
+    let e = c
+        .mirror_session(&segment_name("m", "plain", seg0()))
+        .await
+        .expect_err("not a mirror");
+    assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+    let e = c
+        .mirror_stream("m", "plain", fixed(1), vec![], vec![])
+        .await
+        .expect_err("not a mirror");
+    assert!(e.to_string().contains("not a mirror"), "{e}");
+}
+
+#[tokio::test]
+async fn a_mirror_replays_its_sources_scales_once_their_segments_are_complete() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    // The source: a stream scaled twice.
+    let mut src = StreamMeta::new(fixed(1)).expect("meta");
+    let all = src.segments[&0].range;
+    let split = src.scale(&[seg0()], &all.split(2)).expect("split");
+    let merged = src.scale(&split, &[all]).expect("merge");
+    let history = src.scale_history();
+
+    c.mirror_stream("m", "s", fixed(1), vec![], vec![])
+        .await
+        .expect("mirror");
+    let name0 = segment_name("m", "s", seg0());
+    let mut s = c.mirror_session(&name0).await.expect("session");
+    let mut acks = s.take_acks().expect("acks");
+    s.send(0, b"0123456789").await.expect("send");
+    acks.next().await.expect("ack").expect("ack");
+    // The scale seals segment 0, which holds 10 bytes; the source says 20.
+    let e = c
+        .mirror_stream(
+            "m",
+            "s",
+            fixed(1),
+            history[..1].to_vec(),
+            vec![(seg0(), 20)],
+        )
+        .await
+        .expect_err("incomplete");
+    assert!(e.to_string().contains("holds 10 bytes"), "{e}");
+    assert!(!c.segment_info(&name0).await.expect("info").sealed);
+    // Complete: the scale is replayed, with the source's segment numbers.
+    let m = c
+        .mirror_stream(
+            "m",
+            "s",
+            fixed(1),
+            history[..1].to_vec(),
+            vec![(seg0(), 10)],
+        )
+        .await
+        .expect("replayed");
+    assert_eq!(m.epoch, 1);
+    assert!(c.segment_info(&name0).await.expect("info").sealed);
+    for id in &split {
+        assert!(m.segments.contains_key(&id.number));
+    }
+    // Replaying again is harmless; the next scale needs its own segments' lengths.
+    let lengths = vec![(seg0(), 10), (split[0], 0), (split[1], 0)];
+    let m = c
+        .mirror_stream("m", "s", fixed(1), history.clone(), lengths)
+        .await
+        .expect("second scale");
+    assert_eq!(m.epoch, 2);
+    assert_eq!(m.segments, src.segments);
+    assert_eq!(m.active()[0].id, merged[0]);
+}
+
+#[tokio::test]
+async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = DevPki::ensure(&dir.path().join("pki"), "admin").expect("pki");
+    let ca = CertAuthority::load(&dir.path().join("pki"))
+        .expect("ca")
+        .expect("ca exists");
+    let issue = |name: &str, ca: &CertAuthority, ca_pem: &std::path::Path| {
+        let c = ca.issue_client(name).expect("issue");
+        let (cert, key) = (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}.key")),
+        );
+        c.write(&cert, &key).expect("write");
+        Identity {
+            ca: ca_pem.to_path_buf(),
+            cert,
+            key,
+        }
+    };
+    let edge = issue("edge-1", &ca, &pki.client.ca);
+    let access = Access::granted(BTreeMap::from([
+        (
+            "admin".to_string(),
+            Grant {
+                admin: true,
+                streams: vec![],
+            },
+        ),
+        (
+            "edge-1".to_string(),
+            Grant {
+                admin: false,
+                streams: vec!["site/*".into()],
+            },
+        ),
+    ]));
+    let (server, _controller) = serve_with(
+        &dir.path().join("data"),
+        &pki,
+        ([127, 0, 0, 1], 0).into(),
+        access,
+    )
+    .await;
+    let addr = server.local_addr().expect("addr");
+    let admin = connect(addr, &pki).await;
+    let e1 =
+        tributary::service::Client::connect(addr, "localhost", client_config(&edge).expect("tls"))
+            .await
+            .expect("edge-1 connects");
+
+    e1.mirror_stream("site", "temps", fixed(1), vec![], vec![])
+        .await
+        .expect("granted");
+    let e = e1
+        .mirror_stream("other", "temps", fixed(1), vec![], vec![])
+        .await
+        .expect_err("not granted");
+    assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+    assert!(e.to_string().contains("edge-1"), "{e}");
+    let e = e1.list_scopes().await.expect_err("admin only");
+    assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+    // Nothing was written for the refused request.
+    assert_eq!(admin.list_scopes().await.expect("admin"), vec!["site"]);
+
+    // A certificate from another CA never gets a connection.
+    let foreign_dir = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign_dir).expect("dir");
+    let foreign = CertAuthority::generate("foreign").expect("ca");
+    foreign.write(&foreign_dir).expect("write");
+    let mut id = issue("edge-1", &foreign, &pki.client.ca);
+    id.ca = pki.client.ca.clone();
+    let r =
+        tributary::service::Client::connect(addr, "localhost", client_config(&id).expect("tls"))
+            .await;
+    assert!(r.is_err(), "a foreign CA's certificate was accepted");
+    assert_eq!(admin.list_scopes().await.expect("admin"), vec!["site"]);
+    server.shutdown().await;
+}
