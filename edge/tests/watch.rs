@@ -11,18 +11,8 @@ use std::time::Duration;
 use common::{wait_status, Edge};
 use rand::RngCore;
 
-/// The `trib` binary beside this package's binaries (built if missing).
 fn trib() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_tributary-edge"))
-        .with_file_name(format!("trib{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "tributary-cli", "--bin", "trib"])
-            .status()
-            .expect("cargo build trib");
-        assert!(ok.success(), "building trib failed");
-    }
-    bin
+    common::cloud::sibling_bin("trib", "tributary-cli")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ const FRAME_BYTES: usize = 1 << 20;
 const TAIL_WAIT: Duration = Duration::from_secs(1);
 /// Retry delays after a failure: from this, doubling, up to the maximum.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
 /// How often lag is sampled, and reported to the cloud.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const REPORT_EVERY: Duration = Duration::from_secs(2);

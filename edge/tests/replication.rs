@@ -1,0 +1,427 @@
+//! Edge → cloud replication, end to end: a real edge process, a real cloud process in
+//! its own network namespace (veth link), real QUIC with mutual TLS, a real mosquitto,
+//! SIGKILLs of both sides, a real partition (the link taken down) and delay and loss
+//! on the edge's datagrams (see `common::cloud` for why a relay applies those).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::cloud::{Cloud, Faults, Netns, Pki, Relay};
+use common::{publish, read_all, wait_status, Broker, Edge};
+use rand::Rng;
+use tributary::event::decode_events;
+use tributary::service::{Client, EventWriter, WriterConfig};
+use tributary::stream::{segment_name, StreamMeta};
+
+const SCOPE: &str = "site";
+const STREAM: &str = "sensors";
+
+/// The edge's config body: one stream, an optional MQTT source, replication as
+/// `identity` (of `pki`) to `endpoint`.
+fn edge_body(
+    segments: u32,
+    broker: Option<u16>,
+    pki: &Pki,
+    identity: &str,
+    endpoint: std::net::SocketAddr,
+    extra: &str,
+) -> String {
+    let mqtt = broker.map_or_else(String::new, |port| {
+        format!(
+            "[[mqtt]]\nbroker = \"127.0.0.1:{port}\"\nclient_id = \"edge-repl\"\n\
+             [[mqtt.route]]\nfilter = \"sensors/+/reading\"\nstream = \"{SCOPE}/{STREAM}\"\n\
+             qos = 1\nkey = \"topic-level:1\"\n"
+        )
+    });
+    let id = pki.identity(identity);
+    format!(
+        "[[stream]]\nname = \"{SCOPE}/{STREAM}\"\nsegments = {segments}\n{mqtt}\
+         [cloud]\nendpoints = [\"{endpoint}\"]\nserver_name = \"localhost\"\n\
+         ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[replicate]]\nstream = \"{SCOPE}/{STREAM}\"\n{extra}",
+        id.ca.display(),
+        id.cert.display(),
+        id.key.display()
+    )
+}
+
+const EDGE_GRANT: &str = "[[grant]]\nidentity = \"edge-1\"\nstreams = [\"site/*\"]\n";
+
+/// Every byte of a segment.
+async fn segment_bytes(c: &Client, name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let (b, _) = c
+            .read(name, out.len() as u64, 4 << 20, Duration::ZERO)
+            .await
+            .expect("read");
+        if b.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&b);
+    }
+}
+
+/// Checks that the cloud stream has the edge stream's segments, each byte-identical;
+/// returns the cloud's metadata and each segment's bytes.
+async fn assert_mirrored(edge: &Client, cloud: &Client) -> (StreamMeta, BTreeMap<u32, Vec<u8>>) {
+    let em = edge.describe_stream(SCOPE, STREAM).await.expect("edge");
+    let cm = cloud.describe_stream(SCOPE, STREAM).await.expect("cloud");
+    assert_eq!(em.segments, cm.segments, "the same segments and history");
+    assert_eq!(em.epoch, cm.epoch);
+    assert!(cm.mirror);
+    let mut out = BTreeMap::new();
+    for rec in em.segments.values() {
+        let name = segment_name(SCOPE, STREAM, rec.id);
+        let (e, c) = (
+            segment_bytes(edge, &name).await,
+            segment_bytes(cloud, &name).await,
+        );
+        assert_eq!(e.len(), c.len(), "segment {name}: lengths");
+        assert!(e == c, "segment {name}: the bytes differ");
+        out.insert(rec.id.number, c);
+    }
+    (cm, out)
+}
+
+fn messages(keys: usize, per_key: usize) -> Vec<Vec<(String, Vec<u8>)>> {
+    // Batches of one message per key, in sequence order.
+    (0..per_key)
+        .map(|seq| {
+            (0..keys)
+                .map(|k| {
+                    (
+                        format!("sensors/k{k}/reading"),
+                        format!("k{k}:{seq}").into_bytes(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Each (key, seq) of `keys × per_key` exactly once, in order per key (keys may
+/// interleave).
+fn assert_exactly_once_in_order(events: &[(Vec<u8>, Vec<u8>)], keys: usize, per_key: usize) {
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for (key, payload) in events {
+        let p = String::from_utf8_lossy(payload);
+        let (k, seq) = p.split_once(':').expect("payload k:seq");
+        assert_eq!(k.as_bytes(), key.as_slice(), "key of {p}");
+        let seq: usize = seq.parse().expect("seq");
+        let n = next.entry(k.to_string()).or_insert(0);
+        assert_eq!(
+            seq, *n,
+            "key {k}: expected {n}, got {seq} (a loss, duplicate or reorder)"
+        );
+        *n += 1;
+    }
+    assert_eq!(next.len(), keys, "every key arrived");
+    assert!(
+        next.values().all(|n| *n == per_key),
+        "every message arrived: {next:?}"
+    );
+}
+
+fn events_of(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let (events, used) = decode_events(&Bytes::copy_from_slice(bytes)).expect("events");
+    assert_eq!(used, bytes.len(), "whole events");
+    events
+        .into_iter()
+        .map(|e| (e.key.to_vec(), e.payload.to_vec()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_reaches_the_cloud_once_through_kills_partition_delay_and_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Netns::create());
+    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
+    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    cloud.start().await;
+    // 100 ms round trip, 5 % loss each way.
+    let relay = Relay::start(
+        cloud.quic,
+        Faults {
+            delay: Duration::from_millis(50),
+            loss: 0.05,
+        },
+    )
+    .await;
+    let broker = Broker::start(dir.path());
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).expect("dir");
+    let mut edge = Edge::new(
+        &edge_dir,
+        &edge_body(2, Some(broker.port), &pki, "edge-1", relay.addr, ""),
+    );
+    edge.start();
+    edge.ready().await;
+
+    let (keys, per_key) = (8, 500);
+    let publisher = {
+        let port = broker.port;
+        tokio::spawn(async move {
+            for batch in messages(keys, per_key).chunks(10) {
+                publish(port, batch.concat()).await;
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+        })
+    };
+    // A 30 s partition, from 10 s in.
+    let partition = {
+        let net = net.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            net.set_link(false);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            net.set_link(true);
+        })
+    };
+    let (mut edge_kills, mut cloud_kills) = (0, 0);
+    for cycle in 0..24 {
+        let wait = rand::thread_rng().gen_range(500..2500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let down = Duration::from_millis(rand::thread_rng().gen_range(0..700));
+        if cycle % 2 == 0 {
+            edge.kill();
+            edge_kills += 1;
+            tokio::time::sleep(down).await;
+            edge.start();
+            edge.ready().await;
+        } else {
+            cloud.kill();
+            cloud_kills += 1;
+            tokio::time::sleep(down).await;
+            cloud.start().await;
+        }
+    }
+    partition.await.expect("partition");
+    publisher.await.expect("publisher");
+    assert!(edge_kills >= 10 && cloud_kills >= 10);
+
+    let n = (keys * per_key) as u64;
+    wait_status(&edge, 240, "every message stored and replicated", |s| {
+        s.streams[0].events == n && s.replication[0].lag_bytes == 0 && s.replication[0].connected
+    })
+    .await;
+    let (_, segments) = assert_mirrored(&edge.client().await, &cloud.admin(&pki).await).await;
+    // Fixed segments: each key lives in one, in order.
+    let all: Vec<_> = segments.values().flat_map(|b| events_of(b)).collect();
+    assert_exactly_once_in_order(&all, keys, per_key);
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_scaled_on_the_edge_scales_the_same_in_the_cloud() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Netns::create();
+    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
+    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    cloud.start().await;
+    let broker = Broker::start(dir.path());
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).expect("dir");
+    let mut edge = Edge::new(
+        &edge_dir,
+        &edge_body(1, Some(broker.port), &pki, "edge-1", cloud.quic, ""),
+    );
+    edge.start();
+    edge.ready().await;
+
+    let (keys, per_key) = (6, 300);
+    let publisher = {
+        let port = broker.port;
+        tokio::spawn(async move {
+            for batch in messages(keys, per_key).chunks(10) {
+                publish(port, batch.concat()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // Split, split one half again, then merge two neighbours: three scales while
+    // messages arrive and replicate.
+    let e = edge.client().await;
+    for step in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let meta = e.describe_stream(SCOPE, STREAM).await.expect("describe");
+        let active = meta.active();
+        let (seal, ranges) = match step {
+            0 | 1 => (vec![active[0].id], active[0].range.split(2)),
+            _ => {
+                let r = tributary::stream::KeyRange {
+                    low: active[1].range.low,
+                    high: active[2].range.high,
+                };
+                (vec![active[1].id, active[2].id], vec![r])
+            }
+        };
+        e.scale_stream(SCOPE, STREAM, &seal, &ranges)
+            .await
+            .expect("scale on the edge");
+    }
+    publisher.await.expect("publisher");
+    let n = (keys * per_key) as u64;
+    wait_status(&edge, 120, "every message stored and replicated", |s| {
+        s.streams[0].events == n && s.replication[0].lag_bytes == 0
+    })
+    .await;
+    let c = cloud.admin(&pki).await;
+    let (cm, _) = assert_mirrored(&e, &c).await;
+    assert_eq!(cm.epoch, 3, "three scales mirrored");
+    // A cloud reader group reads every key in order, across the scales.
+    let events = read_all(&c, SCOPE, STREAM, Duration::from_secs(2)).await;
+    assert_exactly_once_in_order(&events, keys, per_key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_without_a_grant_or_from_a_foreign_ca_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Netns::create();
+    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
+    let foreign = Pki::make(&dir.path().join("foreign"), &["edge-1"]);
+    // edge-1 may write only to "other".
+    let grant = "[[grant]]\nidentity = \"edge-1\"\nstreams = [\"other/*\"]\n";
+    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, grant);
+    cloud.start().await;
+
+    for (name, body) in [
+        (
+            "not granted",
+            edge_body(1, None, &pki, "edge-1", cloud.quic, ""),
+        ),
+        ("foreign CA", {
+            // The edge trusts the real cloud CA but presents a foreign certificate.
+            let id = foreign.identity("edge-1");
+            edge_body(1, None, &pki, "edge-1", cloud.quic, "")
+                .replace(
+                    &pki.identity("edge-1").cert.display().to_string(),
+                    &id.cert.display().to_string(),
+                )
+                .replace(
+                    &pki.identity("edge-1").key.display().to_string(),
+                    &id.key.display().to_string(),
+                )
+        }),
+    ] {
+        let edge_dir = dir.path().join(name.replace(' ', "-"));
+        std::fs::create_dir_all(&edge_dir).expect("dir");
+        let mut edge = Edge::new(&edge_dir, &body);
+        edge.start();
+        edge.ready().await;
+        let e = edge.client().await;
+        let mut w = EventWriter::new(&e, SCOPE, STREAM, WriterConfig::default())
+            .await
+            .expect("writer");
+        for i in 0..100 {
+            w.write(b"k", format!("event {i}").as_bytes())
+                .await
+                .expect("write");
+        }
+        w.flush().await.expect("flush");
+        let s = wait_status(&edge, 30, &format!("{name}: refusal shown"), |s| {
+            s.replication[0].last_error.is_some() && s.replication[0].lag_bytes > 0
+        })
+        .await;
+        let err = s.replication[0].last_error.clone().unwrap_or_default();
+        assert!(!s.replication[0].connected, "{name}: {s:?}");
+        if name == "not granted" {
+            assert!(
+                err.contains("not granted") && err.contains("site/sensors"),
+                "{name}: {err}"
+            );
+        }
+        let admin = cloud.admin(&pki).await;
+        assert!(
+            admin.list_scopes().await.expect("scopes").is_empty(),
+            "{name}: something was written"
+        );
+        assert_eq!(edge.terminate().code(), Some(0), "{}", edge.tail());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_from_a_long_offline_stretch_drains_with_lag_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Netns::create();
+    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
+    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).expect("dir");
+    // The cloud is not there yet; 8 MiB/s cap on this stream.
+    let mut edge = Edge::new(
+        &edge_dir,
+        &edge_body(
+            2,
+            None,
+            &pki,
+            "edge-1",
+            cloud.quic,
+            "max_kib_per_s = 8192\n",
+        ),
+    );
+    edge.start();
+    edge.ready().await;
+    let e = edge.client().await;
+    let mut w = EventWriter::new(&e, SCOPE, STREAM, WriterConfig::default())
+        .await
+        .expect("writer");
+    let payload = vec![7u8; 32 << 10];
+    let count = 1024; // 32 MiB
+    for i in 0..count {
+        w.write(format!("k{}", i % 16).as_bytes(), &payload)
+            .await
+            .expect("write");
+    }
+    w.flush().await.expect("flush");
+    let backlog = wait_status(&edge, 30, "the backlog counted as lag", |s| {
+        s.replication[0].lag_bytes >= 32 << 20 && s.replication[0].lag_ms > 0
+    })
+    .await;
+    assert!(!backlog.replication[0].connected);
+    let total = backlog.replication[0].lag_bytes;
+
+    cloud.start().await;
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let deadline = start + Duration::from_secs(120);
+    loop {
+        let s = edge.status().await.expect("status");
+        let lag = s.replication[0].lag_bytes;
+        seen.push(lag);
+        if lag == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not drained: {s:?}\n{}",
+            edge.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        seen.iter().any(|l| *l > 0 && *l < total),
+        "lag reported along the way: {seen:?}"
+    );
+    let took = start.elapsed();
+    // 32 MiB at 8 MiB/s takes about 4 s once connected.
+    assert!(took >= Duration::from_secs(3), "the cap held: {took:?}");
+    let c = cloud.admin(&pki).await;
+    assert_mirrored(&e, &c).await;
+    // The cloud shows the edge's lag in its metrics.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = cloud.metrics().await;
+        if m.contains(
+            "tributary_edge_replication_lag_bytes{edge=\"edge-1\",stream=\"site/sensors\"} 0",
+        ) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cloud metrics:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
