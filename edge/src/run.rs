@@ -35,8 +35,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(cloud) = &cfg.cloud {
-        let tls = tributary::tls::client_config(&cloud.identity)
-            .context("the [cloud] certificate, key or CA")?;
+        let tls = crate::replicate::client_tls(&cloud.identity)?;
         let mut replicas = Vec::new();
         for spec in &cfg.replicate {
             let local = streams[spec.stream].clone();

@@ -204,6 +204,17 @@ impl Replica {
     }
 }
 
+/// The TLS and QUIC settings of the replication connection: the edge's identity, and
+/// BBR congestion control (see [`tributary::tls::lossy_link_transport`]).
+pub fn client_tls(identity: &tributary::tls::Identity) -> anyhow::Result<quinn::ClientConfig> {
+    let mut tls =
+        tributary::tls::client_config(identity).context("the [cloud] certificate, key or CA")?;
+    tls.transport_config(tributary::tls::lossy_link_transport(
+        tributary::tls::DEFAULT_IDLE_TIMEOUT,
+    ));
+    Ok(tls)
+}
+
 /// Replicates `replicas` to `cloud` until `stopped` turns true.
 pub async fn run(
     cloud: CloudSpec,
