@@ -425,3 +425,57 @@ async fn a_backlog_from_a_long_offline_stretch_drains_with_lag_reported() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_survives_a_change_of_the_edges_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut net = Netns::create();
+    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
+    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    cloud.start().await;
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).expect("dir");
+    let mut edge = Edge::new(
+        &edge_dir,
+        &edge_body(1, None, &pki, "edge-1", cloud.quic, ""),
+    );
+    edge.start();
+    edge.ready().await;
+    let e = edge.client().await;
+    let mut w = EventWriter::new(&e, SCOPE, STREAM, WriterConfig::default())
+        .await
+        .expect("writer");
+    let mut n = 0;
+    let mut write = async |w: &mut EventWriter, count: usize| {
+        for _ in 0..count {
+            w.write(b"k", format!("k:{n}").as_bytes())
+                .await
+                .expect("write");
+            n += 1;
+        }
+        w.flush().await.expect("flush");
+    };
+    write(&mut w, 500).await;
+    wait_status(&edge, 30, "replicating", |s| {
+        s.replication[0].connected && s.replication[0].replicated_bytes > 0
+    })
+    .await;
+    net.change_host_address(3);
+    for _ in 0..20 {
+        write(&mut w, 50).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 1500);
+    // Everything written was acknowledged by the cloud (in this run of the edge).
+    wait_status(&edge, 60, "replicated after the address change", |s| {
+        s.replication[0].replicated_bytes == s.streams[0].bytes
+    })
+    .await;
+    assert_mirrored(&e, &cloud.admin(&pki).await).await;
+    let connects = edge.log().matches("replication connected").count();
+    assert_eq!(
+        connects, 1,
+        "the connection migrated instead of reconnecting\n{}",
+        edge.tail()
+    );
+}

@@ -50,7 +50,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// A network namespace joined to the host by a veth pair: the host side is `host_ip`,
-/// the namespace side `ns_ip` (a /30 of 10.0.0.0/8 chosen from the process id).
+/// the namespace side `ns_ip` (a /24 of 10.0.0.0/8 chosen from the process id).
 /// Dropping it deletes both.
 pub struct Netns {
     pub name: String,
@@ -66,7 +66,7 @@ impl Netns {
         let name = format!("trib{pid}");
         let host_if = format!("tv{pid}h");
         let ns_if = format!("tv{pid}c");
-        let (a, b) = (100 + ((pid >> 8) % 150) as u8, (pid % 64) as u8 * 4);
+        let (a, b) = (100 + ((pid >> 8) % 150) as u8, (pid % 256) as u8);
         let host_ip = Ipv4Addr::new(10, a, b, 1);
         let ns_ip = Ipv4Addr::new(10, a, b, 2);
         let n = Netns {
@@ -81,14 +81,14 @@ impl Netns {
                 "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
             ])?;
             ip(&["link", "set", &ns_if, "netns", &name])?;
-            ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if])?;
+            ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if])?;
             ip(&["link", "set", &host_if, "up"])?;
             let inside = |args: &[&str]| {
                 let mut all = vec!["netns", "exec", &name, "ip"];
                 all.extend_from_slice(args);
                 ip(&all)
             };
-            inside(&["addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if])?;
+            inside(&["addr", "add", &format!("{ns_ip}/24"), "dev", &ns_if])?;
             inside(&["link", "set", &ns_if, "up"])?;
             inside(&["link", "set", "lo", "up"])?;
             Ok(())
@@ -100,6 +100,29 @@ impl Netns {
             );
         }
         n
+    }
+
+    /// Gives the host side a new address (`.last`) and removes the old one, as when a
+    /// cellular gateway's address changes under a running connection.
+    pub fn change_host_address(&mut self, last: u8) {
+        let [a, b, c, _] = self.host_ip.octets();
+        let new = Ipv4Addr::new(a, b, c, last);
+        // Keep the new (secondary) address when the primary goes.
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/promote_secondaries", self.host_if),
+            "1",
+        )
+        .expect("promote_secondaries");
+        ip(&["addr", "add", &format!("{new}/24"), "dev", &self.host_if]).expect("add");
+        ip(&[
+            "addr",
+            "del",
+            &format!("{}/24", self.host_ip),
+            "dev",
+            &self.host_if,
+        ])
+        .expect("del");
+        self.host_ip = new;
     }
 
     /// Cuts the link (a partition) or restores it.
