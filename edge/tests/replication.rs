@@ -474,8 +474,82 @@ async fn replication_survives_a_change_of_the_edges_address() {
     assert_mirrored(&e, &cloud.admin(&pki).await).await;
     let connects = edge.log().matches("replication connected").count();
     assert_eq!(
-        connects, 1,
+        connects,
+        1,
         "the connection migrated instead of reconnecting\n{}",
         edge.tail()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Netns::create();
+    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
+    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    let broker = Broker::start(dir.path());
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).expect("dir");
+    let body = edge_body(1, Some(broker.port), &pki, "edge-1", cloud.quic, "").replace(
+        "segments = 1\n",
+        "segments = 1\ndisk_budget_mb = 1\nwhen_full = \"drop-oldest\"\n",
+    );
+    let mut edge = Edge::new(&edge_dir, &body);
+    edge.start();
+    edge.ready().await;
+    // 2 MiB for a 1 MiB budget, while the cloud is away.
+    let n = 2048;
+    let msgs: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let mut p = format!("k0:{i}:").into_bytes();
+            p.resize(1024, b'.');
+            ("sensors/k0/reading".to_string(), p)
+        })
+        .collect();
+    publish(broker.port, msgs).await;
+    wait_status(&edge, 30, "paused at the budget, nothing dropped", |s| {
+        s.streams[0].paused && s.streams[0].disk_bytes >= 1 << 20
+    })
+    .await;
+    // Still paused, still nothing dropped, a few budget checks later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(edge.status().await.expect("status").streams[0].paused);
+    let e = edge.client().await;
+    let name = segment_name(
+        SCOPE,
+        STREAM,
+        tributary::stream::SegmentId {
+            number: 0,
+            epoch: 0,
+        },
+    );
+    assert_eq!(
+        e.segment_info(&name).await.expect("info").start,
+        0,
+        "nothing dropped"
+    );
+
+    cloud.start().await;
+    let s = wait_status(&edge, 60, "replicated, then room made", |s| {
+        s.streams[0].events == n && s.replication[0].lag_bytes == 0 && !s.streams[0].paused
+    })
+    .await;
+    assert!(s.streams[0].disk_bytes <= 1 << 20, "{s:?}");
+    let start = e.segment_info(&name).await.expect("info").start;
+    assert!(start > 0, "the oldest replicated data was dropped");
+    // The cloud holds every message, once, in order.
+    let c = cloud.admin(&pki).await;
+    let events = events_of(&segment_bytes(&c, &name).await);
+    let got: Vec<String> = events
+        .iter()
+        .map(|(_, p)| {
+            String::from_utf8_lossy(p)
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
 }

@@ -109,7 +109,10 @@ impl Netns {
         let new = Ipv4Addr::new(a, b, c, last);
         // Keep the new (secondary) address when the primary goes.
         std::fs::write(
-            format!("/proc/sys/net/ipv4/conf/{}/promote_secondaries", self.host_if),
+            format!(
+                "/proc/sys/net/ipv4/conf/{}/promote_secondaries",
+                self.host_if
+            ),
             "1",
         )
         .expect("promote_secondaries");
