@@ -645,6 +645,8 @@ mod tests {
         )
         .expect("edge-mqtt-pi.toml");
         assert_eq!(c.mqtt.len(), 1);
+        assert_eq!(c.replicate[0].to(), "factory-3/sensors");
+        assert!(c.cloud.is_some());
         let c = parse(
             include_str!("../../config/edge-serial-gateway.toml"),
             Path::new("/etc/t"),
@@ -658,6 +660,8 @@ mod tests {
         )
         .expect("edge-camera-gateway.toml");
         assert_eq!(c.watch.len(), 1);
+        assert_eq!(c.replicate[0].max_bytes_per_s, Some(2 << 20));
+        assert_eq!(c.cloud.map(|c| c.endpoints.len()), Some(2));
     }
 
     #[test]
@@ -720,6 +724,37 @@ mod tests {
         let e = &errors("[[stream]]\nname = \"a/b\"\ncolour = 1\n")[0];
         assert!(e.starts_with("line 3: "), "{e}");
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn replication_errors_name_key_and_line() {
+        let e = errors(
+            "[[stream]]\nname = \"a/b\"\n\
+             [cloud]\nendpoints = [\"nohost\"]\nca = \"ca.pem\"\n\
+             [[replicate]]\nstream = \"a/c\"\n\
+             [[replicate]]\nstream = \"a/b\"\nto = \"x\"\n\
+             [[replicate]]\nstream = \"a/b\"\nmax_kib_per_s = 0\n",
+        );
+        let want = [
+            "line 4: cloud.endpoints[0]: \"nohost\" is not HOST:PORT",
+            "line 3: cloud.cert: missing",
+            "line 3: cloud.key: missing",
+            "line 7: replicate[0].stream: \"a/c\" is not a configured [[stream]]",
+            "line 10: replicate[1].to: \"x\" is not SCOPE/STREAM",
+            "line 13: replicate[2].max_kib_per_s: must be between 1",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+        let e = errors("[[stream]]\nname = \"a/b\"\n[[replicate]]\nstream = \"a/b\"\n");
+        assert!(e[0].contains("needs a [cloud] section"), "{e:?}");
+        let e = errors("[[grant]]\nidentity = \"edge\"\nstreams = [\"a\", \"a/*\"]\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("line 3: grant[0].streams[0]: \"a\" is not"),
+            "{e:?}"
+        );
     }
 
     #[test]
