@@ -218,6 +218,7 @@ fn main() {
         let wan_faults = cloud::Faults {
             delay: Duration::from_millis(25),
             loss: 0.01,
+            rate: None,
         };
         let wan = backlog(&edge, "wan", wan_mib << 20).await;
         let (bytes, raw_s) = raw(&wan, &pki, Some(wan_faults)).await;

@@ -149,6 +149,7 @@ async fn every_message_reaches_the_cloud_once_through_kills_partition_delay_and_
         Faults {
             delay: Duration::from_millis(50),
             loss: 0.05,
+            rate: None,
         },
     )
     .await;
@@ -552,4 +553,72 @@ async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
         .collect();
     let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_stream_drains_first_on_a_slow_uplink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Netns::create();
+    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
+    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    // A 4 MiB/s uplink.
+    let relay = Relay::start(
+        cloud.quic,
+        Faults {
+            delay: Duration::from_millis(5),
+            loss: 0.0,
+            rate: Some(4 << 20),
+        },
+    )
+    .await;
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).expect("dir");
+    let id = pki.identity("edge-1");
+    let body = format!(
+        "[[stream]]\nname = \"site/video\"\n[[stream]]\nname = \"site/sensors\"\n\
+         [cloud]\nendpoints = [\"{}\"]\nserver_name = \"localhost\"\n\
+         ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[replicate]]\nstream = \"site/video\"\npriority = 0\n\
+         [[replicate]]\nstream = \"site/sensors\"\npriority = 10\n",
+        relay.addr,
+        id.ca.display(),
+        id.cert.display(),
+        id.key.display()
+    );
+    let mut edge = Edge::new(&edge_dir, &body);
+    edge.start();
+    edge.ready().await;
+    // Backlogs while the cloud is away: 24 MiB of video, 8 MiB of sensor data.
+    let e = edge.client().await;
+    for (stream, mib) in [("video", 24), ("sensors", 8)] {
+        let mut w = EventWriter::new(&e, SCOPE, stream, WriterConfig::default())
+            .await
+            .expect("writer");
+        let payload = vec![1u8; 64 << 10];
+        for _ in 0..mib * 16 {
+            w.write(b"k", &payload).await.expect("write");
+        }
+        w.flush().await.expect("flush");
+    }
+    wait_status(&edge, 30, "both backlogs counted", |s| {
+        s.replication.iter().all(|r| r.lag_bytes >= 3 << 20)
+    })
+    .await;
+    cloud.start().await;
+    // When the sensor stream has drained, most of the video is still waiting (with
+    // equal priorities about 13 of its 24 MiB are left at that moment, with these
+    // about 21).
+    let s = wait_status(&edge, 90, "the sensor backlog drained", |s| {
+        s.replication[1].lag_bytes == 0 && s.replication[1].connected
+    })
+    .await;
+    let video_left = s.replication[0].lag_bytes;
+    assert!(
+        video_left > 18 << 20,
+        "the video stream drained alongside: {video_left} bytes left"
+    );
+    wait_status(&edge, 120, "the video backlog drained", |s| {
+        s.replication[0].lag_bytes == 0
+    })
+    .await;
 }

@@ -343,6 +343,8 @@ pub struct Faults {
     pub delay: Duration,
     /// Probability of dropping a datagram.
     pub loss: f64,
+    /// Bytes per second each way at most (a slow uplink); `None`: no limit.
+    pub rate: Option<u64>,
 }
 
 /// A UDP relay on 127.0.0.1 to `upstream`: each client address gets its own upstream
@@ -361,6 +363,7 @@ impl Relay {
         let f = faults.clone();
         let task = tokio::spawn(async move {
             let mut peers: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let (up_link, down_link) = (Arc::new(Link::default()), Arc::new(Link::default()));
             let mut buf = vec![0u8; 65_536];
             loop {
                 let Ok((n, from)) = front.recv_from(&mut buf).await else {
@@ -375,12 +378,13 @@ impl Relay {
                         let u = Arc::new(u);
                         peers.insert(from, u.clone());
                         let (u2, front2, f2) = (u.clone(), front.clone(), f.clone());
+                        let down = down_link.clone();
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 65_536];
                             while let Ok((n, _)) = u2.recv_from(&mut buf).await {
                                 let data = buf[..n].to_vec();
                                 let front = front2.clone();
-                                forward(&f2, async move {
+                                forward(&f2, &down, n, async move {
                                     let _ = front.send_to(&data, from).await;
                                 });
                             }
@@ -389,7 +393,7 @@ impl Relay {
                     }
                 };
                 let data = buf[..n].to_vec();
-                forward(&f, async move {
+                forward(&f, &up_link, n, async move {
                     let _ = up.send_to(&data, upstream).await;
                 });
             }
@@ -402,16 +406,37 @@ impl Relay {
     }
 }
 
-/// Sends (`send`) after the delay, unless the datagram is lost.
-fn forward(faults: &Mutex<Faults>, send: impl std::future::Future<Output = ()> + Send + 'static) {
+/// One direction of the relay: when it is free again, under a rate limit.
+#[derive(Default)]
+struct Link {
+    free_at: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// Sends (`send`, a datagram of `len` bytes) after the delay and its turn on `link`,
+/// unless the datagram is lost.
+fn forward(
+    faults: &Mutex<Faults>,
+    link: &Link,
+    len: usize,
+    send: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let f = *faults.lock().expect("faults");
     if f.loss > 0.0 && rand::random::<f64>() < f.loss {
         return;
     }
-    tokio::spawn(async move {
-        if !f.delay.is_zero() {
-            tokio::time::sleep(f.delay).await;
+    let now = tokio::time::Instant::now();
+    let at = match f.rate {
+        Some(rate) => {
+            let mut free = link.free_at.lock().expect("link");
+            let start = free.map_or(now, |t| t.max(now));
+            let done = start + Duration::from_secs_f64(len as f64 / rate as f64);
+            *free = Some(done);
+            done
         }
+        None => now,
+    } + f.delay;
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at).await;
         send.await;
     });
 }
