@@ -7,7 +7,8 @@
 //!     cargo bench -p tributary-edge --bench replication [-- MIB [WAN_MIB]]
 //!
 //! Defaults: a 1 GiB backlog on loopback (its drain time is the "1 GiB backlog"
-//! figure), 64 MiB through the WAN relay.
+//! figure), 64 MiB through the WAN relay. The cloud node runs with
+//! `[log] max_batch_mb = 32`, the edge with the default 4.
 
 #[path = "../tests/common/cloud.rs"]
 #[allow(dead_code)]
@@ -31,10 +32,12 @@ use tributary_edge::replicate::Replica;
 
 const EVENT: usize = 64 << 10;
 
-async fn node(dir: &Path) -> Node {
+async fn node(dir: &Path, batch_mib: usize) -> Node {
     let local: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut settings = NodeSettings::default();
+    settings.log.max_batch_bytes = batch_mib << 20;
     let cfg = NodeConfig::new(
-        NodeSettings::default(),
+        settings,
         Overrides::default(),
         Defaults {
             data_dir: dir.to_path_buf(),
@@ -202,8 +205,10 @@ fn main() {
         .expect("runtime");
     rt.block_on(async move {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cloud = node(&dir.path().join("cloud")).await;
-        let edge = node(&dir.path().join("edge")).await;
+        // The cloud with `[log] max_batch_mb = 32` (more per fsync), the edge with the
+        // default 4.
+        let cloud = node(&dir.path().join("cloud"), 32).await;
+        let edge = node(&dir.path().join("edge"), 4).await;
         let profile = ClientProfile::load(cloud.profile_path().expect("profile")).expect("profile");
         let pki = DevPki::paths(&cloud.data_dir().join("tls"));
 

@@ -17,6 +17,7 @@
 //! server_name = "localhost"
 //! [log]
 //! max_file_bytes = 67108864
+//! max_batch_mb = 4
 //! commit_delay_us = 0
 //! cache_mb = 64
 //! [policies]       # automatic scaling and retention
@@ -302,6 +303,7 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     max_file_bytes: Option<Spanned<u64>>,
+    max_batch_mb: Option<Spanned<u64>>,
     commit_delay_us: Option<Spanned<u64>>,
     cache_mb: Option<Spanned<u64>>,
 }
@@ -493,6 +495,18 @@ impl<'a> Validator<'a> {
                 );
             }
             c.max_file_bytes = *v.get_ref();
+        }
+        if let Some(v) = l.max_batch_mb {
+            match usize::try_from(*v.get_ref()) {
+                Ok(mb @ 1..=1024) => c.max_batch_bytes = mb << 20,
+                _ => {
+                    self.error::<()>(
+                        "log.max_batch_mb",
+                        v.span().start,
+                        "must be between 1 and 1024".into(),
+                    );
+                }
+            }
         }
         if let Some(v) = l.commit_delay_us {
             if *v.get_ref() > MAX_COMMIT_DELAY_US {
