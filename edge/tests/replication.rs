@@ -136,12 +136,57 @@ fn events_of(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_message_reaches_the_cloud_once_through_kills_partition_delay_and_loss() {
+/// What every test here starts from: a temp dir, the cloud's network namespace, a PKI
+/// with the identities "admin" and "edge-1", and the cloud (not started) granting
+/// `grants`. Destructured in field order, the cloud is dropped (killed) first.
+struct World {
+    dir: tempfile::TempDir,
+    net: Arc<Netns>,
+    pki: Pki,
+    cloud: Cloud,
+}
+
+fn world(grants: &str) -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = Arc::new(Netns::create());
     let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
-    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    let cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, grants);
+    World {
+        dir,
+        net,
+        pki,
+        cloud,
+    }
+}
+
+/// Starts an edge in `dir/name` with the config `body`, once it answers.
+async fn start_edge(dir: &std::path::Path, name: &str, body: &str) -> Edge {
+    let edge_dir = dir.join(name);
+    std::fs::create_dir_all(&edge_dir).expect("dir");
+    let mut edge = Edge::new(&edge_dir, body);
+    edge.start();
+    edge.ready().await;
+    edge
+}
+
+/// Publishes `messages(keys, per_key)` in batches of ten rounds, `gap` apart.
+fn publisher(port: u16, keys: usize, per_key: usize, gap: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for batch in messages(keys, per_key).chunks(10) {
+            publish(port, batch.concat()).await;
+            tokio::time::sleep(gap).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_reaches_the_cloud_once_through_kills_partition_delay_and_loss() {
+    let World {
+        dir,
+        net,
+        pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
     cloud.start().await;
     // 100 ms round trip, 5 % loss each way.
     let relay = Relay::start(
@@ -154,25 +199,10 @@ async fn every_message_reaches_the_cloud_once_through_kills_partition_delay_and_
     )
     .await;
     let broker = Broker::start(dir.path());
-    let edge_dir = dir.path().join("edge");
-    std::fs::create_dir_all(&edge_dir).expect("dir");
-    let mut edge = Edge::new(
-        &edge_dir,
-        &edge_body(2, Some(broker.port), &pki, "edge-1", relay.addr, ""),
-    );
-    edge.start();
-    edge.ready().await;
-
+    let body = edge_body(2, Some(broker.port), &pki, "edge-1", relay.addr, "");
+    let mut edge = start_edge(dir.path(), "edge", &body).await;
     let (keys, per_key) = (8, 500);
-    let publisher = {
-        let port = broker.port;
-        tokio::spawn(async move {
-            for batch in messages(keys, per_key).chunks(10) {
-                publish(port, batch.concat()).await;
-                tokio::time::sleep(Duration::from_millis(80)).await;
-            }
-        })
-    };
+    let publisher = publisher(broker.port, keys, per_key, Duration::from_millis(80));
     // A 30 s partition, from 10 s in.
     let partition = {
         let net = net.clone();
@@ -219,31 +249,18 @@ async fn every_message_reaches_the_cloud_once_through_kills_partition_delay_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_scaled_on_the_edge_scales_the_same_in_the_cloud() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = Netns::create();
-    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
-    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
     cloud.start().await;
     let broker = Broker::start(dir.path());
-    let edge_dir = dir.path().join("edge");
-    std::fs::create_dir_all(&edge_dir).expect("dir");
-    let mut edge = Edge::new(
-        &edge_dir,
-        &edge_body(1, Some(broker.port), &pki, "edge-1", cloud.quic, ""),
-    );
-    edge.start();
-    edge.ready().await;
-
+    let body = edge_body(1, Some(broker.port), &pki, "edge-1", cloud.quic, "");
+    let edge = start_edge(dir.path(), "edge", &body).await;
     let (keys, per_key) = (6, 300);
-    let publisher = {
-        let port = broker.port;
-        tokio::spawn(async move {
-            for batch in messages(keys, per_key).chunks(10) {
-                publish(port, batch.concat()).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let publisher = publisher(broker.port, keys, per_key, Duration::from_millis(50));
     // Split, split one half again, then merge two neighbours: three scales while
     // messages arrive and replicate.
     let e = edge.client().await;
@@ -281,13 +298,14 @@ async fn a_stream_scaled_on_the_edge_scales_the_same_in_the_cloud() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_without_a_grant_or_from_a_foreign_ca_writes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = Netns::create();
-    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
-    let foreign = Pki::make(&dir.path().join("foreign"), &["edge-1"]);
     // edge-1 may write only to "other".
-    let grant = "[[grant]]\nidentity = \"edge-1\"\nstreams = [\"other/*\"]\n";
-    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, grant);
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world("[[grant]]\nidentity = \"edge-1\"\nstreams = [\"other/*\"]\n");
+    let foreign = Pki::make(&dir.path().join("foreign"), &["edge-1"]);
     cloud.start().await;
 
     for (name, body) in [
@@ -309,11 +327,7 @@ async fn an_edge_without_a_grant_or_from_a_foreign_ca_writes_nothing() {
                 )
         }),
     ] {
-        let edge_dir = dir.path().join(name.replace(' ', "-"));
-        std::fs::create_dir_all(&edge_dir).expect("dir");
-        let mut edge = Edge::new(&edge_dir, &body);
-        edge.start();
-        edge.ready().await;
+        let mut edge = start_edge(dir.path(), &name.replace(' ', "-"), &body).await;
         let e = edge.client().await;
         let mut w = EventWriter::new(&e, SCOPE, STREAM, WriterConfig::default())
             .await
@@ -347,26 +361,22 @@ async fn an_edge_without_a_grant_or_from_a_foreign_ca_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_from_a_long_offline_stretch_drains_with_lag_reported() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = Netns::create();
-    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
-    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
-    let edge_dir = dir.path().join("edge");
-    std::fs::create_dir_all(&edge_dir).expect("dir");
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
     // The cloud is not there yet; 8 MiB/s cap on this stream.
-    let mut edge = Edge::new(
-        &edge_dir,
-        &edge_body(
-            2,
-            None,
-            &pki,
-            "edge-1",
-            cloud.quic,
-            "max_kib_per_s = 8192\n",
-        ),
+    let body = edge_body(
+        2,
+        None,
+        &pki,
+        "edge-1",
+        cloud.quic,
+        "max_kib_per_s = 8192\n",
     );
-    edge.start();
-    edge.ready().await;
+    let edge = start_edge(dir.path(), "edge", &body).await;
     let e = edge.client().await;
     let mut w = EventWriter::new(&e, SCOPE, STREAM, WriterConfig::default())
         .await
@@ -429,19 +439,15 @@ async fn a_backlog_from_a_long_offline_stretch_drains_with_lag_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_survives_a_change_of_the_edges_address() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut net = Netns::create();
-    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
-    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    let World {
+        dir,
+        net,
+        pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
     cloud.start().await;
-    let edge_dir = dir.path().join("edge");
-    std::fs::create_dir_all(&edge_dir).expect("dir");
-    let mut edge = Edge::new(
-        &edge_dir,
-        &edge_body(1, None, &pki, "edge-1", cloud.quic, ""),
-    );
-    edge.start();
-    edge.ready().await;
+    let body = edge_body(1, None, &pki, "edge-1", cloud.quic, "");
+    let edge = start_edge(dir.path(), "edge", &body).await;
     let e = edge.client().await;
     let mut w = EventWriter::new(&e, SCOPE, STREAM, WriterConfig::default())
         .await
@@ -484,20 +490,18 @@ async fn replication_survives_a_change_of_the_edges_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = Netns::create();
-    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
-    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
     let broker = Broker::start(dir.path());
-    let edge_dir = dir.path().join("edge");
-    std::fs::create_dir_all(&edge_dir).expect("dir");
     let body = edge_body(1, Some(broker.port), &pki, "edge-1", cloud.quic, "").replace(
         "segments = 1\n",
         "segments = 1\ndisk_budget_mb = 1\nwhen_full = \"drop-oldest\"\n",
     );
-    let mut edge = Edge::new(&edge_dir, &body);
-    edge.start();
-    edge.ready().await;
+    let edge = start_edge(dir.path(), "edge", &body).await;
     // 2 MiB for a 1 MiB budget, while the cloud is away.
     let n = 2048;
     let msgs: Vec<(String, Vec<u8>)> = (0..n)
@@ -557,10 +561,12 @@ async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_higher_priority_stream_drains_first_on_a_slow_uplink() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = Netns::create();
-    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
-    let mut cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, EDGE_GRANT);
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
     // A 4 MiB/s uplink.
     let relay = Relay::start(
         cloud.quic,
@@ -571,8 +577,6 @@ async fn a_higher_priority_stream_drains_first_on_a_slow_uplink() {
         },
     )
     .await;
-    let edge_dir = dir.path().join("edge");
-    std::fs::create_dir_all(&edge_dir).expect("dir");
     let id = pki.identity("edge-1");
     let body = format!(
         "[[stream]]\nname = \"site/video\"\n[[stream]]\nname = \"site/sensors\"\n\
@@ -585,9 +589,7 @@ async fn a_higher_priority_stream_drains_first_on_a_slow_uplink() {
         id.cert.display(),
         id.key.display()
     );
-    let mut edge = Edge::new(&edge_dir, &body);
-    edge.start();
-    edge.ready().await;
+    let edge = start_edge(dir.path(), "edge", &body).await;
     // Backlogs while the cloud is away: 24 MiB of video, 8 MiB of sensor data.
     let e = edge.client().await;
     for (stream, mib) in [("video", 24), ("sensors", 8)] {

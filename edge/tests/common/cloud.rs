@@ -104,7 +104,7 @@ impl Netns {
 
     /// Gives the host side a new address (`.last`) and removes the old one, as when a
     /// cellular gateway's address changes under a running connection.
-    pub fn change_host_address(&mut self, last: u8) {
+    pub fn change_host_address(&self, last: u8) {
         let [a, b, c, _] = self.host_ip.octets();
         let new = Ipv4Addr::new(a, b, c, last);
         // Keep the new (secondary) address when the primary goes.
@@ -125,7 +125,6 @@ impl Netns {
             &self.host_if,
         ])
         .expect("del");
-        self.host_ip = new;
     }
 
     /// Cuts the link (a partition) or restores it.
