@@ -43,6 +43,7 @@ use tributary::node::config::{
 };
 use tributary::stream::validate_scoped_name;
 
+use crate::pipe::{PipeSpec, RawPipe};
 use crate::replicate;
 use crate::replicate::config::{CloudSpec, RawCloud, RawReplicate, ReplicateSpec};
 use crate::serial::{Framing, SerialConfig};
@@ -80,6 +81,8 @@ pub struct EdgeConfig {
     pub serial: Vec<SerialSpec>,
     /// `[[watch]]`: directories whose files become events.
     pub watch: Vec<WatchSpec>,
+    /// `[[pipe]]`: commands whose runs become events.
+    pub pipe: Vec<PipeSpec>,
     /// `[cloud]`: where to replicate.
     pub cloud: Option<CloudSpec>,
     /// `[[replicate]]`: which streams go where.
@@ -228,6 +231,7 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
     });
     let streams = streams(&mut v, raw.stream);
     let (cloud, replicate) = replicate::config::parse(&mut v, raw.cloud, raw.replicate, &streams);
+    let pipe = crate::pipe::parse(&mut v, raw.pipe, &streams);
     let mqtt = raw
         .mqtt
         .into_iter()
@@ -252,6 +256,7 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
         mqtt,
         serial,
         watch,
+        pipe,
         cloud,
         replicate,
     })
@@ -278,6 +283,8 @@ struct RawFile {
     serial: Vec<Spanned<RawSerial>>,
     #[serde(default)]
     watch: Vec<Spanned<RawWatch>>,
+    #[serde(default)]
+    pipe: Vec<Spanned<RawPipe>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -660,6 +667,7 @@ mod tests {
         )
         .expect("edge-camera-gateway.toml");
         assert_eq!(c.watch.len(), 1);
+        assert_eq!(c.pipe[0].max_bytes, 16 << 20);
         assert_eq!(c.replicate[0].max_bytes_per_s, Some(2 << 20));
         assert_eq!(c.cloud.map(|c| c.endpoints.len()), Some(2));
     }
@@ -755,6 +763,29 @@ mod tests {
             e[0].starts_with("line 3: grant[0].streams[0]: \"a\" is not"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn commands_are_checked() {
+        let e = errors(
+            "[[stream]]\nname = \"a/b\"\n\
+             [[pipe]]\ncommand = []\nstream = \"a/b\"\n\
+             [[pipe]]\ncommand = [\"x\"]\nstream = \"a/b\"\nmax_event_mb = 0\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("line 4: pipe[0].command: must name a program"),
+            "{e:?}"
+        );
+        assert!(e[1].starts_with("line 9: pipe[1].max_event_mb"), "{e:?}");
+        let c = parse(
+            "[[stream]]\nname = \"a/b\"\n[[pipe]]\ncommand = [\"/usr/bin/cam\", \"-o\", \"-\"]\n\
+             stream = \"a/b\"\nevery_secs = 5\n",
+            Path::new("/etc"),
+        )
+        .expect("valid");
+        assert_eq!(c.pipe[0].key, "cam");
+        assert_eq!(c.pipe[0].every, Duration::from_secs(5));
     }
 
     #[test]

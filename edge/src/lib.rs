@@ -11,6 +11,7 @@ pub mod budget;
 pub mod config;
 pub mod local;
 pub mod mqtt;
+pub mod pipe;
 pub mod replicate;
 pub mod run;
 pub mod serial;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use tributary::controller::{Controller, ControllerError};
+use tributary::controller::{Controller, ControllerError, LargeEventStored};
 use tributary::event::{encode_event, framed_len};
 use tributary::log::{
     AppendOptions, AttributeCondition, AttributeId, AttributeUpdate, LogError, SegmentLog, Ticket,
@@ -279,6 +279,52 @@ impl LocalStream {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Stores one large event of exactly `len` bytes read from `data` (a file, a
+    /// command's output) through a temporary segment merged atomically, with the
+    /// stream's bookkeeping in the same step: `source`'s count of large events in the
+    /// segment the key goes to (what `status` counts), the last event time, and
+    /// `condition` if any (nothing is stored if it fails). Waits while the stream is
+    /// paused. The event is durable when this returns.
+    pub async fn submit_large<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        key: &[u8],
+        len: u64,
+        data: R,
+        source: AttributeId,
+        condition: Option<AttributeUpdate>,
+    ) -> Result<LargeEventStored, ControllerError> {
+        self.wait_unpaused().await;
+        let counter = LARGE_EVENTS + u128::from((source >> 16) as u32);
+        let count = match self.segment_for(key) {
+            Some(seg) => self.log().info(&seg)?.attributes.get(&counter).copied(),
+            None => None,
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut attributes: Vec<AttributeUpdate> = condition.into_iter().collect();
+        attributes.push(AttributeUpdate {
+            id: counter,
+            value: count.unwrap_or(0) + 1,
+            condition: AttributeCondition::Always,
+        });
+        attributes.push(AttributeUpdate {
+            id: LAST_EVENT_ATTRIBUTE,
+            value: now,
+            condition: AttributeCondition::Always,
+        });
+        self.controller
+            .append_large_event(
+                &self.spec.scope,
+                &self.spec.stream,
+                key,
+                len,
+                data,
+                &attributes,
+            )
+            .await
     }
 
     /// The active segment a key goes to now.

@@ -91,6 +91,18 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         ));
     }
 
+    let mut pipes = Vec::new();
+    for p in &cfg.pipe {
+        let stats = Arc::new(crate::pipe::PipeStats::default());
+        pipes.push((p.clone(), stats.clone()));
+        tasks.spawn(crate::pipe::run(
+            p.clone(),
+            streams[p.stream].clone(),
+            stats,
+            stopped.clone(),
+        ));
+    }
+
     let snap = {
         let (streams, sources, serial, watched) = (
             streams.clone(),
@@ -98,7 +110,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
             serial.clone(),
             watched.clone(),
         );
-        Arc::new(move || snapshot(&streams, &sources, &serial, &watched))
+        Arc::new(move || snapshot(&streams, &sources, &serial, &watched, &pipes))
     };
     let status = {
         let snap = snap.clone();
@@ -123,6 +135,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         mqtt_sources = cfg.mqtt.len(),
         serial_sources = cfg.serial.len(),
         watched_dirs = cfg.watch.len(),
+        commands = cfg.pipe.len(),
         replicated_streams = cfg.replicate.len(),
         client_profile = %n
             .profile_path()

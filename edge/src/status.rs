@@ -13,6 +13,7 @@ use tributary::stream::segment_name;
 
 use crate::local::{LocalStream, EVENTS_ATTRIBUTE, LARGE_EVENTS, LAST_EVENT_ATTRIBUTE};
 use crate::mqtt::MqttStats;
+use crate::pipe::{PipeSpec, PipeStats, PipeStatus};
 use crate::replicate::ReplicaStatus;
 use crate::serial::SerialStats;
 use crate::watch::{WatchStats, WatchStatus};
@@ -30,6 +31,9 @@ pub struct Status {
     /// Watched directories.
     #[serde(default)]
     pub watch: Vec<WatchStatus>,
+    /// Commands whose runs become events.
+    #[serde(default)]
+    pub pipe: Vec<PipeStatus>,
     /// Replication to the cloud, per replicated stream.
     #[serde(default)]
     pub replication: Vec<ReplicaStatus>,
@@ -153,6 +157,7 @@ pub fn snapshot(
     mqtt: &[MqttSource],
     serial: &[Arc<SerialStats>],
     watch: &[(std::path::PathBuf, Arc<WatchStats>)],
+    pipes: &[(PipeSpec, Arc<PipeStats>)],
 ) -> Status {
     let replication = streams
         .iter()
@@ -188,6 +193,7 @@ pub fn snapshot(
             })
             .collect(),
         watch: watch.iter().map(|(dir, w)| w.status(dir)).collect(),
+        pipe: pipes.iter().map(|(spec, p)| p.status(spec)).collect(),
         replication,
     }
 }
@@ -295,6 +301,27 @@ pub fn render_metrics(s: &Status) -> String {
         "Failed attempts to store a watched file (retried).",
         per_dir(&|w| w.errors),
     );
+    let per_command = |f: &dyn Fn(&PipeStatus) -> u64| {
+        s.pipe
+            .iter()
+            .map(|p| {
+                let c = p.command.replace('\\', "\\\\").replace('"', "\\\"");
+                (format!("command=\"{c}\""), f(p).to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "tributary_edge_command_events_total",
+        "counter",
+        "Runs of a command stored as events.",
+        per_command(&|p| p.events),
+    );
+    family(
+        "tributary_edge_command_failures_total",
+        "counter",
+        "Runs of a command that failed (nothing stored).",
+        per_command(&|p| p.failures),
+    );
     let per_replica = |f: &dyn Fn(&ReplicaStatus) -> String| {
         s.replication
             .iter()
@@ -390,6 +417,18 @@ pub fn render_table(s: &Status) -> String {
         out.push_str(&format!(
             "watch {}: files {}, bytes {}, found stored after a crash {}, errors {}\n",
             w.dir, w.files, w.bytes, w.already_stored, w.errors
+        ));
+    }
+    for p in &s.pipe {
+        out.push_str(&format!(
+            "command {}: events {}, bytes {}, failures {}{}\n",
+            p.command,
+            p.events,
+            p.bytes,
+            p.failures,
+            p.last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(", last error: {e}"))
         ));
     }
     for r in &s.replication {

@@ -29,9 +29,7 @@ use tributary::controller::ControllerError;
 use tributary::log::{AttributeCondition, AttributeId, AttributeUpdate, LogError};
 use tributary::stream::segment_name;
 
-use crate::local::{
-    fingerprint, source_attribute, LocalStream, LARGE_EVENTS, LAST_EVENT_ATTRIBUTE,
-};
+use crate::local::{fingerprint, source_attribute, LocalStream};
 
 /// What happens to a file once it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -249,52 +247,22 @@ async fn ingest(
     len: u64,
     fp: i64,
 ) -> anyhow::Result<()> {
-    let s = stream.spec();
     let attr = last_file_attribute(&spec.dir);
     if already_stored(stream, attr, fp).await? {
         stats.already_stored.fetch_add(1, Ordering::Relaxed);
         tracing::info!(file = %spec.dir.join(name).display(), "stored before a restart; finishing it");
         return Ok(());
     }
-    stream.wait_unpaused().await;
     let file = tokio::fs::File::open(spec.dir.join(name)).await?;
-    // This directory's count of files in the segment the file goes to (status).
-    let counter = LARGE_EVENTS + u128::from((attr >> 16) as u32);
-    let count = match stream.segment_for(name.as_bytes()) {
-        Some(seg) => stream.log().info(&seg)?.attributes.get(&counter).copied(),
-        None => None,
+    let condition = AttributeUpdate {
+        id: attr,
+        value: fp,
+        condition: AttributeCondition::NotEquals(fp),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let attributes = [
-        AttributeUpdate {
-            id: attr,
-            value: fp,
-            condition: AttributeCondition::NotEquals(fp),
-        },
-        AttributeUpdate {
-            id: counter,
-            value: count.unwrap_or(0) + 1,
-            condition: AttributeCondition::Always,
-        },
-        AttributeUpdate {
-            id: LAST_EVENT_ATTRIBUTE,
-            value: now,
-            condition: AttributeCondition::Always,
-        },
-    ];
     let started = Instant::now();
+    let data = tokio::io::BufReader::with_capacity(1 << 20, file);
     match stream
-        .controller()
-        .append_large_event(
-            &s.scope,
-            &s.stream,
-            name.as_bytes(),
-            len,
-            tokio::io::BufReader::with_capacity(1 << 20, file),
-            &attributes,
-        )
+        .submit_large(name.as_bytes(), len, data, attr, Some(condition))
         .await
     {
         Ok(at) => {
