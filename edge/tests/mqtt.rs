@@ -189,3 +189,61 @@ async fn a_backlog_queued_while_the_edge_was_away_drains() {
     check_exactly_once_in_order(&events, n);
     assert_eq!(edge.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_is_retried_and_loses_nothing_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = Broker::start(dir.path());
+    // A second route, subscribed after the first, tells when the subscriptions are back.
+    let config = format!(
+        "{}[[stream]]\nname = \"site/probe\"\n\
+         [[mqtt.route]]\nfilter = \"probe\"\nstream = \"site/probe\"\nqos = 1\n",
+        edge_config(broker.port, "3.1.1")
+    );
+    let mut edge = Edge::new(dir.path(), &config);
+    edge.start();
+    edge.ready().await;
+    let batch = |from: u64| -> Vec<(String, Vec<u8>)> {
+        (from..from + 200)
+            .map(|n| (format!("test/k{}", n % KEYS), n.to_string().into_bytes()))
+            .collect()
+    };
+    common::publish(broker.port, batch(1)).await;
+    wait_status(&edge, 20, "the first batch stored", |s| {
+        s.mqtt[0].stored == 200
+    })
+    .await;
+    broker.kill();
+    wait_status(&edge, 20, "the broker's loss noticed", |s| {
+        !s.mqtt[0].connected
+    })
+    .await;
+    // Unreachable for a while: the edge retries with backoff.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.restart();
+    // This broker keeps no sessions: the edge subscribes again once it is back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while edge.status().await.is_none_or(|s| s.streams[1].events == 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not resubscribed\n{}",
+            edge.tail()
+        );
+        common::publish(broker.port, vec![("probe".into(), b"probe".to_vec())]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    common::publish(broker.port, batch(201)).await;
+    let s = wait_status(&edge, 20, "the second batch stored", |s| {
+        s.streams[0].events == 400
+    })
+    .await;
+    assert!(s.mqtt[0].connection_errors >= 1, "{s:?}");
+    let c = edge.client().await;
+    let events = read_all(&c, "site", "sensors", Duration::from_secs(1)).await;
+    let mut got: Vec<u64> = events
+        .iter()
+        .map(|(_, p)| String::from_utf8_lossy(p).parse().expect("number"))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..=400).collect::<Vec<u64>>(), "each message once");
+}
