@@ -186,6 +186,7 @@ pub async fn run(
             }
             match ingest(&spec, &stream, &stats, &name, len, fp).await {
                 Ok(()) => {
+                    hold_for_crash_tests().await;
                     seen.remove(&name);
                     if let Err(e) = finish(&spec, &done, &name, fp) {
                         stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -198,6 +199,16 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Crash tests set this (milliseconds) to hold each file between storing it and
+/// deleting or recording it, so that a SIGKILL lands in that window.
+const HOLD_ENV: &str = "TRIBUTARY_EDGE_TEST_WATCH_HOLD_MS";
+
+async fn hold_for_crash_tests() {
+    if let Some(ms) = std::env::var(HOLD_ENV).ok().and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 

@@ -94,3 +94,44 @@ async fn a_50_mb_file_is_one_event_once_complete_and_reads_back_identical() {
     .await;
     assert_eq!(edge.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_stored_just_before_a_sigkill_is_not_stored_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let video = dir.path().join("video");
+    std::fs::create_dir_all(&video).expect("mkdir");
+    let config = "[[stream]]\nname = \"cam/front\"\n\
+         [[watch]]\ndir = \"video\"\nstream = \"cam/front\"\nsettle_ms = 200\npoll_ms = 50\n";
+    // Hold each stored file 30 s before deleting it: the SIGKILL lands in between.
+    let mut edge = Edge::new(dir.path(), config).env("TRIBUTARY_EDGE_TEST_WATCH_HOLD_MS", "30000");
+    edge.start();
+    edge.ready().await;
+    let mut clip = vec![0u8; 3 << 20];
+    rand::thread_rng().fill_bytes(&mut clip);
+    let path = video.join("clip.mp4");
+    std::fs::write(&path, &clip).expect("write");
+    wait_status(&edge, 30, "the clip stored", |s| s.watch[0].files == 1).await;
+    edge.kill();
+    assert!(path.exists(), "killed before the delete");
+
+    let mut edge = Edge::new(dir.path(), config);
+    edge.start();
+    edge.ready().await;
+    let s = wait_status(&edge, 30, "recognised as stored", |s| {
+        s.watch[0].already_stored == 1
+    })
+    .await;
+    assert_eq!(s.watch[0].files, 0, "{s:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clip was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = edge.client().await;
+    let events = common::read_all(&c, "cam", "front", Duration::from_secs(1)).await;
+    assert_eq!(events.len(), 1, "stored once");
+    assert!(events[0].1 == clip, "byte-identical");
+}
