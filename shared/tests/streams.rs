@@ -256,6 +256,40 @@ async fn a_checkpoint_survives_a_restart_and_a_new_group_resumes_from_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_retention_drops_what_is_older_than_the_limit() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    let config = StreamConfig {
+        scaling: ScalingPolicy::Fixed { segments: 2 },
+        retention: RetentionPolicy::Time { seconds: 1 },
+    };
+    stream_s_t(&c, config).await;
+    let mut w = writer(&c).await;
+    let settings = PolicySettings::default();
+    // Round 0, a sample of the tail after it; a second later round 1 and a tick: the
+    // tail after round 0 is now a second old, so everything before it goes.
+    write_numbered(&mut w, 4, 0..10).await;
+    node.controller().tick(&settings).await.expect("tick");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write_numbered(&mut w, 4, 10..20).await;
+    node.controller().tick(&settings).await.expect("tick");
+    let mut r = reader(&c, "g", "r").await;
+    let left = drain(&mut r, usize::MAX, Duration::from_secs(1)).await;
+    let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (k, n) in left {
+        per_key.entry(k).or_default().push(n);
+    }
+    assert_eq!(per_key.len(), 4);
+    for (k, ns) in per_key {
+        assert_eq!(
+            ns,
+            (10..20).collect::<Vec<_>>(),
+            "key {k}: only the last second kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_retention_truncates_the_stream_at_a_recorded_cut() {
     let node = Node::start().await;
     let c = node.client().await;
