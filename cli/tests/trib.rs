@@ -155,6 +155,44 @@ async fn scopes_streams_write_with_a_writer_id_and_read_back() {
     assert_eq!(out.lines().next(), Some("reading 4"));
     assert_eq!(out.lines().count(), 5);
 
+    // From the tail: only what is written after the group starts.
+    let tail = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let args = [
+                "read",
+                "site/temps",
+                "--group",
+                "tail",
+                "--from",
+                "tail",
+                "--timeout",
+                "2",
+            ];
+            trib(&p, &args, "").await
+        })
+    };
+    let c = {
+        let prof = ClientProfile::load(p).expect("profile");
+        let tls = tributary::tls::client_config(&prof.identity()).expect("tls");
+        tributary::service::Client::connect(prof.endpoint, &prof.server_name, tls)
+            .await
+            .expect("connect")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.describe_reader_group("site", "tail").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "no tail group");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ok(&trib(
+        p,
+        &["write", "site/temps", "--key", "sensor-1"],
+        "later 1\nlater 2\n",
+    )
+    .await);
+    let (out, _) = ok(&tail.await.expect("tail reader"));
+    assert_eq!(out, "later 1\nlater 2\n");
+
     let (out, _) = ok(&trib(p, &["stream", "describe", "site/temps", "--json"], "").await);
     let d: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(d["segments"].as_array().map(Vec::len), Some(2));
