@@ -83,7 +83,8 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// A mosquitto broker on a loopback port, persistence off, queues unbounded.
+/// A mosquitto broker on a loopback port, persistence off, queues unbounded, logging
+/// every packet (a failing test shows the end of its log).
 pub struct Broker {
     pub port: u16,
     dir: PathBuf,
@@ -109,7 +110,7 @@ impl Broker {
             &conf,
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_inflight_messages 0\nmax_queued_messages 0\nlog_dest stderr\n",
+                 max_inflight_messages 0\nmax_queued_messages 0\nlog_dest stderr\nlog_type all\n",
                 self.port
             ),
         )
