@@ -115,13 +115,7 @@ fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         },
         standalone::defaults(),
     );
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tributary::node::init_logging();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

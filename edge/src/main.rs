@@ -107,13 +107,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         config::defaults(),
     );
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tributary::node::init_logging();
     runtime()?.block_on(tributary_edge::run::run(cfg, node))
 }
 

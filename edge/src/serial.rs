@@ -73,6 +73,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
+use tributary::node::http::label_value;
 use tributary_adapters::framing::{Cobs, Decoder, FrameError, Lines};
 
 /// The longest frame a framing may be configured for.
@@ -413,7 +414,7 @@ pub fn render_prometheus<'a>(sources: impl IntoIterator<Item = &'a SerialStats>,
     for (name, kind, help, sample) in families {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
         for s in &sources {
-            let device = escape_label(&s.device);
+            let device = label_value(&s.device);
             match sample {
                 Some(sample) => {
                     let _ = writeln!(out, "{name}{{device=\"{device}\"}} {}", sample(s));
@@ -431,20 +432,6 @@ pub fn render_prometheus<'a>(sources: impl IntoIterator<Item = &'a SerialStats>,
             }
         }
     }
-}
-
-/// A label value as the Prometheus text format writes it.
-fn escape_label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Runs the serial source described by `cfg` until `shutdown` completes or `out`'s

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tributary::node::http::label_value;
 use tributary::stream::segment_name;
 
 use crate::local::{LocalStream, EVENTS_ATTRIBUTE, LARGE_EVENTS, LAST_EVENT_ATTRIBUTE};
@@ -210,7 +211,7 @@ pub fn render_metrics(s: &Status) -> String {
     let per_stream = |f: &dyn Fn(&StreamStatus) -> String| {
         s.streams
             .iter()
-            .map(|st| (format!("stream=\"{}\"", st.name), f(st)))
+            .map(|st| (format!("stream=\"{}\"", label_value(&st.name)), f(st)))
             .collect::<Vec<_>>()
     };
     family(
@@ -242,7 +243,11 @@ pub fn render_metrics(s: &Status) -> String {
             .iter()
             .map(|m| {
                 (
-                    format!("broker=\"{}\",client_id=\"{}\"", m.broker, m.client_id),
+                    format!(
+                        "broker=\"{}\",client_id=\"{}\"",
+                        label_value(&m.broker),
+                        label_value(&m.client_id)
+                    ),
                     f(m).to_string(),
                 )
             })
@@ -286,7 +291,7 @@ pub fn render_metrics(s: &Status) -> String {
     let per_dir = |f: &dyn Fn(&WatchStatus) -> u64| {
         s.watch
             .iter()
-            .map(|w| (format!("dir=\"{}\"", w.dir), f(w).to_string()))
+            .map(|w| (format!("dir=\"{}\"", label_value(&w.dir)), f(w).to_string()))
             .collect::<Vec<_>>()
     };
     family(
@@ -305,8 +310,10 @@ pub fn render_metrics(s: &Status) -> String {
         s.pipe
             .iter()
             .map(|p| {
-                let c = p.command.replace('\\', "\\\\").replace('"', "\\\"");
-                (format!("command=\"{c}\""), f(p).to_string())
+                (
+                    format!("command=\"{}\"", label_value(&p.command)),
+                    f(p).to_string(),
+                )
             })
             .collect::<Vec<_>>()
     };
@@ -325,7 +332,14 @@ pub fn render_metrics(s: &Status) -> String {
     let per_replica = |f: &dyn Fn(&ReplicaStatus) -> String| {
         s.replication
             .iter()
-            .map(|r| (format!("stream=\"{}\",to=\"{}\"", r.stream, r.to), f(r)))
+            .map(|r| {
+                let labels = format!(
+                    "stream=\"{}\",to=\"{}\"",
+                    label_value(&r.stream),
+                    label_value(&r.to)
+                );
+                (labels, f(r))
+            })
             .collect::<Vec<_>>()
     };
     family(

@@ -251,22 +251,19 @@ pub async fn run(
                 for (l, r) in &replicas {
                     tasks.spawn(replicate_stream(client.clone(), l.clone(), r.clone()));
                 }
-                let only: Vec<Arc<Replica>> = replicas.iter().map(|(_, r)| r.clone()).collect();
-                tasks.spawn(report(client.clone(), only));
+                tasks.spawn(report(client.clone(), replicas.clone()));
                 tokio::select! {
                     () = client.closed() => {}
                     _ = stopped.wait_for(|s| *s) => {}
                 }
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
-                let why = client
-                    .is_closed()
-                    .then(|| "the connection to the cloud was lost".to_string());
+                let lost = client.is_closed();
                 client.close().await;
                 for (_, r) in &replicas {
                     r.connected.store(false, Ordering::Relaxed);
-                    if let Some(why) = &why {
-                        r.failed(&anyhow!("{why}"));
+                    if lost {
+                        r.failed(&anyhow!("the connection to the cloud was lost"));
                     }
                 }
                 if *stopped.borrow() {
@@ -312,13 +309,13 @@ async fn connect(cloud: &CloudSpec, tls: &quinn::ClientConfig) -> anyhow::Result
 }
 
 /// Reports every replica's lag to the cloud, for its metrics.
-async fn report(client: Client, replicas: Vec<Arc<Replica>>) {
+async fn report(client: Client, replicas: Vec<(Arc<LocalStream>, Arc<Replica>)>) {
     let mut every = tokio::time::interval(REPORT_EVERY);
     loop {
         every.tick().await;
         let lags = replicas
             .iter()
-            .map(|r| ReplicationLag {
+            .map(|(_, r)| ReplicationLag {
                 stream: r.spec.to(),
                 bytes: r.lag_bytes.load(Ordering::Relaxed),
                 millis: r.lag_ms.load(Ordering::Relaxed),

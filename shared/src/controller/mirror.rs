@@ -7,7 +7,8 @@
 
 use crate::log::LogError;
 use crate::stream::{
-    segment_name, validate_scoped_name, KeyRange, ScaleRecord, SegmentId, StreamConfig, StreamMeta,
+    segment_name, segment_stream, validate_scoped_name, KeyRange, ScaleRecord, SegmentId,
+    StreamConfig, StreamMeta,
 };
 
 use super::{Controller, ControllerError, Result};
@@ -94,13 +95,8 @@ impl Controller {
 
     /// Whether the segment `name` belongs to a mirror stream.
     pub fn is_mirror_segment(&self, name: &str) -> bool {
-        let mut parts = name.splitn(3, '/');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(scope), Some(stream), Some(_)) => self
-                .describe(scope, stream)
-                .map(|m| m.mirror)
-                .unwrap_or(false),
-            _ => false,
-        }
+        segment_stream(name)
+            .and_then(|(scope, stream)| self.describe(scope, stream).ok())
+            .is_some_and(|m| m.mirror)
     }
 }

@@ -19,6 +19,21 @@ pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 /// The body of `/status`, a JSON document.
 pub type StatusFn = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// A label value as the Prometheus text format writes it (`\\`, `"` and newlines
+/// escaped).
+pub fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Largest request head (request line and headers) read.
 const MAX_HEAD: usize = 8 << 10;
 /// How long a client has to send its request head.

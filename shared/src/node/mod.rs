@@ -54,6 +54,18 @@ where
     })
 }
 
+/// Logs of a node's process: to standard error (journald takes it from there), at
+/// `info` unless `RUST_LOG` says otherwise, in colour only on a terminal.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// A running node.
 pub struct Node {
     data_dir: PathBuf,

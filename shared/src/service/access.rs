@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::stream::{is_large_event_segment, LARGE_EVENT_PREFIX};
+use crate::stream::{is_large_event_segment, segment_stream, LARGE_EVENT_PREFIX};
 use crate::wire::Request;
 
 /// What one identity may do.
@@ -45,10 +45,9 @@ impl Grant {
         if is_large_event_segment(name) {
             return (temp && !self.streams.is_empty()) || self.admin;
         }
-        let mut parts = name.splitn(3, '/');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(scope), Some(stream), Some(_)) => self.stream(scope, stream),
-            _ => self.admin,
+        match segment_stream(name) {
+            Some((scope, stream)) => self.stream(scope, stream),
+            None => self.admin,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::controller::Controller;
 use crate::log::{
     AppendOptions, AttributeCondition, AttributeUpdate, LogError, SegmentLog, Ticket,
 };
+use crate::node::http::label_value;
 use crate::service::access::Access;
 use crate::stream::is_large_event_segment;
 use crate::wire::{
@@ -136,21 +137,14 @@ impl ServiceMetrics {
                     };
                     out.push_str(&format!(
                         "{name}{{edge=\"{}\",stream=\"{}\"}} {v}\n",
-                        label(edge),
-                        label(&l.stream)
+                        label_value(edge),
+                        label_value(&l.stream)
                     ));
                 }
             }
         }
         out
     }
-}
-
-/// A Prometheus label value, escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// What every connection task shares.

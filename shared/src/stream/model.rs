@@ -123,6 +123,14 @@ pub fn segment_name(scope: &str, stream: &str, id: SegmentId) -> String {
     format!("{scope}/{stream}/{id}")
 }
 
+/// The scope and stream of a stream segment's name (the inverse of [`segment_name`]);
+/// `None` for any other segment.
+pub fn segment_stream(name: &str) -> Option<(&str, &str)> {
+    let (scope, rest) = name.split_once('/')?;
+    let (stream, _id) = rest.split_once('/')?;
+    Some((scope, stream))
+}
+
 /// Where the temporary segments of large events live in the segment store. No stream
 /// segment starts with it (scope names cannot hold `#`); every segment that does is a
 /// large event being written, which only its writer merges. The controller deletes
@@ -783,5 +791,19 @@ mod tests {
         }
         assert_eq!(mirror.segments, src.segments);
         assert_eq!(mirror.epoch, src.epoch);
+    }
+
+    #[test]
+    fn a_segment_name_gives_back_its_stream() {
+        let id = SegmentId {
+            number: 3,
+            epoch: 1,
+        };
+        assert_eq!(
+            segment_stream(&segment_name("a", "b", id)),
+            Some(("a", "b"))
+        );
+        assert_eq!(segment_stream(&large_event_segment_name()), None);
+        assert_eq!(segment_stream("raw"), None);
     }
 }
