@@ -31,6 +31,8 @@ enum Step {
     Read(usize, f64, usize),
     MoveToTier2,
     Restart,
+    /// Move everything to Tier-2, lose the local disk, restore from Tier-2 alone.
+    LoseDisk,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -47,6 +49,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (seg, 0.0..1.0f64, 1..5000usize).prop_map(|(s, f, n)| Step::Read(s, f, n)),
         1 => Just(Step::MoveToTier2),
         1 => Just(Step::Restart),
+        1 => Just(Step::LoseDisk),
     ]
 }
 
@@ -258,6 +261,19 @@ async fn run(steps: Vec<Step>) {
             Step::Restart => {
                 log.close().expect("close");
                 log = open().expect("reopen");
+                check_all(&log, &model).await;
+            }
+            Step::LoseDisk => {
+                log.move_to_tier2(4096).await.expect("move to tier 2");
+                log.close().expect("close");
+                std::fs::remove_dir_all(dir.path()).expect("lose the disk");
+                let report = SegmentLog::restore_from_tier2(dir.path(), tier2.as_ref())
+                    .await
+                    .expect("restore")
+                    .expect("a manifest");
+                assert!(report.missing.is_empty(), "{report}");
+                assert_eq!(report.segments, model.len(), "{report}");
+                log = open().expect("open restored");
                 check_all(&log, &model).await;
             }
         }

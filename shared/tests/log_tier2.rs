@@ -16,16 +16,21 @@ fn config() -> LogConfig {
     }
 }
 
-fn count(dir: &Path, ext: &str) -> usize {
+fn count(dir: &Path, matches: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter(|e| {
                 e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(ext))
+                    .is_ok_and(|e| matches(&e.file_name().to_string_lossy()))
             })
             .count()
         })
         .unwrap_or(0)
+}
+
+/// Chunk objects in an FsTier2 directory.
+fn chunks(dir: &Path) -> usize {
+    count(dir, |n| n.starts_with("c-"))
 }
 
 async fn read_all(log: &SegmentLog, seg: &str) -> Vec<u8> {
@@ -60,7 +65,7 @@ async fn data_moves_to_tier2_and_reads_do_not_change() {
                 .expect("append");
             expect[s].extend_from_slice(&data);
         }
-        let files_before = count(&wal, ".log");
+        let files_before = count(&wal, |n| n.ends_with(".log"));
         assert!(files_before > 3);
         let stats = log.move_to_tier2(8 << 10).await.expect("move");
         assert!(stats.chunks_written >= 3, "{stats:?}");
@@ -68,12 +73,12 @@ async fn data_moves_to_tier2_and_reads_do_not_change() {
             stats.bytes_moved,
             expect.iter().map(|e| e.len() as u64).sum::<u64>()
         );
-        let files_after = count(&wal, ".log");
+        let files_after = count(&wal, |n| n.ends_with(".log"));
         assert!(
             files_after <= 2,
             "moved files should be deleted ({files_before} -> {files_after})"
         );
-        assert_eq!(count(t2dir.path(), ".chunk") as u64, stats.chunks_written);
+        assert_eq!(chunks(t2dir.path()) as u64, stats.chunks_written);
         for (s, want) in expect.iter().enumerate() {
             assert_eq!(&read_all(&log, &format!("s{s}")).await, want);
         }
@@ -90,13 +95,13 @@ async fn data_moves_to_tier2_and_reads_do_not_change() {
         assert_eq!(&read_all(&log, &format!("s{s}")).await, want);
     }
     // Truncation makes chunks garbage; the next pass deletes them.
-    let chunks = count(t2dir.path(), ".chunk");
+    let before = chunks(t2dir.path());
     let len = log.info("s1").expect("info").length;
     log.truncate("s1", len).await.expect("truncate");
     log.delete("s2").await.expect("delete");
     let stats = log.move_to_tier2(8 << 10).await.expect("move");
     assert!(stats.chunks_deleted > 0, "{stats:?}");
-    assert!(count(t2dir.path(), ".chunk") < chunks);
+    assert!(chunks(t2dir.path()) < before);
     assert!(matches!(
         log.read("s1", 0, 10, Duration::ZERO).await,
         Err(LogError::Truncated { .. })
@@ -143,7 +148,7 @@ async fn merge_spans_tiers_and_corrupt_chunks_are_refused() {
     let chunk = std::fs::read_dir(t2dir.path())
         .expect("dir")
         .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().ends_with(".chunk"))
+        .find(|e| e.file_name().to_string_lossy().starts_with("c-"))
         .expect("a chunk")
         .path();
     let mut bytes = std::fs::read(&chunk).expect("read chunk");
@@ -153,7 +158,7 @@ async fn merge_spans_tiers_and_corrupt_chunks_are_refused() {
     for at in [0u64, 5010] {
         if let Err(e) = log.read("t", at, 100, Duration::ZERO).await {
             assert!(matches!(e, LogError::Tier2(_)), "{e}");
-            assert!(e.to_string().contains(".chunk"), "{e}");
+            assert!(e.to_string().contains("chunk c-"), "{e}");
             errors += 1;
         }
     }

@@ -8,8 +8,14 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-/// Key: (file id, frame position).
-pub type CacheKey = (u64, u64);
+/// What a cache entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheKey {
+    /// A log frame's data: file id, frame position.
+    Frame(u64, u64),
+    /// A Tier-2 chunk: data id, data offset of its first byte.
+    Chunk(u64, u64),
+}
 
 /// Bounded FIFO cache of frame data.
 #[derive(Debug)]
@@ -55,19 +61,20 @@ impl Cache {
     }
 
     /// Drops one entry.
-    pub fn forget(&mut self, file_id: u64, pos: u64) {
-        if let Some(d) = self.map.remove(&(file_id, pos)) {
+    pub fn forget(&mut self, key: CacheKey) {
+        if let Some(d) = self.map.remove(&key) {
             self.bytes -= d.len();
-            self.order.retain(|k| *k != (file_id, pos));
+            self.order.retain(|k| *k != key);
         }
     }
 
     /// Drops everything cached from a file.
     pub fn forget_file(&mut self, file_id: u64) {
         let before = self.map.len();
-        self.map.retain(|k, _| k.0 != file_id);
+        let other = |k: &CacheKey| !matches!(k, CacheKey::Frame(f, _) if *f == file_id);
+        self.map.retain(|k, _| other(k));
         if self.map.len() != before {
-            self.order.retain(|k| k.0 != file_id);
+            self.order.retain(other);
             self.bytes = self.map.values().map(Bytes::len).sum();
         }
     }
@@ -87,11 +94,11 @@ mod tests {
     fn stays_within_its_bound() {
         let mut c = Cache::new(100);
         for i in 0..10 {
-            c.insert((0, i), Bytes::from(vec![0u8; 30]));
+            c.insert(CacheKey::Frame(0, i), Bytes::from(vec![0u8; 30]));
             assert!(c.bytes() <= 100);
         }
-        assert!(c.get((0, 9)).is_some());
-        assert!(c.get((0, 0)).is_none());
+        assert!(c.get(CacheKey::Frame(0, 9)).is_some());
+        assert!(c.get(CacheKey::Frame(0, 0)).is_none());
         c.forget_file(0);
         assert_eq!(c.bytes(), 0);
     }

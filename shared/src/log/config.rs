@@ -25,8 +25,12 @@ pub struct LogConfig {
     /// gateway at a few events per second, 50–500 ms keeps the SD card from rewriting a
     /// page for every event, at the price of that much ack latency.
     pub commit_delay: Duration,
-    /// Bytes of recent data kept in memory for reads. Default 64 MiB.
+    /// Bytes of recent data kept in memory for reads (Tier-2 chunks too). Default
+    /// 64 MiB.
     pub cache_bytes: usize,
+    /// With a Tier-2: bytes that may be only in the log (Tier-2 slow or down) before
+    /// appends are refused with [`LogError::Tier2Backlog`]. Default 1 GiB.
+    pub max_tier2_backlog_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -38,6 +42,7 @@ impl Default for LogConfig {
             max_frame_data_bytes: 1 << 20,
             commit_delay: Duration::ZERO,
             cache_bytes: 64 << 20,
+            max_tier2_backlog_bytes: 1 << 30,
         }
     }
 }

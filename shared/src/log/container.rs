@@ -2,7 +2,7 @@
 //! recovers: load the checkpoint and file indexes from sled, replay the newer files, cut
 //! a torn tail, refuse corruption.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Notify};
 
-use super::cache::Cache;
+use super::cache::{Cache, CacheKey};
 use super::config::LogConfig;
 use super::error::{LogError, Result};
 use super::files::{
@@ -21,8 +21,9 @@ use super::files::{
     sync_dir,
 };
 use super::format::{Op, FILE_HEADER_LEN};
-use super::index::{Chunk, DataIndex, Extent, Source};
-use super::meta::{chunk_name, Checkpoint, Meta};
+use super::index::{chunk_name, is_chunk_name, Chunk, DataIndex, Extent, Source};
+use super::manifest::{now_ms, ChunkRecord, Manifest, RestoreReport, MANIFEST};
+use super::meta::{Checkpoint, Meta};
 use super::table::{AppendOptions, AttributeId, AttributeUpdate, Release, Table};
 use super::tier2::Tier2;
 use super::writer::{run, Batch, Syncer, Writer};
@@ -74,6 +75,22 @@ pub(crate) struct Inner {
     pub replay_from: AtomicU64,
     /// Tier-2 chunks no segment needs any more, to delete on the next move.
     pub garbage: Mutex<Vec<(u64, Chunk)>>,
+    /// Serializes Tier-2 passes; what the last one left.
+    pub mover: tokio::sync::Mutex<MoverState>,
+    /// Tier-2 chunks being fetched (by a read or a prefetch), so each is fetched once.
+    pub fetching: Mutex<HashMap<CacheKey, Arc<ChunkFetch>>>,
+}
+
+/// One fetch of a chunk, shared by everyone who wants it meanwhile.
+pub(crate) type ChunkFetch = tokio::sync::OnceCell<std::result::Result<Bytes, String>>;
+
+/// What the Tier-2 passes remember between runs.
+#[derive(Debug, Default)]
+pub(crate) struct MoverState {
+    /// Chunk objects no record names (left by a crash) were looked for and deleted.
+    swept: bool,
+    /// The batch and metadata checksum the last manifest was written at.
+    manifest_at: Option<(u64, u32)>,
 }
 
 impl Inner {
@@ -118,12 +135,15 @@ pub struct MoveStats {
     pub chunks_written: u64,
     /// Bytes moved.
     pub bytes_moved: u64,
-    /// Chunks deleted from Tier-2 because no segment needs them.
+    /// Chunks deleted from Tier-2 because no segment needs them (or, on the first pass,
+    /// because no record names them).
     pub chunks_deleted: u64,
+    /// The manifest was rewritten.
+    pub manifest_written: bool,
 }
 
-/// Cache key space of Tier-2 chunks (log frames use their file id, never this).
-const TIER2_CACHE: u64 = u64::MAX;
+/// Chunks fetched ahead of a sequential reader, at most.
+const PREFETCH_CHUNKS: u64 = 2;
 
 /// A segment as readers see it (durable state only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +267,8 @@ impl SegmentLog {
             tier2,
             replay_from: AtomicU64::new(replay_from),
             garbage: Mutex::new(garbage),
+            mover: tokio::sync::Mutex::new(MoverState::default()),
+            fetching: Mutex::new(HashMap::new()),
         });
         let thread_inner = inner.clone();
         let writer = std::thread::Builder::new()
@@ -296,6 +318,16 @@ impl SegmentLog {
         }
         if opts.attributes.len() > super::writer::MAX_FRAME_ATTRIBUTES {
             return Err(LogError::TooManyAttributes);
+        }
+        if let Some(tier2) = &self.inner.tier2 {
+            let backlog = self.tier2_backlog();
+            if backlog >= cfg.max_tier2_backlog_bytes {
+                return Err(LogError::Tier2Backlog {
+                    bytes: backlog,
+                    limit: cfg.max_tier2_backlog_bytes,
+                    tier2: tier2.describe(),
+                });
+            }
         }
         self.submit(|p| {
             let queued = p.batch.bytes();
@@ -516,7 +548,7 @@ impl SegmentLog {
         offset: u64,
         max_len: usize,
     ) -> Result<Option<ReadResult>> {
-        let (plan, end_of_segment) = {
+        let (plan, end_of_segment, prefetch) = {
             let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
             let s = d.table.get(segment)?;
             if offset < s.start {
@@ -537,7 +569,7 @@ impl SegmentLog {
                 return Ok(None);
             }
             let n = (s.length - offset).min(max_len as u64);
-            let mut plan: Vec<(Source, Option<Arc<File>>)> = Vec::new();
+            let mut plan: Vec<(u64, Source, Option<Arc<File>>)> = Vec::new();
             for (data_id, data_offset, len) in s.locate(offset, n) {
                 let found =
                     d.index
@@ -551,16 +583,35 @@ impl SegmentLog {
                         Source::Log(e, ..) => d.files.get(&e.file_id).cloned(),
                         Source::Tier2(..) => None,
                     };
-                    plan.push((src, file));
+                    plan.push((data_id, src, file));
                 }
             }
-            (plan, s.sealed && offset + n == s.length)
+            // A reader in Tier-2 data most likely reads on: fetch the next chunks
+            // (as many as the cache holds besides this one).
+            let prefetch = match plan.last() {
+                Some((data_id, Source::Tier2(c, ..), _)) => {
+                    let room = (self.inner.config.cache_bytes as u64 / c.len.max(1))
+                        .saturating_sub(1)
+                        .min(PREFETCH_CHUNKS);
+                    let next = d.index.chunks_after(*data_id, c.data_offset, room as usize);
+                    next.into_iter().map(|c| (*data_id, c)).collect()
+                }
+                _ => Vec::new(),
+            };
+            (plan, s.sealed && offset + n == s.length, prefetch)
         };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            for (data_id, c) in prefetch {
+                rt.spawn(self::prefetch(Arc::downgrade(&self.inner), data_id, c));
+            }
+        }
         let mut parts = Vec::with_capacity(plan.len());
-        for (src, file) in plan {
+        for (data_id, src, file) in plan {
             let (data, skip, take) = match src {
                 Source::Log(e, skip, take) => (self.frame_data(&e, file)?, skip, take),
-                Source::Tier2(c, skip, take) => (self.chunk_data(&c).await?, skip, take),
+                Source::Tier2(c, skip, take) => {
+                    (chunk_data(&self.inner, data_id, &c).await?, skip, take)
+                }
             };
             parts.push(data.slice(skip as usize..(skip + take) as usize));
         }
@@ -582,7 +633,7 @@ impl SegmentLog {
 
     /// The data of one log frame, from the cache or the file (CRC checked).
     fn frame_data(&self, e: &Extent, file: Option<Arc<File>>) -> Result<Bytes> {
-        let key = (e.file_id, e.frame_pos);
+        let key = CacheKey::Frame(e.file_id, e.frame_pos);
         if let Some(d) = lock(&self.inner.cache).get(key) {
             return Ok(d);
         }
@@ -603,30 +654,6 @@ impl SegmentLog {
         Ok(d)
     }
 
-    /// The data of one Tier-2 chunk, from the cache or Tier-2 (CRC checked).
-    async fn chunk_data(&self, c: &Chunk) -> Result<Bytes> {
-        let key = (TIER2_CACHE, c.id);
-        if let Some(d) = lock(&self.inner.cache).get(key) {
-            return Ok(d);
-        }
-        let tier2 = self.tier2()?;
-        let d = tier2
-            .read_chunk(&c.name)
-            .await
-            .map_err(|e| LogError::Tier2(format!("reading chunk {}: {e}", c.name)))?;
-        if d.len() as u64 != c.len || crc32c::crc32c(&d) != c.crc {
-            return Err(LogError::Tier2(format!(
-                "chunk {} is corrupt: {} bytes, expected {} with CRC {:08x}",
-                c.name,
-                d.len(),
-                c.len,
-                c.crc
-            )));
-        }
-        lock(&self.inner.cache).insert(key, d.clone());
-        Ok(d)
-    }
-
     fn tier2(&self) -> Result<&Arc<dyn Tier2>> {
         self.inner
             .tier2
@@ -634,29 +661,79 @@ impl SegmentLog {
             .ok_or_else(|| LogError::Tier2("no Tier-2 is configured".into()))
     }
 
+    /// If the container directory `dir` is empty or absent and `tier2` holds a manifest,
+    /// restores the container from Tier-2 alone (the node lost its local disk) and says
+    /// how far that reaches; then open it with [`SegmentLog::open_tiered`]. `Ok(None)`:
+    /// `dir` holds a container already, or Tier-2 holds no manifest.
+    pub async fn restore_from_tier2(
+        dir: impl AsRef<Path>,
+        tier2: &dyn Tier2,
+    ) -> Result<Option<RestoreReport>> {
+        super::manifest::restore(dir.as_ref(), tier2).await
+    }
+
+    /// Bytes of segment data only in the log, not yet on Tier-2. With a Tier-2, appends
+    /// are refused with [`LogError::Tier2Backlog`] while this is at
+    /// [`LogConfig::max_tier2_backlog_bytes`].
+    pub fn tier2_backlog(&self) -> u64 {
+        let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+        d.index.log_bytes()
+    }
+
     /// Moves durable data from the log to Tier-2, oldest first, in chunks of up to
-    /// `max_chunk_bytes`, and deletes what no segment needs any more: Tier-2 chunks
-    /// below a truncation, and log files whose data has all moved. A chunk counts only
-    /// once Tier-2 has it durably and the metadata store records it; a crash in between
-    /// leaves the data in the log and an orphan object at most.
+    /// `max_chunk_bytes`, writes the manifest (see [`crate::log::manifest`]), and
+    /// deletes what no segment needs any more: Tier-2 chunks below a truncation (once a
+    /// manifest no longer lists them), and log files whose data has all moved. A chunk
+    /// counts only once Tier-2 has it durably and the metadata store records it; a
+    /// crash in between leaves the data in the log and an object that the first pass
+    /// after a restart deletes. A failed pass changes nothing that matters: the next
+    /// one carries on.
     pub async fn move_to_tier2(&self, max_chunk_bytes: u64) -> Result<MoveStats> {
         let tier2 = self.tier2()?.clone();
+        let mut state = self.inner.mover.lock().await;
         let mut stats = MoveStats::default();
+        if !state.swept {
+            stats.chunks_deleted += self.sweep(tier2.as_ref()).await?;
+            state.swept = true;
+        }
+        // Garbage first, then the snapshot: every chunk taken here was freed by an
+        // operation the snapshot includes, so the manifest written below needs none.
         let garbage = std::mem::take(&mut *lock(&self.inner.garbage));
+        let result = self.move_pass(&tier2, &mut state, max_chunk_bytes, &mut stats, &garbage);
+        if let Err(e) = result.await {
+            lock(&self.inner.garbage).extend(garbage);
+            return Err(e);
+        }
         for (data_id, c) in garbage {
             tier2
-                .delete_chunk(&c.name)
+                .delete(&c.name)
                 .await
-                .map_err(|e| LogError::Tier2(format!("deleting chunk {}: {e}", c.name)))?;
+                .map_err(|e| t2err(tier2.as_ref(), &format!("deleting chunk {}", c.name), e))?;
             self.inner.meta.remove_chunk(data_id, c.data_offset)?;
-            lock(&self.inner.cache).forget(TIER2_CACHE, c.id);
+            lock(&self.inner.cache).forget(CacheKey::Chunk(data_id, c.data_offset));
             stats.chunks_deleted += 1;
         }
-        // Move what the log holds now; data appended meanwhile waits for the next pass.
-        let budget = {
+        Ok(stats)
+    }
+
+    /// Snapshot, move everything durable in the log, write the manifest if anything
+    /// changed since the last one.
+    async fn move_pass(
+        &self,
+        tier2: &Arc<dyn Tier2>,
+        state: &mut MoverState,
+        max_chunk_bytes: u64,
+        stats: &mut MoveStats,
+        garbage: &[(u64, Chunk)],
+    ) -> Result<()> {
+        let taken_at_ms = now_ms();
+        let (table, seq, budget) = {
             let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
-            d.index.log_bytes()
+            let seq = self.inner.durable_tx.borrow().seq;
+            (d.table.clone(), seq, d.index.log_bytes())
         };
+        let trees = self.inner.meta.dump_trees()?;
+        // Move what the log holds now; data appended meanwhile waits for the next pass.
         let mut examined = 0;
         while examined < budget {
             let runs = {
@@ -678,11 +755,78 @@ impl SegmentLog {
             }
             for (data_id, run, files) in runs {
                 examined += run.iter().map(|e| e.len).sum::<u64>();
-                self.move_run(tier2.as_ref(), data_id, &run, files, &mut stats)
+                self.move_run(tier2.as_ref(), data_id, &run, files, stats)
                     .await?;
             }
         }
-        Ok(stats)
+        let mut encoded_trees = Vec::new();
+        ciborium::into_writer(&trees, &mut encoded_trees)
+            .map_err(|e| LogError::Tier2(format!("encoding metadata: {e}")))?;
+        let at = (seq, crc32c::crc32c(&encoded_trees));
+        if state.manifest_at == Some(at) && stats.chunks_written == 0 && garbage.is_empty() {
+            return Ok(());
+        }
+        let chunks = {
+            let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+            d.index
+                .chunks()
+                .map(|(data_id, c)| ChunkRecord {
+                    data_id,
+                    data_offset: c.data_offset,
+                    len: c.len,
+                    crc: c.crc,
+                })
+                .collect()
+        };
+        let manifest = Manifest {
+            version: 1,
+            taken_at_ms,
+            table,
+            chunks,
+            trees,
+        };
+        tier2
+            .put(MANIFEST, manifest.encode()?.into())
+            .await
+            .map_err(|e| t2err(tier2.as_ref(), "writing the manifest", e))?;
+        state.manifest_at = Some(at);
+        stats.manifest_written = true;
+        Ok(())
+    }
+
+    /// Deletes chunk objects that no record names (a crash came between writing one and
+    /// recording it); returns how many.
+    async fn sweep(&self, tier2: &dyn Tier2) -> Result<u64> {
+        let objects = tier2
+            .list()
+            .await
+            .map_err(|e| t2err(tier2, "listing objects", e))?;
+        let known: HashSet<Arc<str>> = {
+            let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+            d.index
+                .chunks()
+                .map(|(_, c)| c.name.clone())
+                .chain(
+                    lock(&self.inner.garbage)
+                        .iter()
+                        .map(|(_, c)| c.name.clone()),
+                )
+                .collect()
+        };
+        let mut deleted = 0;
+        for name in objects {
+            if is_chunk_name(&name) && !known.contains(name.as_str()) {
+                tier2
+                    .delete(&name)
+                    .await
+                    .map_err(|e| t2err(tier2, &format!("deleting orphan chunk {name}"), e))?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, tier2 = %tier2.describe(), "deleted chunks left by a crash");
+        }
+        Ok(deleted)
     }
 
     /// Copies one run of log extents into a new chunk and switches reads over to it.
@@ -700,18 +844,16 @@ impl SegmentLog {
             data.extend_from_slice(&self.frame_data(e, f)?);
         }
         let data = data.freeze();
-        let id = self.inner.meta.next_chunk_id()?;
         let chunk = Chunk {
             data_offset: run[0].data_offset,
             len,
-            id,
             crc: crc32c::crc32c(&data),
-            name: chunk_name(id).into(),
+            name: chunk_name(data_id, run[0].data_offset).into(),
         };
         tier2
-            .write_chunk(&chunk.name, data)
+            .put(&chunk.name, data)
             .await
-            .map_err(|e| LogError::Tier2(format!("writing chunk {}: {e}", chunk.name)))?;
+            .map_err(|e| t2err(tier2, &format!("writing chunk {}", chunk.name), e))?;
         self.inner.meta.put_chunk(data_id, &chunk)?;
         let emptied = {
             let mut d = self
@@ -757,6 +899,91 @@ impl SegmentLog {
 impl Drop for SegmentLog {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn t2err(tier2: &dyn Tier2, doing: &str, e: super::tier2::Tier2Error) -> LogError {
+    LogError::Tier2(format!("{doing} in {}: {e}", tier2.describe()))
+}
+
+/// The data of one Tier-2 chunk, from the cache or Tier-2 (length and CRC checked).
+/// Concurrent calls for one chunk (a read and a prefetch) share one fetch.
+async fn chunk_data(inner: &Inner, data_id: u64, c: &Chunk) -> Result<Bytes> {
+    let key = CacheKey::Chunk(data_id, c.data_offset);
+    if let Some(d) = lock(&inner.cache).get(key) {
+        return Ok(d);
+    }
+    let tier2 = inner
+        .tier2
+        .clone()
+        .ok_or_else(|| LogError::Tier2("no Tier-2 is configured".into()))?;
+    let fetch = lock(&inner.fetching).entry(key).or_default().clone();
+    let got = fetch
+        .get_or_init(|| fetch_chunk(tier2.as_ref(), c))
+        .await
+        .clone();
+    fetched(inner, key, &fetch, &got);
+    got.map_err(|e| LogError::Tier2(format!("{e} (in {})", tier2.describe())))
+}
+
+/// Fetches a chunk ahead of a reader. Holds the log only while it looks and stores,
+/// not during the fetch, so that a prefetch never keeps a closed log open.
+async fn prefetch(inner: std::sync::Weak<Inner>, data_id: u64, c: Chunk) {
+    let key = CacheKey::Chunk(data_id, c.data_offset);
+    let (tier2, fetch) = {
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(tier2) = inner.tier2.clone() else {
+            return;
+        };
+        if lock(&inner.cache).get(key).is_some() {
+            return;
+        }
+        let fetch = lock(&inner.fetching).entry(key).or_default().clone();
+        (tier2, fetch)
+    };
+    let got = fetch
+        .get_or_init(|| fetch_chunk(tier2.as_ref(), &c))
+        .await
+        .clone();
+    if let Some(inner) = inner.upgrade() {
+        fetched(&inner, key, &fetch, &got);
+    }
+    if let Err(e) = got {
+        tracing::debug!(chunk = %c.name, error = %e, "prefetch failed");
+    }
+}
+
+async fn fetch_chunk(tier2: &dyn Tier2, c: &Chunk) -> std::result::Result<Bytes, String> {
+    let d = match tier2.get(&c.name).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return Err(format!("chunk {} is missing", c.name)),
+        Err(e) => return Err(format!("reading chunk {}: {e}", c.name)),
+    };
+    if d.len() as u64 != c.len || crc32c::crc32c(&d) != c.crc {
+        return Err(format!(
+            "chunk {} is corrupt: {} bytes, expected {} with CRC {:08x}",
+            c.name,
+            d.len(),
+            c.len,
+            c.crc
+        ));
+    }
+    Ok(d)
+}
+
+/// Caches a fetched chunk and forgets the fetch (a failed one is retried next time).
+fn fetched(
+    inner: &Inner,
+    key: CacheKey,
+    fetch: &Arc<ChunkFetch>,
+    got: &std::result::Result<Bytes, String>,
+) {
+    if let Ok(d) = got {
+        lock(&inner.cache).insert(key, d.clone());
+    }
+    let mut f = lock(&inner.fetching);
+    if f.get(&key).is_some_and(|x| Arc::ptr_eq(x, fetch)) {
+        f.remove(&key);
     }
 }
 
@@ -912,19 +1139,7 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
         i += 1;
     }
 
-    // Drop what the checkpoint says is released, then apply newer operations.
-    let live = table.live_data();
-    let known: Vec<u64> = index.data_ids().collect();
-    for d in known
-        .into_iter()
-        .chain(index.tiered_ids().collect::<Vec<_>>())
-    {
-        let freed = index.release(Release {
-            data_id: d,
-            below: live.get(&d).copied().unwrap_or(u64::MAX),
-        });
-        garbage.extend(freed.chunks.into_iter().map(|c| (d, c)));
-    }
+    // Apply newer operations, then drop what the resulting table no longer holds.
     for (file_id, pos, op) in post {
         let released = table.apply(&op).map_err(|reason| LogError::Corrupt {
             path: file_path(wal_dir, file_id),
@@ -954,6 +1169,15 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
             let freed = index.release(r);
             garbage.extend(freed.chunks.into_iter().map(|c| (r.data_id, c)));
         }
+    }
+    let live = table.live_data();
+    let known: Vec<u64> = index.data_ids().chain(index.tiered_ids()).collect();
+    for d in known {
+        let freed = index.release(Release {
+            data_id: d,
+            below: live.get(&d).copied().unwrap_or(u64::MAX),
+        });
+        garbage.extend(freed.chunks.into_iter().map(|c| (d, c)));
     }
 
     // Older files with live data must be there and sound.

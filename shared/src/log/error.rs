@@ -124,6 +124,20 @@ pub enum LogError {
     /// Tier-2 failed, holds a corrupt chunk, or is not configured.
     #[error("tier-2: {0}")]
     Tier2(String),
+
+    /// Tier-2 is behind: more data than allowed is only in the log. Retry later.
+    #[error(
+        "{bytes} bytes are not on Tier-2 yet (at most {limit} may wait): Tier-2 ({tier2}) is \
+         slow or unreachable; retry later"
+    )]
+    Tier2Backlog {
+        /// Bytes only in the log.
+        bytes: u64,
+        /// The configured bound.
+        limit: u64,
+        /// Where Tier-2 is.
+        tier2: String,
+    },
     /// A write or fsync failed earlier; the log refuses everything until it is reopened.
     #[error("the log stopped after a write failure and must be reopened: {0}")]
     Failed(String),

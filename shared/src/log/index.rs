@@ -27,12 +27,25 @@ pub struct Chunk {
     pub data_offset: u64,
     /// Length in bytes.
     pub len: u64,
-    /// Unique number of the chunk; its Tier-2 name derives from it.
-    pub id: u64,
     /// CRC32C of the chunk's bytes, checked when it is read back.
     pub crc: u32,
-    /// Tier-2 object name.
+    /// Tier-2 object name ([`chunk_name`] of its data id and offset).
     pub name: Arc<str>,
+}
+
+/// The Tier-2 object name of the chunk of `data_id` starting at `data_offset`. A data
+/// id's bytes never change, so a chunk written again at the same place (a retry, after
+/// a crash before it was recorded) may replace the earlier object.
+pub fn chunk_name(data_id: u64, data_offset: u64) -> String {
+    format!("c-{data_id:016x}-{data_offset:016x}")
+}
+
+/// Whether an object name is a chunk's.
+pub fn is_chunk_name(name: &str) -> bool {
+    let hex16 = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    name.strip_prefix("c-")
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(a, b)| hex16(a) && hex16(b))
 }
 
 /// Where a range of data is.
@@ -60,6 +73,7 @@ pub struct DataIndex {
     chunks: HashMap<u64, VecDeque<Chunk>>,
     tiered_to: HashMap<u64, u64>,
     file_refs: BTreeMap<u64, u64>,
+    log_bytes: u64,
 }
 
 impl DataIndex {
@@ -71,6 +85,7 @@ impl DataIndex {
         }
         self.by_data.entry(data_id).or_default().push_back(e);
         *self.file_refs.entry(e.file_id).or_default() += 1;
+        self.log_bytes += e.len;
     }
 
     /// Drops the extents and chunks that lie entirely below the release point.
@@ -102,6 +117,7 @@ impl DataIndex {
                 break;
             }
             let file_id = e.file_id;
+            self.log_bytes -= e.len;
             q.pop_front();
             if let Some(n) = self.file_refs.get_mut(&file_id) {
                 *n -= 1;
@@ -214,9 +230,25 @@ impl DataIndex {
         self.by_data.keys().copied()
     }
 
-    /// Bytes held in log extents.
+    /// Bytes held in log extents (not on Tier-2).
     pub fn log_bytes(&self) -> u64 {
-        self.by_data.values().flatten().map(|e| e.len).sum()
+        self.log_bytes
+    }
+
+    /// Every chunk, with its data id.
+    pub fn chunks(&self) -> impl Iterator<Item = (u64, &Chunk)> + '_ {
+        self.chunks
+            .iter()
+            .flat_map(|(d, q)| q.iter().map(move |c| (*d, c)))
+    }
+
+    /// Up to `n` chunks of `data_id` after the one starting at `data_offset`.
+    pub fn chunks_after(&self, data_id: u64, data_offset: u64, n: usize) -> Vec<Chunk> {
+        let Some(q) = self.chunks.get(&data_id) else {
+            return Vec::new();
+        };
+        let i = q.partition_point(|c| c.data_offset <= data_offset);
+        q.iter().skip(i).take(n).cloned().collect()
     }
 
     /// Data ids with Tier-2 chunks.
@@ -384,19 +416,19 @@ mod tests {
         let mut ix = DataIndex::default();
         ix.add(1, ext(0, 10, 0));
         ix.add(1, ext(10, 10, 1));
-        let chunk = |off, len, id| Chunk {
+        let chunk = |off, len| Chunk {
             data_offset: off,
             len,
-            id,
             crc: 0,
-            name: format!("c{id}").into(),
+            name: chunk_name(1, off).into(),
         };
-        assert_eq!(ix.add_chunk(1, chunk(0, 10, 1)), Some(vec![0]));
+        assert!(is_chunk_name(&chunk(0, 10).name));
+        assert_eq!(ix.add_chunk(1, chunk(0, 10)), Some(vec![0]));
         let got = ix.find(1, 5, 10).expect("indexed");
         assert_eq!(
             got,
             vec![
-                Source::Tier2(chunk(0, 10, 1), 5, 5),
+                Source::Tier2(chunk(0, 10), 5, 5),
                 Source::Log(ext(10, 10, 1), 0, 5)
             ]
         );
@@ -408,9 +440,9 @@ mod tests {
             data_id: 1,
             below: 20,
         });
-        assert_eq!(freed.chunks, vec![chunk(0, 10, 1)]);
+        assert_eq!(freed.chunks, vec![chunk(0, 10)]);
         assert_eq!(freed.files, vec![1]);
-        assert_eq!(ix.add_chunk(1, chunk(10, 10, 2)), None);
+        assert_eq!(ix.add_chunk(1, chunk(10, 10)), None);
     }
 
     proptest::proptest! {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{LogError, Result};
-use super::index::{decode_file_index, encode_file_index, Chunk, Extent};
+use super::index::{chunk_name, decode_file_index, encode_file_index, Chunk, Extent};
 use super::table::Table;
 
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
@@ -25,6 +25,9 @@ pub struct Checkpoint {
     /// The segment table.
     pub table: Table,
 }
+
+/// Named metadata trees and their entries, in key order.
+pub type Trees = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
 
 /// The sled database of one container.
 #[derive(Debug)]
@@ -125,16 +128,10 @@ impl Meta {
         Ok(())
     }
 
-    /// A number no chunk has had.
-    pub fn next_chunk_id(&self) -> Result<u64> {
-        self.db.generate_id().map_err(|e| self.err(e))
-    }
-
     /// Records (and fsyncs) that a chunk on Tier-2 holds a range of a data id.
     pub fn put_chunk(&self, data_id: u64, c: &Chunk) -> Result<()> {
-        let mut v = Vec::with_capacity(20);
+        let mut v = Vec::with_capacity(12);
         v.extend_from_slice(&c.len.to_le_bytes());
-        v.extend_from_slice(&c.id.to_le_bytes());
         v.extend_from_slice(&c.crc.to_le_bytes());
         self.db
             .insert(chunk_key(data_id, c.data_offset), v)
@@ -157,7 +154,7 @@ impl Meta {
         for kv in self.db.scan_prefix(CHUNK_PREFIX) {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             let k = &k[CHUNK_PREFIX.len()..];
-            if k.len() != 16 || v.len() != 20 {
+            if k.len() != 16 || v.len() != 12 {
                 return Err(self.err("malformed chunk record"));
             }
             let u = |b: &[u8]| {
@@ -165,19 +162,49 @@ impl Meta {
                 a.copy_from_slice(b);
                 a
             };
-            let id = u64::from_le_bytes(u(&v[8..16]));
+            let data_id = u64::from_be_bytes(u(&k[0..8]));
+            let data_offset = u64::from_be_bytes(u(&k[8..16]));
             out.push((
-                u64::from_be_bytes(u(&k[0..8])),
+                data_id,
                 Chunk {
-                    data_offset: u64::from_be_bytes(u(&k[8..16])),
+                    data_offset,
                     len: u64::from_le_bytes(u(&v[0..8])),
-                    id,
-                    crc: u32::from_le_bytes([v[16], v[17], v[18], v[19]]),
-                    name: chunk_name(id).into(),
+                    crc: u32::from_le_bytes([v[8], v[9], v[10], v[11]]),
+                    name: chunk_name(data_id, data_offset).into(),
                 },
             ));
         }
         Ok(out)
+    }
+
+    /// Every named tree (the metadata kept next to the log) with its entries.
+    pub fn dump_trees(&self) -> Result<Trees> {
+        let mut out = BTreeMap::new();
+        for name in self.db.tree_names() {
+            if name == self.db.name() {
+                continue;
+            }
+            let tree = self.db.open_tree(&name).map_err(|e| self.err(e))?;
+            let mut entries = Vec::new();
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                entries.push((k.to_vec(), v.to_vec()));
+            }
+            out.insert(String::from_utf8_lossy(&name).into_owned(), entries);
+        }
+        Ok(out)
+    }
+
+    /// Writes named trees (into an empty store, on a restore from Tier-2) and fsyncs.
+    pub fn load_trees(&self, trees: &Trees) -> Result<()> {
+        for (name, entries) in trees {
+            let tree = self.tree(name)?;
+            for (k, v) in entries {
+                tree.insert(&k[..], &v[..]).map_err(|e| self.err(e))?;
+            }
+        }
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Forgets a deleted file's index (no fsync: a leftover index is harmless).
@@ -194,11 +221,6 @@ fn chunk_key(data_id: u64, data_offset: u64) -> Vec<u8> {
     k.extend_from_slice(&data_id.to_be_bytes());
     k.extend_from_slice(&data_offset.to_be_bytes());
     k
-}
-
-/// Tier-2 object name of chunk `id`.
-pub fn chunk_name(id: u64) -> String {
-    format!("{id:016x}.chunk")
 }
 
 fn index_key(file_id: u64) -> Vec<u8> {

@@ -8,8 +8,13 @@
 //!
 //! ```text
 //! DIR/wal/{file_id:016x}.log   log files, format in [`format`]
-//! DIR/meta/                    sled: latest checkpoint + extent index of older files
+//! DIR/meta/                    sled: latest checkpoint + extent index of older files,
+//!                              Tier-2 chunk records, metadata trees
 //! ```
+//!
+//! With a Tier-2 ([`tier2`]), data moves from the log into chunks there, and a
+//! [`manifest`] written after each move lets a node whose disk is lost come back from
+//! Tier-2 alone.
 //!
 //! Guarantees: an append is acknowledged (its [`Ticket`] durable) only after
 //! `fdatasync`; a torn tail is cut on recovery; a corrupted frame or a missing file is
@@ -22,6 +27,7 @@ mod error;
 mod files;
 pub mod format;
 mod index;
+pub mod manifest;
 mod meta;
 mod table;
 pub mod tier2;
@@ -30,6 +36,7 @@ pub mod writer;
 pub use config::LogConfig;
 pub use container::{MoveStats, ReadResult, SegmentInfo, SegmentLog, Ticket};
 pub use error::{LogError, Result};
+pub use manifest::{MissingData, RestoreReport};
 pub use table::{
     validate_name, AppendOptions, AttributeCondition, AttributeId, AttributeUpdate, MAX_NAME_LEN,
 };

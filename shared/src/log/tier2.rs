@@ -1,9 +1,14 @@
 //! Tier-2: long-term storage that segment data moves to from the log (cloud side).
 //!
-//! Data moves in whole, immutable chunks: each chunk is written once, completely, and
-//! recorded in the metadata store only after the backend says it is durable. That works
-//! on every backend, S3 included, which cannot append to an object; a backend that can
-//! append says so in [`Tier2::supports_append`], for layouts that may use it later.
+//! A backend stores named, immutable objects: data **chunks**, each written once,
+//! whole, and recorded in the metadata store only after the backend says it is
+//! durable, and the **manifest** (see [`crate::log::Manifest`]), replaced whole after
+//! every move. That works on every backend, S3 included, which cannot append to an
+//! object; a backend that can append says so in [`Tier2::supports_append`], for layouts
+//! that may use it later.
+//!
+//! Object names are flat: `[A-Za-z0-9._-]`, not starting with `.`. A backend maps them
+//! under its own root (a directory, a bucket and prefix).
 
 use std::future::Future;
 use std::io::Write;
@@ -23,22 +28,36 @@ pub struct Tier2Error(pub String);
 
 /// A Tier-2 backend.
 pub trait Tier2: Send + Sync + std::fmt::Debug {
-    /// Whether an existing chunk can be appended to (a filesystem can, S3 cannot).
+    /// Where the objects are, for messages (`file:///mnt/t2`, `s3://bucket/prefix`).
+    fn describe(&self) -> String;
+    /// Whether an existing object can be appended to (a filesystem can, S3 cannot).
     fn supports_append(&self) -> bool;
-    /// Stores a whole chunk durably, replacing any chunk of that name.
-    fn write_chunk<'a>(
-        &'a self,
-        name: &'a str,
-        data: Bytes,
-    ) -> BoxFuture<'a, Result<(), Tier2Error>>;
-    /// Reads a whole chunk.
-    fn read_chunk<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Bytes, Tier2Error>>;
-    /// Deletes a chunk; deleting a missing chunk succeeds.
-    fn delete_chunk<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Tier2Error>>;
+    /// Stores a whole object durably, replacing any object of that name.
+    fn put<'a>(&'a self, name: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), Tier2Error>>;
+    /// Reads a whole object; `Ok(None)` if there is none of that name.
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Tier2Error>>;
+    /// Deletes an object; deleting a missing object succeeds.
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Tier2Error>>;
+    /// The names of all objects.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<String>, Tier2Error>>;
+}
+
+/// Checks an object name (see the module docs).
+pub fn check_name(name: &str) -> Result<(), Tier2Error> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Tier2Error(format!("invalid object name {name:?}")))
+    }
 }
 
 /// Tier-2 on a local or network filesystem (an NFS mount, or a directory under the data
-/// dir in standalone mode). A chunk is written to a temporary file, fsync'ed, renamed
+/// dir in standalone mode). An object is written to a temporary file, fsync'ed, renamed
 /// into place, and the directory fsync'ed.
 #[derive(Debug, Clone)]
 pub struct FsTier2 {
@@ -46,7 +65,7 @@ pub struct FsTier2 {
 }
 
 impl FsTier2 {
-    /// Chunks live directly under `root` (created if absent).
+    /// Objects live directly under `root` (created if absent).
     pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
@@ -54,9 +73,7 @@ impl FsTier2 {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, Tier2Error> {
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(Tier2Error(format!("invalid chunk name {name:?}")));
-        }
+        check_name(name)?;
         Ok(self.root.join(name))
     }
 }
@@ -75,21 +92,27 @@ fn blocking<T: Send + 'static>(
     })
 }
 
+/// Temporary files of objects being written end with this (never a valid name's end
+/// in listings: they are skipped).
+const TMP_SUFFIX: &str = ".tmp-write";
+
 impl Tier2 for FsTier2 {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
     fn supports_append(&self) -> bool {
         true
     }
 
-    fn write_chunk<'a>(
-        &'a self,
-        name: &'a str,
-        data: Bytes,
-    ) -> BoxFuture<'a, Result<(), Tier2Error>> {
+    fn put<'a>(&'a self, name: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), Tier2Error>> {
         let paths = self.path(name).map(|p| (p, self.root.clone()));
         Box::pin(async move {
             let (path, root) = paths?;
             blocking(move || {
-                let tmp = path.with_extension("tmp");
+                let mut tmp = path.clone().into_os_string();
+                tmp.push(TMP_SUFFIX);
+                let tmp = PathBuf::from(tmp);
                 let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
                 f.write_all(&data)
                     .and_then(|_| f.sync_all())
@@ -103,22 +126,26 @@ impl Tier2 for FsTier2 {
         })
     }
 
-    fn read_chunk<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Bytes, Tier2Error>> {
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Tier2Error>> {
         let path = self.path(name);
         Box::pin(async move {
             let path = path?;
             blocking(move || {
-                let f = std::fs::File::open(&path).map_err(|e| err(&path, e))?;
+                let f = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(err(&path, e)),
+                };
                 let len = f.metadata().map_err(|e| err(&path, e))?.len();
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, 0).map_err(|e| err(&path, e))?;
-                Ok(Bytes::from(buf))
+                Ok(Some(Bytes::from(buf)))
             })
             .await
         })
     }
 
-    fn delete_chunk<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Tier2Error>> {
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Tier2Error>> {
         let path = self.path(name);
         Box::pin(async move {
             let path = path?;
@@ -128,6 +155,22 @@ impl Tier2 for FsTier2 {
                 Err(e) => Err(err(&path, e)),
             })
             .await
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<String>, Tier2Error>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&root).map_err(|e| err(&root, e))? {
+                let entry = entry.map_err(|e| err(&root, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(TMP_SUFFIX) && check_name(&name).is_ok() {
+                    out.push(name);
+                }
+            }
+            out.sort();
+            Ok(out)
         })
     }
 }

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::cache::CacheKey;
 use super::container::{lock, Inner};
 use super::error::{LogError, Result};
 use super::files::{create_file, file_path};
@@ -396,7 +397,10 @@ impl Syncer {
             let mut c = lock(&inner.cache);
             for fm in frames {
                 if !fm.data.is_empty() {
-                    c.insert((file_id, base + fm.pos as u64), fm.data.clone());
+                    c.insert(
+                        CacheKey::Frame(file_id, base + fm.pos as u64),
+                        fm.data.clone(),
+                    );
                 }
             }
         }

@@ -484,7 +484,7 @@ impl From<&LogError> for ErrorCode {
             LogError::TooLarge { .. } | LogError::TooManyAttributes => ErrorCode::TooLarge,
             LogError::Truncated { .. } => ErrorCode::Truncated,
             LogError::BeyondEnd { .. } => ErrorCode::BeyondEnd,
-            LogError::Backpressure(_) => ErrorCode::Busy,
+            LogError::Backpressure(_) | LogError::Tier2Backlog { .. } => ErrorCode::Busy,
             LogError::Closed => ErrorCode::ShuttingDown,
             LogError::Corrupt { .. }
             | LogError::MissingFile { .. }
