@@ -1,8 +1,8 @@
 //! `tributary-cloud`: the cloud node. Today: `standalone` (one node serving segments
-//! over QUIC, with health and metrics over HTTP), `check-config` and `certs`.
+//! over QUIC, moving data to Tier-2, with health and metrics over HTTP), `check-config`
+//! and `certs`.
 
-mod certs;
-mod standalone;
+use tributary_cloud::{certs, config, standalone};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tributary::node::config;
+use tributary::node::config::{load, NodeConfig, Overrides};
 
 /// Tributary cloud node.
 #[derive(Debug, Parser)]
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match config::load(file, config::parse) {
+    match load(file, config::parse) {
         Ok(_) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
@@ -103,12 +103,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 
 fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let file = match &args.config {
-        Some(path) => config::load(path, config::parse)?,
-        None => config::NodeSettings::default(),
+        Some(path) => load(path, config::parse)?,
+        None => config::CloudSettings::default(),
     };
-    let cfg = config::NodeConfig::new(
-        file,
-        config::Overrides {
+    let cfg = NodeConfig::new(
+        file.node,
+        Overrides {
             data_dir: args.data_dir,
             quic_listen: args.listen,
             http_listen: args.http,
@@ -120,5 +120,5 @@ fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(standalone::run(cfg))
+        .block_on(standalone::run(cfg, file.tier2))
 }

@@ -5,9 +5,16 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
+
+use tributary::log::{FsTier2, Tier2};
 use tributary::node::config::{Defaults, NodeConfig};
+use tributary::node::tiering::Tiering;
 use tributary::node::Node;
+
+use crate::config::{Backend, Tier2Settings};
+use crate::s3::S3Tier2;
 
 /// Default QUIC (segment service) address.
 pub const DEFAULT_QUIC_LISTEN: SocketAddr =
@@ -26,20 +33,45 @@ pub fn defaults() -> Defaults {
     }
 }
 
+/// The Tier-2 the settings describe (`None`: no Tier-2).
+pub async fn tiering(cfg: &NodeConfig, t: &Tier2Settings) -> anyhow::Result<Option<Tiering>> {
+    let backend: Arc<dyn Tier2> = match &t.backend {
+        Backend::None => return Ok(None),
+        Backend::Fs(path) => {
+            let path = path.clone().unwrap_or_else(|| cfg.data_dir.join("tier2"));
+            Arc::new(
+                FsTier2::new(&path)
+                    .with_context(|| format!("the Tier-2 directory {}", path.display()))?,
+            )
+        }
+        Backend::S3(s) => Arc::new(S3Tier2::new(s).await),
+    };
+    Ok(Some(Tiering {
+        backend,
+        flush_interval: t.flush_interval,
+        chunk_bytes: t.chunk_bytes,
+    }))
+}
+
 /// Runs the node until SIGTERM or SIGINT, then shuts it down in order (see
 /// [`Node::shutdown`]). `Ok` means a clean shutdown.
-pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+pub async fn run(cfg: NodeConfig, tier2: Tier2Settings) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives once the node answers must stop it cleanly.
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
 
-    let mut node = Node::start(&cfg).await?;
+    let tiering = tiering(&cfg, &tier2).await?;
+    let tier2_at = tiering
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |t| t.backend.describe());
+    let mut node = Node::start(&cfg, tiering).await?;
     let http = node.serve_http(cfg.http_listen, None, None).await?;
     tracing::info!(
         quic = %node.quic_addr(),
         http = %http,
         data_dir = %node.data_dir().display(),
         server_name = %node.server_name(),
+        tier2 = %tier2_at,
         client_profile = %node
             .profile_path()
             .map_or_else(|| "none ([tls] configured)".into(), |p| p.display().to_string()),
@@ -61,9 +93,9 @@ mod tests {
     use std::path::Path;
 
     use tributary::log::LogConfig;
-    use tributary::node::config::parse;
 
     use super::*;
+    use crate::config::parse;
 
     #[test]
     fn the_shipped_example_is_valid() {
@@ -72,8 +104,9 @@ mod tests {
             Path::new("/etc/t"),
         )
         .expect("example config");
-        assert_eq!(s.quic_listen, Some(DEFAULT_QUIC_LISTEN));
-        assert_eq!(s.http_listen, Some(DEFAULT_HTTP_LISTEN));
-        assert_eq!(s.log, LogConfig::default());
+        assert_eq!(s.node.quic_listen, Some(DEFAULT_QUIC_LISTEN));
+        assert_eq!(s.node.http_listen, Some(DEFAULT_HTTP_LISTEN));
+        assert_eq!(s.node.log, LogConfig::default());
+        assert_eq!(s.tier2, Tier2Settings::default());
     }
 }

@@ -45,7 +45,7 @@ async fn node(dir: &Path, batch_mib: usize) -> Node {
             http_listen: local,
         },
     );
-    Node::start(&cfg).await.expect("node")
+    Node::start(&cfg, None).await.expect("node")
 }
 
 fn seg0() -> SegmentId {

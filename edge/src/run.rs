@@ -23,7 +23,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
 
-    let mut n = Node::start(&node).await?;
+    let mut n = Node::start(&node, None).await?;
     let mut streams = Vec::new();
     for spec in &cfg.streams {
         let s = LocalStream::open(n.controller().clone(), spec.clone())

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod http;
+pub mod tiering;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -22,13 +23,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::controller::Controller;
-use crate::log::SegmentLog;
+use crate::log::{RestoreReport, SegmentLog};
 use crate::profile::ClientProfile;
 use crate::service::{SegmentServer, ServiceMetrics};
 use crate::tls::{server_config, DevPki, Identity};
 
 use self::config::{NodeConfig, DEFAULT_SERVER_NAME};
 use self::http::{HealthCheck, HttpServer, MetricsFn, StatusFn};
+use self::tiering::{TierMetrics, Tiering};
 
 /// Common name of the development PKI's client certificate.
 const DEV_CLIENT_NAME: &str = "tributary-client";
@@ -76,6 +78,8 @@ pub struct Node {
     server_name: String,
     profile_path: Option<PathBuf>,
     policies: tokio::task::JoinHandle<()>,
+    tiering: Option<(tokio::task::JoinHandle<()>, Arc<TierMetrics>)>,
+    restored: Option<RestoreReport>,
     http: Option<HttpServer>,
 }
 
@@ -92,7 +96,10 @@ impl Node {
     /// Opens the log and the controller under `cfg.data_dir` (created if needed),
     /// starts the policies and the segment service on `cfg.quic_listen`. Without
     /// `cfg.tls` it makes (or reuses) the development PKI and writes the client profile.
-    pub async fn start(cfg: &NodeConfig) -> Result<Node, NodeError> {
+    /// With `tiering`, data moves to Tier-2 in the background, and a node whose log
+    /// directory is empty first restores what Tier-2 holds (see
+    /// [`SegmentLog::restore_from_tier2`]).
+    pub async fn start(cfg: &NodeConfig, tiering: Option<Tiering>) -> Result<Node, NodeError> {
         context(std::fs::create_dir_all(&cfg.data_dir), || {
             format!("creating the data directory {}", cfg.data_dir.display())
         })?;
@@ -101,10 +108,25 @@ impl Node {
             format!("the data directory {}", cfg.data_dir.display())
         })?;
         let log_dir = data.join("log");
-        let log = Arc::new(context(
-            SegmentLog::open(&log_dir, cfg.log.clone()),
-            || format!("opening the segment log in {}", log_dir.display()),
-        )?);
+        let opening = || format!("opening the segment log in {}", log_dir.display());
+        let mut restored = None;
+        let log = match &tiering {
+            Some(t) => {
+                restored = context(
+                    SegmentLog::restore_from_tier2(&log_dir, t.backend.as_ref()).await,
+                    || format!("restoring {} from Tier-2", log_dir.display()),
+                )?;
+                if let Some(report) = &restored {
+                    tracing::warn!("{report}");
+                }
+                context(
+                    SegmentLog::open_tiered(&log_dir, cfg.log.clone(), t.backend.clone()),
+                    opening,
+                )?
+            }
+            None => context(SegmentLog::open(&log_dir, cfg.log.clone()), opening)?,
+        };
+        let log = Arc::new(log);
         let controller = Arc::new(context(Controller::open(log.clone()).await, || {
             "opening the controller".into()
         })?);
@@ -155,6 +177,16 @@ impl Node {
             None => None,
         };
         let policies = controller.clone().spawn_policies(cfg.policies);
+        let tiering = tiering.map(|t| {
+            let metrics = Arc::new(TierMetrics::default());
+            if let Some(r) = &restored {
+                metrics.restored(r);
+            }
+            (
+                tiering::spawn(Arc::downgrade(&log), &t, metrics.clone()),
+                metrics,
+            )
+        });
         Ok(Node {
             data_dir: data,
             log,
@@ -164,6 +196,8 @@ impl Node {
             server_name,
             profile_path,
             policies,
+            tiering,
+            restored,
             http: None,
         })
     }
@@ -183,6 +217,7 @@ impl Node {
                 metrics(
                     Arc::downgrade(&self.log),
                     self.server.metrics(),
+                    self.tiering.as_ref().map(|(_, m)| m.clone()),
                     extra_metrics,
                 ),
                 status,
@@ -220,6 +255,16 @@ impl Node {
         &self.server_name
     }
 
+    /// What the node restored from Tier-2 when it started, if it did.
+    pub fn restored(&self) -> Option<&RestoreReport> {
+        self.restored.as_ref()
+    }
+
+    /// The tiering task's counters (`None` without Tier-2).
+    pub fn tier_metrics(&self) -> Option<&Arc<TierMetrics>> {
+        self.tiering.as_ref().map(|(_, m)| m)
+    }
+
     /// The client profile written for the development PKI (`None` with `[tls]`).
     pub fn profile_path(&self) -> Option<&Path> {
         self.profile_path.as_deref()
@@ -235,6 +280,10 @@ impl Node {
         }
         self.policies.abort();
         let _ = self.policies.await;
+        if let Some((task, _)) = self.tiering {
+            task.abort();
+            let _ = task.await;
+        }
         drop(self.controller);
         close_log(self.log).await
     }
@@ -259,6 +308,7 @@ fn health_check(log: Weak<SegmentLog>) -> HealthCheck {
 fn metrics(
     log: Weak<SegmentLog>,
     service: Arc<ServiceMetrics>,
+    tier: Option<Arc<TierMetrics>>,
     extra: Option<MetricsFn>,
 ) -> MetricsFn {
     Arc::new(move || {
@@ -275,6 +325,9 @@ fn metrics(
                  tributary_segments {}\n",
                 log.list().len()
             ));
+            if let Some(tier) = &tier {
+                out.push_str(&tier.render(&log));
+            }
         }
         if let Some(extra) = &extra {
             out.push_str(&extra());

@@ -1,0 +1,408 @@
+//! The cloud node's configuration file: the node sections every node shares (see
+//! [`tributary::node::config`]) and `[tier2]`, where segment data goes for the long
+//! term.
+//!
+//! ```toml
+//! [tier2]
+//! kind = "s3"                       # "fs" (the default), "s3" or "none"
+//! endpoint = "http://127.0.0.1:3900" # S3 only; default: AWS for the region
+//! region = "us-east-1"
+//! bucket = "tributary"
+//! prefix = "cluster-1/node-1/"      # one prefix per node
+//! path_style = true
+//! access_key_id = "GK..."           # both or neither; neither: the AWS chain
+//! secret_access_key = "..."
+//! # kind = "fs": path = "/mnt/nfs/tributary" (default: DATA_DIR/tier2)
+//! flush_interval_secs = 10
+//! chunk_mb = 16
+//! max_backlog_mb = 1024
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use tributary::node::config::{
+    from_toml, ConfigError, NodeSettings, RawGrant, RawListen, RawLog, RawNode, RawPolicies,
+    RawTls, Validator,
+};
+
+/// Default pass interval.
+const DEFAULT_FLUSH_SECS: u64 = 10;
+/// Default largest chunk, in MiB.
+const DEFAULT_CHUNK_MB: u64 = 16;
+/// Default backlog bound, in MiB.
+const DEFAULT_BACKLOG_MB: u64 = 1024;
+/// Largest backlog bound, in MiB (16 TiB).
+const MAX_BACKLOG_MB: u64 = 1 << 24;
+
+/// A cloud node's file, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CloudSettings {
+    /// The node sections.
+    pub node: NodeSettings,
+    /// `[tier2]`.
+    pub tier2: Tier2Settings,
+}
+
+/// Where Tier-2 is and how data moves there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier2Settings {
+    /// The backend.
+    pub backend: Backend,
+    /// How often data moves.
+    pub flush_interval: Duration,
+    /// Largest chunk, in bytes.
+    pub chunk_bytes: u64,
+    /// Bytes that may wait in the log before appends are refused.
+    pub max_backlog_bytes: u64,
+}
+
+impl Default for Tier2Settings {
+    fn default() -> Self {
+        Tier2Settings {
+            backend: Backend::Fs(None),
+            flush_interval: Duration::from_secs(DEFAULT_FLUSH_SECS),
+            chunk_bytes: DEFAULT_CHUNK_MB << 20,
+            max_backlog_bytes: DEFAULT_BACKLOG_MB << 20,
+        }
+    }
+}
+
+/// A Tier-2 backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// No Tier-2: the log keeps everything.
+    None,
+    /// A directory (`None`: `DATA_DIR/tier2`).
+    Fs(Option<PathBuf>),
+    /// An S3-compatible object store.
+    S3(S3Settings),
+}
+
+/// An S3 bucket and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Endpoint URL (`None`: AWS).
+    pub endpoint: Option<String>,
+    /// Region (`None`: from the AWS environment, else `us-east-1`).
+    pub region: Option<String>,
+    /// Bucket.
+    pub bucket: String,
+    /// Prefix of every object name (ends with `/` unless empty).
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as MinIO and Garage want.
+    pub path_style: bool,
+    /// Static credentials (`None`: the AWS environment, profile, or instance role).
+    pub credentials: Option<(String, String)>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    data_dir: Option<Spanned<PathBuf>>,
+    quic: Option<RawListen>,
+    http: Option<RawListen>,
+    tls: Option<Spanned<RawTls>>,
+    log: Option<RawLog>,
+    policies: Option<RawPolicies>,
+    grant: Option<Vec<Spanned<RawGrant>>>,
+    tier2: Option<Spanned<RawTier2>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier2 {
+    kind: Option<Spanned<String>>,
+    path: Option<Spanned<PathBuf>>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    path_style: Option<bool>,
+    access_key_id: Option<Spanned<String>>,
+    secret_access_key: Option<Spanned<String>>,
+    flush_interval_secs: Option<Spanned<u64>>,
+    chunk_mb: Option<Spanned<u64>>,
+    max_backlog_mb: Option<Spanned<u64>>,
+}
+
+/// Parses and validates a cloud node's file; relative paths are joined to `base`.
+pub fn parse(text: &str, base: &Path) -> Result<CloudSettings, Vec<ConfigError>> {
+    let raw: RawFile = from_toml(text)?;
+    let mut v = Validator::new(text, base);
+    let mut node = v.node(RawNode {
+        data_dir: raw.data_dir,
+        quic: raw.quic,
+        http: raw.http,
+        tls: raw.tls,
+        log: raw.log,
+        policies: raw.policies,
+        grant: raw.grant,
+    });
+    let tier2 = match raw.tier2 {
+        Some(t) => tier2(&mut v, t),
+        None => Tier2Settings::default(),
+    };
+    node.log.max_tier2_backlog_bytes = tier2.max_backlog_bytes;
+    v.finish(CloudSettings { node, tier2 })
+}
+
+fn tier2(v: &mut Validator<'_>, t: Spanned<RawTier2>) -> Tier2Settings {
+    let at = t.span().start;
+    let t = t.into_inner();
+    let mut out = Tier2Settings::default();
+    let kind = t.kind.as_ref().map_or("fs", |k| k.get_ref().as_str());
+    let s3_keys = [
+        ("endpoint", t.endpoint.as_ref().map(|s| s.span().start)),
+        ("region", t.region.as_ref().map(|s| s.span().start)),
+        ("bucket", t.bucket.as_ref().map(|s| s.span().start)),
+        ("prefix", t.prefix.as_ref().map(|s| s.span().start)),
+        (
+            "access_key_id",
+            t.access_key_id.as_ref().map(|s| s.span().start),
+        ),
+        (
+            "secret_access_key",
+            t.secret_access_key.as_ref().map(|s| s.span().start),
+        ),
+    ];
+    let refuse_s3_keys = |v: &mut Validator<'_>, kind: &str| {
+        for (key, pos) in s3_keys {
+            if let Some(pos) = pos {
+                v.error::<()>(
+                    &format!("tier2.{key}"),
+                    pos,
+                    format!("only for kind = \"s3\" (this is kind = \"{kind}\")"),
+                );
+            }
+        }
+    };
+    out.backend = match kind {
+        "none" | "fs" => {
+            refuse_s3_keys(v, kind);
+            if t.path_style.is_some() {
+                v.error::<()>(
+                    "tier2.path_style",
+                    at,
+                    format!("only for kind = \"s3\" (this is kind = \"{kind}\")"),
+                );
+            }
+            match (kind, &t.path) {
+                ("fs", p) => Backend::Fs(p.as_ref().and_then(|p| v.path("tier2.path", p))),
+                (_, Some(p)) => v
+                    .error(
+                        "tier2.path",
+                        p.span().start,
+                        "only for kind = \"fs\"".into(),
+                    )
+                    .unwrap_or(Backend::None),
+                _ => Backend::None,
+            }
+        }
+        "s3" => {
+            if let Some(p) = &t.path {
+                v.error::<()>(
+                    "tier2.path",
+                    p.span().start,
+                    "only for kind = \"fs\"".into(),
+                );
+            }
+            s3(v, at, &t).map_or(Backend::None, Backend::S3)
+        }
+        other => {
+            let pos = t.kind.as_ref().map_or(at, |k| k.span().start);
+            v.error::<()>(
+                "tier2.kind",
+                pos,
+                format!("{other:?} is not a Tier-2 kind (expected \"fs\", \"s3\" or \"none\")"),
+            );
+            Backend::None
+        }
+    };
+    if let Some(s) = &t.flush_interval_secs {
+        match *s.get_ref() {
+            secs @ 1..=86_400 => out.flush_interval = Duration::from_secs(secs),
+            _ => {
+                v.error::<()>(
+                    "tier2.flush_interval_secs",
+                    s.span().start,
+                    "must be between 1 and 86400".into(),
+                );
+            }
+        }
+    }
+    if let Some(s) = &t.chunk_mb {
+        match *s.get_ref() {
+            mb @ 1..=1024 => out.chunk_bytes = mb << 20,
+            _ => {
+                v.error::<()>(
+                    "tier2.chunk_mb",
+                    s.span().start,
+                    "must be between 1 and 1024".into(),
+                );
+            }
+        }
+    }
+    if let Some(s) = &t.max_backlog_mb {
+        match *s.get_ref() {
+            mb @ 1..=MAX_BACKLOG_MB => out.max_backlog_bytes = mb << 20,
+            _ => {
+                v.error::<()>(
+                    "tier2.max_backlog_mb",
+                    s.span().start,
+                    "must be between 1 and 16777216".into(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn s3(v: &mut Validator<'_>, at: usize, t: &RawTier2) -> Option<S3Settings> {
+    let bucket = match &t.bucket {
+        None => v.error(
+            "tier2.bucket",
+            at,
+            "missing: kind = \"s3\" needs a bucket".into(),
+        ),
+        Some(b) if !valid_bucket(b.get_ref()) => v.error(
+            "tier2.bucket",
+            b.span().start,
+            format!(
+                "{:?} is not a bucket name (3-63 of a-z 0-9 . -, starting and ending with a \
+                 letter or digit)",
+                b.get_ref()
+            ),
+        ),
+        Some(b) => Some(b.get_ref().clone()),
+    };
+    let endpoint = match &t.endpoint {
+        Some(e) if !(e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://")) => {
+            v.error(
+                "tier2.endpoint",
+                e.span().start,
+                format!("{:?} is not an http:// or https:// URL", e.get_ref()),
+            )
+        }
+        Some(e) => Some(Some(e.get_ref().clone())),
+        None => Some(None),
+    };
+    let region = match &t.region {
+        Some(r) if r.get_ref().trim().is_empty() => {
+            v.error("tier2.region", r.span().start, "must not be empty".into())
+        }
+        r => Some(r.as_ref().map(|r| r.get_ref().clone())),
+    };
+    let prefix = match &t.prefix {
+        Some(p) if !valid_prefix(p.get_ref()) => v.error(
+            "tier2.prefix",
+            p.span().start,
+            format!(
+                "{:?} is not a prefix (A-Z a-z 0-9 . _ - /, no leading /, no empty part)",
+                p.get_ref()
+            ),
+        ),
+        Some(p) if !p.get_ref().is_empty() && !p.get_ref().ends_with('/') => {
+            Some(format!("{}/", p.get_ref()))
+        }
+        p => Some(p.as_ref().map_or_else(String::new, |p| p.get_ref().clone())),
+    };
+    let credentials = match (&t.access_key_id, &t.secret_access_key) {
+        (Some(id), Some(secret)) => Some(Some((id.get_ref().clone(), secret.get_ref().clone()))),
+        (None, None) => Some(None),
+        (Some(k), None) | (None, Some(k)) => v.error(
+            "tier2.access_key_id",
+            k.span().start,
+            "access_key_id and secret_access_key go together (or leave both out for the \
+             AWS environment, profile or instance role)"
+                .into(),
+        ),
+    };
+    Some(S3Settings {
+        endpoint: endpoint?,
+        region: region?,
+        bucket: bucket?,
+        prefix: prefix?,
+        path_style: t.path_style.unwrap_or(false),
+        credentials: credentials?,
+    })
+}
+
+fn valid_bucket(b: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&b.len())
+        && b.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge_ok(b.chars().next())
+        && edge_ok(b.chars().last())
+}
+
+fn valid_prefix(p: &str) -> bool {
+    let body = p.strip_suffix('/').unwrap_or(p);
+    p.is_empty()
+        || (!p.starts_with('/')
+            && body.split('/').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        parse(text, Path::new("/etc/t"))
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn defaults_to_a_directory_under_the_data_dir() {
+        let s = parse("", Path::new("/etc/t")).expect("valid");
+        assert_eq!(s.tier2, Tier2Settings::default());
+        assert_eq!(s.tier2.backend, Backend::Fs(None));
+    }
+
+    #[test]
+    fn s3_settings_are_read_and_checked() {
+        let s = parse(
+            "[tier2]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"tier2\"\n\
+             prefix = \"node-1\"\npath_style = true\naccess_key_id = \"GK1\"\n\
+             secret_access_key = \"s\"\nflush_interval_secs = 2\nchunk_mb = 4\nmax_backlog_mb = 64\n",
+            Path::new("/etc/t"),
+        )
+        .expect("valid");
+        let Backend::S3(s3) = &s.tier2.backend else {
+            panic!("{:?}", s.tier2.backend)
+        };
+        assert_eq!(s3.prefix, "node-1/");
+        assert_eq!(s3.credentials, Some(("GK1".into(), "s".into())));
+        assert_eq!(s.tier2.chunk_bytes, 4 << 20);
+        assert_eq!(s.node.log.max_tier2_backlog_bytes, 64 << 20);
+
+        let e = errors("[tier2]\nkind = \"s3\"\nprefix = \"/abs\"\naccess_key_id = \"k\"\n");
+        assert!(e.contains("tier2.bucket: missing"), "{e}");
+        assert!(e.contains("line 3: tier2.prefix"), "{e}");
+        assert!(e.contains("line 4: tier2.access_key_id"), "{e}");
+        let e = errors("[tier2]\nkind = \"fs\"\nbucket = \"b\"\nchunk_mb = 0\n");
+        assert!(
+            e.contains("line 3: tier2.bucket: only for kind = \"s3\""),
+            "{e}"
+        );
+        assert!(e.contains("line 4: tier2.chunk_mb"), "{e}");
+        let e = errors("[tier2]\nkind = \"tape\"\n");
+        assert!(e.contains("line 2: tier2.kind"), "{e}");
+        let e = errors("[tier2]\nbucket_name = \"b\"\n");
+        assert!(e.contains("tier2.bucket_name: unknown field"), "{e}");
+        let e = errors("[tier2]\nkind = \"s3\"\nbucket = \"No_Such\"\n");
+        assert!(e.contains("line 3: tier2.bucket"), "{e}");
+    }
+}

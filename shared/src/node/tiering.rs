@@ -1,0 +1,158 @@
+//! Tiering: a node's segment data moves from its log to Tier-2 in the background, and
+//! the node reports how far behind that is.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::log::{RestoreReport, SegmentLog, Tier2};
+
+/// A node's Tier-2 and how data moves there.
+#[derive(Debug, Clone)]
+pub struct Tiering {
+    /// Where data goes.
+    pub backend: Arc<dyn Tier2>,
+    /// How often a pass moves everything the log holds (and retries after a failure).
+    pub flush_interval: Duration,
+    /// Largest chunk written.
+    pub chunk_bytes: u64,
+}
+
+/// What the tiering task did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TierMetrics {
+    bytes_moved: AtomicU64,
+    chunks_written: AtomicU64,
+    chunks_deleted: AtomicU64,
+    manifests: AtomicU64,
+    errors: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    restored_at_ms: AtomicU64,
+}
+
+impl TierMetrics {
+    /// Records the restore the node started with.
+    pub fn restored(&self, report: &RestoreReport) {
+        self.restored_at_ms
+            .store(report.taken_at_ms, Ordering::Relaxed);
+    }
+
+    /// The last pass's error, if the last pass failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Prometheus text.
+    pub fn render(&self, log: &SegmentLog) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        metric(
+            "tributary_tier2_backlog_bytes",
+            "gauge",
+            "Segment data only in the local log, not yet on Tier-2.",
+            log.tier2_backlog(),
+        );
+        metric(
+            "tributary_tier2_backlog_limit_bytes",
+            "gauge",
+            "Backlog at which appends are refused until Tier-2 catches up.",
+            log.config().max_tier2_backlog_bytes,
+        );
+        metric(
+            "tributary_tier2_moved_bytes_total",
+            "counter",
+            "Bytes moved to Tier-2.",
+            get(&self.bytes_moved),
+        );
+        metric(
+            "tributary_tier2_chunks_written_total",
+            "counter",
+            "Chunks written to Tier-2.",
+            get(&self.chunks_written),
+        );
+        metric(
+            "tributary_tier2_chunks_deleted_total",
+            "counter",
+            "Chunks deleted from Tier-2 (truncation, deletion, crash leftovers).",
+            get(&self.chunks_deleted),
+        );
+        metric(
+            "tributary_tier2_manifests_written_total",
+            "counter",
+            "Manifests written to Tier-2.",
+            get(&self.manifests),
+        );
+        metric(
+            "tributary_tier2_errors_total",
+            "counter",
+            "Tier-2 passes that failed (each is retried on the next).",
+            get(&self.errors),
+        );
+        let restored = get(&self.restored_at_ms);
+        if restored > 0 {
+            out.push_str(&format!(
+                "# HELP tributary_tier2_restored_snapshot_seconds When the Tier-2 manifest \
+                 this node was restored from was taken (Unix time).\n\
+                 # TYPE tributary_tier2_restored_snapshot_seconds gauge\n\
+                 tributary_tier2_restored_snapshot_seconds {}.{:03}\n",
+                restored / 1000,
+                restored % 1000
+            ));
+        }
+        out
+    }
+}
+
+/// Runs tiering passes every `flush_interval` until aborted (or the log is gone).
+pub(crate) fn spawn(
+    log: Weak<SegmentLog>,
+    tiering: &Tiering,
+    metrics: Arc<TierMetrics>,
+) -> tokio::task::JoinHandle<()> {
+    let interval = tiering.flush_interval;
+    let chunk_bytes = tiering.chunk_bytes;
+    let tier2 = tiering.backend.describe();
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(log) = log.upgrade() else { return };
+            let result = log.move_to_tier2(chunk_bytes).await;
+            drop(log);
+            match result {
+                Ok(stats) => {
+                    let add = |a: &AtomicU64, v: u64| a.fetch_add(v, Ordering::Relaxed);
+                    add(&metrics.bytes_moved, stats.bytes_moved);
+                    add(&metrics.chunks_written, stats.chunks_written);
+                    add(&metrics.chunks_deleted, stats.chunks_deleted);
+                    add(&metrics.manifests, u64::from(stats.manifest_written));
+                    *metrics.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    if failing {
+                        tracing::info!(%tier2, "Tier-2 reachable again; flushing resumed");
+                        failing = false;
+                    }
+                    if stats.chunks_written > 0 {
+                        tracing::debug!(?stats, "moved data to Tier-2");
+                    }
+                }
+                Err(e) => {
+                    metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        tracing::warn!(error = %e, "moving data to Tier-2 failed; retrying every {interval:?}");
+                    }
+                    failing = true;
+                    *metrics.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(e.to_string());
+                }
+            }
+        }
+    })
+}
