@@ -5,6 +5,7 @@
 //! ```text
 //! DATA_DIR/log/                  the segment log (its sled metadata store also holds
 //!                                the controller's scopes, streams and reader groups)
+//! DATA_DIR/tier2/                the cloud's default Tier-2 (a directory)
 //! DATA_DIR/tls/                  the development PKI (without [tls] in the config)
 //! DATA_DIR/client/profile.toml   how local clients reach the node (development PKI)
 //! ```
