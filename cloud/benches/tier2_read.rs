@@ -11,7 +11,6 @@
 //! CRC of what was written.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;
