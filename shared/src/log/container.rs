@@ -704,11 +704,19 @@ impl SegmentLog {
             lock(&self.inner.garbage).extend(garbage);
             return Err(e);
         }
-        for (data_id, c) in garbage {
-            tier2
-                .delete(&c.name)
-                .await
-                .map_err(|e| t2err(tier2.as_ref(), &format!("deleting chunk {}", c.name), e))?;
+        let mut garbage = garbage.into_iter();
+        while let Some((data_id, c)) = garbage.next() {
+            if let Err(e) = tier2.delete(&c.name).await {
+                // The rest waits for the next pass.
+                let mut g = lock(&self.inner.garbage);
+                g.push((data_id, c.clone()));
+                g.extend(garbage);
+                return Err(t2err(
+                    tier2.as_ref(),
+                    &format!("deleting chunk {}", c.name),
+                    e,
+                ));
+            }
             self.inner.meta.remove_chunk(data_id, c.data_offset)?;
             lock(&self.inner.cache).forget(CacheKey::Chunk(data_id, c.data_offset));
             stats.chunks_deleted += 1;
