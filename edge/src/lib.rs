@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod config;
 pub mod local;
+pub mod modbus;
 pub mod mqtt;
 pub mod pipe;
 pub mod replicate;
