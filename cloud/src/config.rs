@@ -152,65 +152,31 @@ pub fn parse(text: &str, base: &Path) -> Result<CloudSettings, Vec<ConfigError>>
 fn tier2(v: &mut Validator<'_>, t: Spanned<RawTier2>) -> Tier2Settings {
     let at = t.span().start;
     let t = t.into_inner();
-    let mut out = Tier2Settings::default();
     let kind = t.kind.as_ref().map_or("fs", |k| k.get_ref().as_str());
-    let s3_keys = [
-        ("endpoint", t.endpoint.as_ref().map(|s| s.span().start)),
-        ("region", t.region.as_ref().map(|s| s.span().start)),
-        ("bucket", t.bucket.as_ref().map(|s| s.span().start)),
-        ("prefix", t.prefix.as_ref().map(|s| s.span().start)),
-        (
-            "access_key_id",
-            t.access_key_id.as_ref().map(|s| s.span().start),
-        ),
-        (
-            "secret_access_key",
-            t.secret_access_key.as_ref().map(|s| s.span().start),
-        ),
+    let pos = |s: &Option<Spanned<String>>| s.as_ref().map(|s| s.span().start);
+    let kind_keys = [
+        ("fs", "path", t.path.as_ref().map(|p| p.span().start)),
+        ("s3", "endpoint", pos(&t.endpoint)),
+        ("s3", "region", pos(&t.region)),
+        ("s3", "bucket", pos(&t.bucket)),
+        ("s3", "prefix", pos(&t.prefix)),
+        ("s3", "path_style", t.path_style.map(|_| at)),
+        ("s3", "access_key_id", pos(&t.access_key_id)),
+        ("s3", "secret_access_key", pos(&t.secret_access_key)),
     ];
-    let refuse_s3_keys = |v: &mut Validator<'_>, kind: &str| {
-        for (key, pos) in s3_keys {
-            if let Some(pos) = pos {
-                v.error::<()>(
-                    &format!("tier2.{key}"),
-                    pos,
-                    format!("only for kind = \"s3\" (this is kind = \"{kind}\")"),
-                );
-            }
+    for (for_kind, key, given) in kind_keys {
+        if let Some(p) = given.filter(|_| kind != for_kind) {
+            v.error::<()>(
+                &format!("tier2.{key}"),
+                p,
+                format!("only for kind = \"{for_kind}\" (this is kind = \"{kind}\")"),
+            );
         }
-    };
-    out.backend = match kind {
-        "none" | "fs" => {
-            refuse_s3_keys(v, kind);
-            if t.path_style.is_some() {
-                v.error::<()>(
-                    "tier2.path_style",
-                    at,
-                    format!("only for kind = \"s3\" (this is kind = \"{kind}\")"),
-                );
-            }
-            match (kind, &t.path) {
-                ("fs", p) => Backend::Fs(p.as_ref().and_then(|p| v.path("tier2.path", p))),
-                (_, Some(p)) => v
-                    .error(
-                        "tier2.path",
-                        p.span().start,
-                        "only for kind = \"fs\"".into(),
-                    )
-                    .unwrap_or(Backend::None),
-                _ => Backend::None,
-            }
-        }
-        "s3" => {
-            if let Some(p) = &t.path {
-                v.error::<()>(
-                    "tier2.path",
-                    p.span().start,
-                    "only for kind = \"fs\"".into(),
-                );
-            }
-            s3(v, at, &t).map_or(Backend::None, Backend::S3)
-        }
+    }
+    let backend = match kind {
+        "none" => Backend::None,
+        "fs" => Backend::Fs(t.path.as_ref().and_then(|p| v.path("tier2.path", p))),
+        "s3" => s3(v, at, &t).map_or(Backend::None, Backend::S3),
         other => {
             let pos = t.kind.as_ref().map_or(at, |k| k.span().start);
             v.error::<()>(
@@ -221,43 +187,28 @@ fn tier2(v: &mut Validator<'_>, t: Spanned<RawTier2>) -> Tier2Settings {
             Backend::None
         }
     };
-    if let Some(s) = &t.flush_interval_secs {
-        match *s.get_ref() {
-            secs @ 1..=86_400 => out.flush_interval = Duration::from_secs(secs),
-            _ => {
-                v.error::<()>(
-                    "tier2.flush_interval_secs",
-                    s.span().start,
-                    "must be between 1 and 86400".into(),
-                );
-            }
-        }
+    let d = Tier2Settings::default();
+    Tier2Settings {
+        backend,
+        flush_interval: within(v, "flush_interval_secs", &t.flush_interval_secs, 86_400)
+            .map_or(d.flush_interval, Duration::from_secs),
+        chunk_bytes: within(v, "chunk_mb", &t.chunk_mb, 1024).map_or(d.chunk_bytes, |mb| mb << 20),
+        max_backlog_bytes: within(v, "max_backlog_mb", &t.max_backlog_mb, MAX_BACKLOG_MB)
+            .map_or(d.max_backlog_bytes, |mb| mb << 20),
     }
-    if let Some(s) = &t.chunk_mb {
-        match *s.get_ref() {
-            mb @ 1..=1024 => out.chunk_bytes = mb << 20,
-            _ => {
-                v.error::<()>(
-                    "tier2.chunk_mb",
-                    s.span().start,
-                    "must be between 1 and 1024".into(),
-                );
-            }
-        }
+}
+
+/// `tier2.KEY` if given and within `1..=max`; an error if given and not.
+fn within(v: &mut Validator<'_>, key: &str, s: &Option<Spanned<u64>>, max: u64) -> Option<u64> {
+    let s = s.as_ref()?;
+    match *s.get_ref() {
+        n @ 1.. if n <= max => Some(n),
+        _ => v.error(
+            &format!("tier2.{key}"),
+            s.span().start,
+            format!("must be between 1 and {max}"),
+        ),
     }
-    if let Some(s) = &t.max_backlog_mb {
-        match *s.get_ref() {
-            mb @ 1..=MAX_BACKLOG_MB => out.max_backlog_bytes = mb << 20,
-            _ => {
-                v.error::<()>(
-                    "tier2.max_backlog_mb",
-                    s.span().start,
-                    "must be between 1 and 16777216".into(),
-                );
-            }
-        }
-    }
-    out
 }
 
 fn s3(v: &mut Validator<'_>, at: usize, t: &RawTier2) -> Option<S3Settings> {

@@ -1,6 +1,6 @@
 //! Modbus RTU master over a serial line: one read request, its response, within a
 //! timeout. The bytes are built and checked by [`tributary_adapters::serial::modbus`];
-//! this module does the I/O (tokio-serial, 8N1, raw).
+//! this module does the I/O (tokio-serial, opened as [`crate::serial::open_port`]).
 //!
 //! Before each request it discards whatever is waiting on the line (a late answer to an
 //! earlier request that timed out), so a response is never matched to the wrong
@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
+use tokio_serial::SerialStream;
 use tributary_adapters::serial::modbus::{
     parse_read_response, read_request, response_len, Function, ModbusError,
 };
@@ -40,13 +40,7 @@ pub struct ModbusLine {
 impl ModbusLine {
     /// Opens `device` at `baud`, 8N1.
     pub fn open(device: &str, baud: u32) -> std::io::Result<ModbusLine> {
-        let port = tokio_serial::new(device, baud)
-            .data_bits(DataBits::Eight)
-            .parity(Parity::None)
-            .stop_bits(StopBits::One)
-            .flow_control(FlowControl::None)
-            .open_native_async()
-            .map_err(std::io::Error::other)?;
+        let port = crate::serial::open_port(device, baud).map_err(std::io::Error::other)?;
         let char_us = 11_000_000 / u64::from(baud.max(1));
         Ok(ModbusLine {
             port,
@@ -91,14 +85,7 @@ impl ModbusLine {
             Ok(Ok(())) => {}
         }
         let mut registers = vec![0u16; usize::from(count)];
-        let result = response_len(&frame).filter(|n| *n == frame.len()).map_or(
-            Err(ModbusError::WrongLength {
-                expected: response_len(&frame).unwrap_or(0),
-                received: frame.len(),
-            }),
-            |_| parse_read_response(slave, function, &frame, &mut registers),
-        );
-        match result {
+        match parse_read_response(slave, function, &frame, &mut registers) {
             Ok(()) => Ok(registers),
             Err(e) => {
                 if !matches!(e, ModbusError::Exception(_)) {

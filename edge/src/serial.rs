@@ -585,18 +585,22 @@ impl DeviceId {
     }
 }
 
-/// Opens the device 8N1, raw, exclusive; returns it and what its path names.
-fn open(cfg: &SerialConfig) -> anyhow::Result<(SerialStream, DeviceId)> {
-    let Some(path) = cfg.device.to_str() else {
-        bail!("the device path is not UTF-8");
-    };
-    let port = tokio_serial::new(path, cfg.baud)
+/// Opens a serial device 8N1, raw, exclusive, no flow control.
+pub fn open_port(device: &str, baud: u32) -> tokio_serial::Result<SerialStream> {
+    tokio_serial::new(device, baud)
         .data_bits(DataBits::Eight)
         .parity(Parity::None)
         .stop_bits(StopBits::One)
         .flow_control(FlowControl::None)
         .open_native_async()
-        .context("opening")?;
+}
+
+/// Opens the device; returns it and what its path names.
+fn open(cfg: &SerialConfig) -> anyhow::Result<(SerialStream, DeviceId)> {
+    let Some(path) = cfg.device.to_str() else {
+        bail!("the device path is not UTF-8");
+    };
+    let port = open_port(path, cfg.baud).context("opening")?;
     let id = DeviceId::of(&cfg.device).context("reading the device's metadata")?;
     Ok((port, id))
 }

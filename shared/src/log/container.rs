@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     pub tier2: Option<Arc<dyn Tier2>>,
     /// First file the persisted checkpoint replays; older files may be deleted.
     pub replay_from: AtomicU64,
+    /// Bytes only in the log (the index's `log_bytes`), published by whoever changes
+    /// the index, so that the append path checks the Tier-2 backlog without a lock.
+    pub untiered: AtomicU64,
     /// Tier-2 chunks no segment needs any more, to delete on the next move.
     pub garbage: Mutex<Vec<(u64, Chunk)>>,
     /// Serializes Tier-2 passes; what the last one left.
@@ -240,6 +243,7 @@ impl SegmentLog {
             });
         }
         let last_seq = syncer.last_seq;
+        let untiered = AtomicU64::new(index.log_bytes());
         let inner = Arc::new(Inner {
             dir: dir.clone(),
             wal_dir,
@@ -266,6 +270,7 @@ impl SegmentLog {
             meta,
             tier2,
             replay_from: AtomicU64::new(replay_from),
+            untiered,
             garbage: Mutex::new(garbage),
             mover: tokio::sync::Mutex::new(MoverState::default()),
             fetching: Mutex::new(HashMap::new()),
@@ -676,8 +681,7 @@ impl SegmentLog {
     /// are refused with [`LogError::Tier2Backlog`] while this is at
     /// [`LogConfig::max_tier2_backlog_bytes`].
     pub fn tier2_backlog(&self) -> u64 {
-        let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
-        d.index.log_bytes()
+        self.inner.untiered.load(Ordering::Relaxed)
     }
 
     /// Moves durable data from the log to Tier-2, oldest first, in chunks of up to
@@ -786,13 +790,7 @@ impl SegmentLog {
                 })
                 .collect()
         };
-        let manifest = Manifest {
-            version: 1,
-            taken_at_ms,
-            table,
-            chunks,
-            trees,
-        };
+        let manifest = Manifest::new(taken_at_ms, table, chunks, trees);
         tier2
             .put(MANIFEST, manifest.encode()?.into())
             .await
@@ -869,7 +867,11 @@ impl SegmentLog {
                 .durable
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            d.index.add_chunk(data_id, chunk.clone())
+            let emptied = d.index.add_chunk(data_id, chunk.clone());
+            self.inner
+                .untiered
+                .store(d.index.log_bytes(), Ordering::Relaxed);
+            emptied
         };
         match emptied {
             Some(files) => {
@@ -918,14 +920,10 @@ fn t2err(tier2: &dyn Tier2, doing: &str, e: super::tier2::Tier2Error) -> LogErro
 /// Concurrent calls for one chunk (a read and a prefetch) share one fetch.
 async fn chunk_data(inner: &Inner, data_id: u64, c: &Chunk) -> Result<Bytes> {
     let key = CacheKey::Chunk(data_id, c.data_offset);
-    if let Some(d) = lock(&inner.cache).get(key) {
-        return Ok(d);
-    }
-    let tier2 = inner
-        .tier2
-        .clone()
-        .ok_or_else(|| LogError::Tier2("no Tier-2 is configured".into()))?;
-    let fetch = lock(&inner.fetching).entry(key).or_default().clone();
+    let (tier2, fetch) = match lookup(inner, key)? {
+        Lookup::Cached(d) => return Ok(d),
+        Lookup::Fetch(tier2, fetch) => (tier2, fetch),
+    };
     let got = fetch
         .get_or_init(|| fetch_chunk(tier2.as_ref(), c))
         .await
@@ -938,16 +936,8 @@ async fn chunk_data(inner: &Inner, data_id: u64, c: &Chunk) -> Result<Bytes> {
 /// not during the fetch, so that a prefetch never keeps a closed log open.
 async fn prefetch(inner: std::sync::Weak<Inner>, data_id: u64, c: Chunk) {
     let key = CacheKey::Chunk(data_id, c.data_offset);
-    let (tier2, fetch) = {
-        let Some(inner) = inner.upgrade() else { return };
-        let Some(tier2) = inner.tier2.clone() else {
-            return;
-        };
-        if lock(&inner.cache).get(key).is_some() {
-            return;
-        }
-        let fetch = lock(&inner.fetching).entry(key).or_default().clone();
-        (tier2, fetch)
+    let Some(Ok(Lookup::Fetch(tier2, fetch))) = inner.upgrade().map(|i| lookup(&i, key)) else {
+        return;
     };
     let got = fetch
         .get_or_init(|| fetch_chunk(tier2.as_ref(), &c))
@@ -959,6 +949,24 @@ async fn prefetch(inner: std::sync::Weak<Inner>, data_id: u64, c: Chunk) {
     if let Err(e) = got {
         tracing::debug!(chunk = %c.name, error = %e, "prefetch failed");
     }
+}
+
+/// A chunk in the cache, or the one shared fetch that brings it (and where from).
+enum Lookup {
+    Cached(Bytes),
+    Fetch(Arc<dyn Tier2>, Arc<ChunkFetch>),
+}
+
+fn lookup(inner: &Inner, key: CacheKey) -> Result<Lookup> {
+    if let Some(d) = lock(&inner.cache).get(key) {
+        return Ok(Lookup::Cached(d));
+    }
+    let tier2 = inner
+        .tier2
+        .clone()
+        .ok_or_else(|| LogError::Tier2("no Tier-2 is configured".into()))?;
+    let fetch = lock(&inner.fetching).entry(key).or_default().clone();
+    Ok(Lookup::Fetch(tier2, fetch))
 }
 
 async fn fetch_chunk(tier2: &dyn Tier2, c: &Chunk) -> std::result::Result<Bytes, String> {

@@ -70,6 +70,16 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Manifest {
+    pub fn new(taken_at_ms: u64, table: Table, chunks: Vec<ChunkRecord>, trees: Trees) -> Self {
+        Manifest {
+            version: VERSION,
+            taken_at_ms,
+            table,
+            chunks,
+            trees,
+        }
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         ciborium::into_writer(self, &mut buf)

@@ -392,6 +392,9 @@ impl Syncer {
                     lock(&inner.garbage).extend(freed.chunks.into_iter().map(|c| (r.data_id, c)));
                 }
             }
+            inner
+                .untiered
+                .store(d.index.log_bytes(), std::sync::atomic::Ordering::Relaxed);
         }
         {
             let mut c = lock(&inner.cache);

@@ -2,7 +2,7 @@
 //! the node reports how far behind that is.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::log::{RestoreReport, SegmentLog, Tier2};
@@ -26,7 +26,6 @@ pub struct TierMetrics {
     chunks_deleted: AtomicU64,
     manifests: AtomicU64,
     errors: AtomicU64,
-    last_error: Mutex<Option<String>>,
     restored_at_ms: AtomicU64,
 }
 
@@ -35,14 +34,6 @@ impl TierMetrics {
     pub fn restored(&self, report: &RestoreReport) {
         self.restored_at_ms
             .store(report.taken_at_ms, Ordering::Relaxed);
-    }
-
-    /// The last pass's error, if the last pass failed.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// Prometheus text.
@@ -134,7 +125,6 @@ pub(crate) fn spawn(
                     add(&metrics.chunks_written, stats.chunks_written);
                     add(&metrics.chunks_deleted, stats.chunks_deleted);
                     add(&metrics.manifests, u64::from(stats.manifest_written));
-                    *metrics.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     if failing {
                         tracing::info!(%tier2, "Tier-2 reachable again; flushing resumed");
                         failing = false;
@@ -149,8 +139,6 @@ pub(crate) fn spawn(
                         tracing::warn!(error = %e, "moving data to Tier-2 failed; retrying every {interval:?}");
                     }
                     failing = true;
-                    *metrics.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(e.to_string());
                 }
             }
         }
