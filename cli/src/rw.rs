@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncBufReadExt;
+use tributary::reading::Reading;
 use tributary::service::{Client, EventReader, EventWriter, ReadEvent, ReaderConfig, WriterConfig};
 use tributary::stream::StreamCut;
 use tributary::wire::StartFrom;
@@ -52,7 +53,9 @@ pub struct ReadArgs {
     #[arg(long)]
     timeout: Option<f64>,
     /// One JSON object per event: key, segment, offset, payload (or, with --out,
-    /// path and bytes).
+    /// path and bytes). A sensor reading (CBOR, `tributary::reading`) is shown
+    /// decoded as `reading`, other binary payloads as `payload_hex`. Without --json,
+    /// readings print as one line each: `sensor name=value unit ...`.
     #[arg(long)]
     json: bool,
     /// Write each event's payload, byte for byte, to its own file in this directory
@@ -260,12 +263,22 @@ async fn read_events(
             });
             match std::str::from_utf8(&e.payload) {
                 Ok(p) => obj["payload"] = p.into(),
-                Err(_) => obj["payload_hex"] = hex(&e.payload).into(),
+                Err(_) => match Reading::from_cbor(&e.payload) {
+                    Ok(r) => obj["reading"] = r.to_json(),
+                    Err(_) => obj["payload_hex"] = hex(&e.payload).into(),
+                },
             }
             writeln!(out, "{obj}")
         } else {
-            out.write_all(&e.payload)
-                .and_then(|()| out.write_all(b"\n"))
+            match (
+                std::str::from_utf8(&e.payload),
+                Reading::from_cbor(&e.payload),
+            ) {
+                (Err(_), Ok(r)) => writeln!(out, "{}", r.to_text()),
+                _ => out
+                    .write_all(&e.payload)
+                    .and_then(|()| out.write_all(b"\n")),
+            }
         };
         if let Err(e) = written {
             // A closed pipe (`| head`) ends the read quietly.

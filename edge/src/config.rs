@@ -43,9 +43,11 @@ use tributary::node::config::{
 };
 use tributary::stream::validate_scoped_name;
 
+use crate::lines::{column, LineFormat};
 use crate::pipe::{PipeSpec, RawPipe};
 use crate::replicate;
 use crate::replicate::config::{CloudSpec, RawCloud, RawReplicate, ReplicateSpec};
+use crate::sensor::{RawSensor, SensorSpec};
 use crate::serial::{Framing, SerialConfig};
 use crate::watch::{After, WatchSpec};
 
@@ -69,7 +71,7 @@ pub fn defaults() -> Defaults {
 }
 
 /// A whole edge configuration, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct EdgeConfig {
     /// The node sections.
     pub node: NodeSettings,
@@ -83,6 +85,8 @@ pub struct EdgeConfig {
     pub watch: Vec<WatchSpec>,
     /// `[[pipe]]`: commands whose runs become events.
     pub pipe: Vec<PipeSpec>,
+    /// `[[sensor]]`: devices polled for readings.
+    pub sensors: Vec<SensorSpec>,
     /// `[cloud]`: where to replicate.
     pub cloud: Option<CloudSpec>,
     /// `[[replicate]]`: which streams go where.
@@ -232,6 +236,7 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
     let streams = streams(&mut v, raw.stream);
     let (cloud, replicate) = replicate::config::parse(&mut v, raw.cloud, raw.replicate, &streams);
     let pipe = crate::pipe::parse(&mut v, raw.pipe, &streams);
+    let sensors = crate::sensor::parse(&mut v, raw.sensor, &streams);
     let mqtt = raw
         .mqtt
         .into_iter()
@@ -257,6 +262,7 @@ pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
         serial,
         watch,
         pipe,
+        sensors,
         cloud,
         replicate,
     })
@@ -285,6 +291,8 @@ struct RawFile {
     watch: Vec<Spanned<RawWatch>>,
     #[serde(default)]
     pipe: Vec<Spanned<RawPipe>>,
+    #[serde(default)]
+    sensor: Vec<Spanned<RawSensor>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +351,9 @@ struct RawSerial {
     framing: Option<Spanned<String>>,
     max_frame_bytes: Option<Spanned<usize>>,
     utf8: Option<bool>,
+    format: Option<Spanned<String>>,
+    columns: Option<Spanned<Vec<String>>>,
+    units: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     stream: Spanned<String>,
     key: Option<String>,
 }
@@ -481,16 +492,53 @@ fn serial(
             format!("{other:?}: expected \"lines\" or \"cobs\""),
         )?,
     };
-    let config = SerialConfig::new(
+    let mut config = SerialConfig::new(
         device,
         s.baud.as_ref().map_or(9600, |b| *b.get_ref()),
         framing,
     );
+    let key_name = s.key.unwrap_or_else(|| config.device.display().to_string());
+    let format = match s.format.as_ref().map(|f| (f.get_ref().as_str(), f)) {
+        None | Some(("raw", _)) => None,
+        Some(("nmea", _)) => Some(LineFormat::Nmea),
+        Some(("json", _)) => Some(LineFormat::Json {
+            units: s
+                .units
+                .as_ref()
+                .map(|u| u.get_ref().clone())
+                .unwrap_or_default(),
+        }),
+        Some(("csv", f)) => match &s.columns {
+            Some(c) if c.get_ref().iter().any(|c| column(c).is_some()) => Some(LineFormat::Csv {
+                columns: c.get_ref().iter().map(|c| column(c)).collect(),
+            }),
+            _ => v.error(
+                &key("columns"),
+                f.span().start,
+                "the csv format needs columns = [\"name:unit\", ...]".into(),
+            )?,
+        },
+        Some((other, f)) => v.error(
+            &key("format"),
+            f.span().start,
+            format!("{other:?}: expected \"raw\", \"nmea\", \"json\" or \"csv\""),
+        )?,
+    };
+    let misplaced = [
+        ("columns", s.columns.as_ref().map(|c| c.span().start), "csv"),
+        ("units", s.units.as_ref().map(|u| u.span().start), "json"),
+    ];
+    for (k, at, wants) in misplaced {
+        if let Some(at) = at.filter(|_| format.as_ref().map(LineFormat::name) != Some(wants)) {
+            v.error::<()>(&key(k), at, format!("only with format = \"{wants}\""));
+        }
+    }
+    config.readings = format.map(|f| (key_name.clone(), f));
     if let Err(e) = config.validate() {
         v.error::<()>(&key("device"), at, format!("{e:#}"));
     }
     Some(SerialSpec {
-        key: s.key.unwrap_or_else(|| config.device.display().to_string()),
+        key: key_name,
         config,
         stream: stream?,
     })
@@ -659,8 +707,9 @@ mod tests {
             Path::new("/etc/t"),
         )
         .expect("edge-serial-gateway.toml");
-        assert_eq!(c.serial.len(), 2);
+        assert_eq!(c.serial.len(), 3);
         assert_eq!(c.serial[1].key, "probe-1");
+        assert_eq!(c.sensors.len(), 5);
         let c = parse(
             include_str!("../../config/edge-camera-gateway.toml"),
             Path::new("/etc/t"),
@@ -786,6 +835,44 @@ mod tests {
         .expect("valid");
         assert_eq!(c.pipe[0].key, "cam");
         assert_eq!(c.pipe[0].every, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn sensors_and_line_formats_are_checked() {
+        let e = errors(
+            "[[stream]]\nname = \"a/b\"\n\
+             [[sensor]]\nid = \"t\"\ndriver = \"bme999\"\nstream = \"a/b\"\n\
+             [[sensor]]\nid = \"t2\"\ndriver = \"sht3x\"\nstream = \"a/b\"\naddress = 0x50\nslave = 2\n\
+             [[sensor]]\nid = \"m\"\ndriver = \"modbus\"\nstream = \"a/b\"\nport = \"/dev/x\"\nslave = 1\n\
+             [[sensor.register]]\nname = \"r\"\naddress = 65535\ntype = \"f32\"\n\
+             [[serial]]\ndevice = \"/dev/y\"\nstream = \"a/b\"\nformat = \"csv\"\n\
+             [[serial]]\ndevice = \"/dev/z\"\nstream = \"a/b\"\nformat = \"nmea\"\nunits = { t = \"C\" }\n",
+        );
+        let want = [
+            "line 5: sensor[0].driver: \"bme999\": expected",
+            "line 12: sensor[1].slave: not a key of the sht3x driver",
+            "line 7: sensor[1].bus: missing: the sht3x driver needs it",
+            "line 11: sensor[1].address: 0x50: the sht3x answers at 0x44 to 0x45",
+            "line 21: sensor[2].register[0].address: the value runs past register 65535",
+            "line 26: serial[0].columns: the csv format needs columns",
+            "line 31: serial[1].units: only with format = \"json\"",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+        let c = parse(
+            "[[stream]]\nname = \"a/b\"\n\
+             [[sensor]]\nid = \"adc\"\ndriver = \"ads1115\"\nstream = \"a/b\"\nbus = \"/dev/i2c-1\"\n\
+             inputs = [\"a0\", \"diff23\"]\nrange_v = 4.096\n\
+             [[serial]]\ndevice = \"/dev/y\"\nstream = \"a/b\"\nformat = \"csv\"\ncolumns = [\"t:Cel\", \"\"]\n",
+            Path::new("/etc"),
+        )
+        .expect("valid");
+        assert_eq!(c.sensors[0].device.location(), "/dev/i2c-1@0x48");
+        assert_eq!(c.sensors[0].every, Duration::from_secs(10));
+        let (sensor, format) = c.serial[0].config.readings.clone().expect("readings");
+        assert_eq!((sensor.as_str(), format.name()), ("/dev/y", "csv"));
     }
 
     #[test]

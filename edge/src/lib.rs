@@ -9,12 +9,14 @@
 
 pub mod budget;
 pub mod config;
+pub mod lines;
 pub mod local;
 pub mod modbus;
 pub mod mqtt;
 pub mod pipe;
 pub mod replicate;
 pub mod run;
+pub mod sensor;
 pub mod serial;
 pub mod status;
 pub mod watch;

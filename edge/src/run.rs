@@ -103,6 +103,8 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         ));
     }
 
+    let sensors = crate::sensor::spawn(&cfg.sensors, &streams, &stopped, &mut tasks);
+
     let snap = {
         let (streams, sources, serial, watched) = (
             streams.clone(),
@@ -110,7 +112,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
             serial.clone(),
             watched.clone(),
         );
-        Arc::new(move || snapshot(&streams, &sources, &serial, &watched, &pipes))
+        Arc::new(move || snapshot(&streams, &sources, &serial, &watched, &pipes, &sensors))
     };
     let status = {
         let snap = snap.clone();
@@ -136,6 +138,7 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         serial_sources = cfg.serial.len(),
         watched_dirs = cfg.watch.len(),
         commands = cfg.pipe.len(),
+        sensors = cfg.sensors.len(),
         replicated_streams = cfg.replicate.len(),
         client_profile = %n
             .profile_path()

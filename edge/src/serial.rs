@@ -76,6 +76,8 @@ use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialSt
 use tributary::node::http::label_value;
 use tributary_adapters::framing::{Cobs, Decoder, FrameError, Lines};
 
+use crate::lines::LineFormat;
+
 /// The longest frame a framing may be configured for.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 /// How often rejected input is summarised in the log, at most.
@@ -150,6 +152,9 @@ pub struct SerialConfig {
     pub baud: u32,
     /// How bytes are cut into frames.
     pub framing: Framing,
+    /// With lines framing: the sensor id and format of lines that become readings
+    /// ([`crate::lines`]); `None` stores each frame as it is.
+    pub readings: Option<(String, LineFormat)>,
     /// The wait before reopening the device after it failed or vanished; doubled
     /// after each failed attempt up to `max_reopen_backoff`, back to this once the
     /// device delivered a frame again.
@@ -169,6 +174,7 @@ impl SerialConfig {
             device: device.into(),
             baud,
             framing,
+            readings: None,
             reopen_backoff: Duration::from_millis(500),
             max_reopen_backoff: Duration::from_secs(30),
             presence_check: Duration::from_secs(1),
@@ -195,6 +201,12 @@ impl SerialConfig {
             bail!(
                 "serial device {device}: the {} framing's max_len {max_len} is not within 1..={MAX_FRAME_LEN}",
                 self.framing.name()
+            );
+        }
+        if let (Some((_, format)), Framing::Cobs { .. }) = (&self.readings, &self.framing) {
+            bail!(
+                "serial device {device}: the {} format reads lines, not the cobs framing",
+                format.name()
             );
         }
         if self.reopen_backoff.is_zero() {
@@ -650,9 +662,17 @@ impl Source {
             self.stats.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
             let mut input = &buf[..n];
             while let Some(r) = self.decoder.decode(&mut input) {
-                let frame = match r {
-                    Ok(f) => Bytes::copy_from_slice(f),
-                    Err(e) => {
+                let frame = match (r, &self.cfg.readings) {
+                    (Ok(f), None) => Bytes::copy_from_slice(f),
+                    (Ok(f), Some((sensor, format))) => match format.reading(sensor, f) {
+                        Ok(Some(reading)) => Bytes::from(reading.to_cbor()),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            self.rejected(e);
+                            continue;
+                        }
+                    },
+                    (Err(e), _) => {
                         self.rejected(e);
                         continue;
                     }

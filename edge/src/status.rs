@@ -16,6 +16,7 @@ use crate::local::{LocalStream, EVENTS_ATTRIBUTE, LARGE_EVENTS, LAST_EVENT_ATTRI
 use crate::mqtt::MqttStats;
 use crate::pipe::{PipeSpec, PipeStats, PipeStatus};
 use crate::replicate::ReplicaStatus;
+use crate::sensor::{SensorStats, SensorStatus};
 use crate::serial::SerialStats;
 use crate::watch::{WatchStats, WatchStatus};
 
@@ -35,6 +36,9 @@ pub struct Status {
     /// Commands whose runs become events.
     #[serde(default)]
     pub pipe: Vec<PipeStatus>,
+    /// Polled devices.
+    #[serde(default)]
+    pub sensors: Vec<SensorStatus>,
     /// Replication to the cloud, per replicated stream.
     #[serde(default)]
     pub replication: Vec<ReplicaStatus>,
@@ -159,6 +163,7 @@ pub fn snapshot(
     serial: &[Arc<SerialStats>],
     watch: &[(std::path::PathBuf, Arc<WatchStats>)],
     pipes: &[(PipeSpec, Arc<PipeStats>)],
+    sensors: &[Arc<SensorStats>],
 ) -> Status {
     let replication = streams
         .iter()
@@ -195,6 +200,7 @@ pub fn snapshot(
             .collect(),
         watch: watch.iter().map(|(dir, w)| w.status(dir)).collect(),
         pipe: pipes.iter().map(|(spec, p)| p.status(spec)).collect(),
+        sensors: sensors.iter().map(|x| x.status()).collect(),
         replication,
     }
 }
@@ -329,6 +335,33 @@ pub fn render_metrics(s: &Status) -> String {
         "Runs of a command that failed (nothing stored).",
         per_command(&|p| p.failures),
     );
+    let per_sensor = |f: &dyn Fn(&SensorStatus) -> u64| {
+        s.sensors
+            .iter()
+            .map(|x| {
+                let labels = format!("sensor=\"{}\",driver=\"{}\"", label_value(&x.id), x.driver);
+                (labels, f(x).to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "tributary_edge_sensor_up",
+        "gauge",
+        "1 while the sensor's last poll gave a reading.",
+        per_sensor(&|x| u64::from(x.up)),
+    );
+    family(
+        "tributary_edge_sensor_readings_total",
+        "counter",
+        "Readings of the sensor stored as events.",
+        per_sensor(&|x| x.readings),
+    );
+    family(
+        "tributary_edge_sensor_failures_total",
+        "counter",
+        "Polls of the sensor that gave no reading (retried at the next poll).",
+        per_sensor(&|x| x.failures),
+    );
     let per_replica = |f: &dyn Fn(&ReplicaStatus) -> String| {
         s.replication
             .iter()
@@ -441,6 +474,20 @@ pub fn render_table(s: &Status) -> String {
             p.bytes,
             p.failures,
             p.last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(", last error: {e}"))
+        ));
+    }
+    for x in &s.sensors {
+        out.push_str(&format!(
+            "sensor {} ({} {}): {}, readings {}, failures {}{}\n",
+            x.id,
+            x.driver,
+            x.device,
+            if x.up { "up" } else { "DOWN" },
+            x.readings,
+            x.failures,
+            x.last_error
                 .as_ref()
                 .map_or_else(String::new, |e| format!(", last error: {e}"))
         ));

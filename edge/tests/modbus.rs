@@ -6,73 +6,41 @@ mod common;
 
 use std::time::Duration;
 
-use common::PtyPair;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::SerialPortBuilderExt;
-use tributary_adapters::serial::modbus::{crc16, Function, ModbusError};
+use common::{modbus_frame, modbus_slave, PtyPair};
+use tributary_adapters::serial::modbus::{Function, ModbusError};
 use tributary_edge::modbus::{ModbusLine, PollError};
 
 const SLAVE: u8 = 7;
 const TIMEOUT: Duration = Duration::from_millis(300);
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut f = body.to_vec();
-    f.extend_from_slice(&crc16(body).to_le_bytes());
-    f
-}
-
 /// Slave 7: register `r` holds `r` (input registers: `r + 1000`). Start address 100
 /// answers exception 2, 200 never answers, 300 answers with a broken CRC. Other
 /// slaves are silent, as on a real bus.
-async fn simulated_slave(path: std::path::PathBuf) {
-    let path = path.to_str().expect("utf-8 path").to_string();
-    let mut port = tokio_serial::new(path, 9600)
-        .open_native_async()
-        .expect("open the slave's end");
-    let mut req = Vec::new();
-    let mut buf = [0u8; 64];
-    loop {
-        let Ok(n) = port.read(&mut buf).await else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        req.extend_from_slice(&buf[..n]);
-        while req.len() >= 8 {
-            let r: Vec<u8> = req.drain(..8).collect();
-            assert_eq!(crc16(&r[..6]).to_le_bytes(), [r[6], r[7]], "request CRC");
-            let (slave, function) = (r[0], r[1]);
-            let start = u16::from_be_bytes([r[2], r[3]]);
-            let count = u16::from_be_bytes([r[4], r[5]]);
-            if slave != SLAVE || start == 200 {
-                continue;
-            }
-            let reply = if start == 100 {
-                frame(&[slave, function | 0x80, 2])
-            } else {
-                let base = if function == 4 { 1000 } else { 0 };
-                let mut body = vec![slave, function, (count * 2) as u8];
-                for i in 0..count {
-                    body.extend_from_slice(&(base + start + i).to_be_bytes());
-                }
-                let mut f = frame(&body);
-                if start == 300 {
-                    let last = f.len() - 1;
-                    f[last] ^= 0x55;
-                }
-                f
-            };
-            port.write_all(&reply).await.expect("reply");
-        }
+fn slave_7(slave: u8, function: u8, start: u16, count: u16) -> Option<Vec<u8>> {
+    if slave != SLAVE || start == 200 {
+        return None;
     }
+    if start == 100 {
+        return Some(modbus_frame(&[slave, function | 0x80, 2]));
+    }
+    let base = if function == 4 { 1000 } else { 0 };
+    let mut body = vec![slave, function, (count * 2) as u8];
+    for i in 0..count {
+        body.extend_from_slice(&(base + start + i).to_be_bytes());
+    }
+    let mut f = modbus_frame(&body);
+    if start == 300 {
+        let last = f.len() - 1;
+        f[last] ^= 0x55;
+    }
+    Some(f)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_registers_and_survives_exceptions_timeouts_and_bad_crcs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pty = PtyPair::start(dir.path());
-    let slave = tokio::spawn(simulated_slave(pty.sensor.clone()));
+    let slave = tokio::spawn(modbus_slave(pty.sensor.clone(), slave_7));
     let mut line = ModbusLine::open(pty.device.to_str().expect("utf-8"), 9600).expect("open");
 
     let regs = line

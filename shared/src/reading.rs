@@ -34,6 +34,20 @@ impl Quality {
     /// No position fix (GPS).
     pub const NO_FIX: Quality = Quality(1 << 4);
 
+    /// The names of the flags set (`out-of-range`, `retried`, `stale`,
+    /// `device-fault`, `no-fix`, or `bit-N` for a flag unknown here).
+    pub fn names(self) -> Vec<String> {
+        const NAMES: [&str; 5] = ["out-of-range", "retried", "stale", "device-fault", "no-fix"];
+        (0..32)
+            .filter(|bit| self.0 & (1 << bit) != 0)
+            .map(|bit| {
+                NAMES
+                    .get(bit)
+                    .map_or_else(|| format!("bit-{bit}"), |n| n.to_string())
+            })
+            .collect()
+    }
+
     /// Whether every flag of `other` is set.
     pub fn contains(self, other: Quality) -> bool {
         self.0 & other.0 == other.0
@@ -112,6 +126,35 @@ impl Reading {
         ciborium::from_reader(bytes).map_err(|e| ReadingError(e.to_string()))
     }
 
+    /// The reading as JSON for people and scripts, with long names: `sensor`,
+    /// `time_ms`, `values` (`name`, `value`, `unit`), `quality` (flag names).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sensor": self.sensor,
+            "time_ms": self.time_ms,
+            "values": self.values.iter().map(|v| serde_json::json!({
+                "name": v.name, "value": v.value, "unit": v.unit,
+            })).collect::<Vec<_>>(),
+            "quality": self.quality.names(),
+        })
+    }
+
+    /// One line for people: `sensor name=value unit ... [flags]`.
+    pub fn to_text(&self) -> String {
+        let mut s = self.sensor.clone();
+        for v in &self.values {
+            s.push_str(&format!(" {}={}", v.name, v.value));
+            if !v.unit.is_empty() && v.unit != "1" {
+                s.push_str(&format!(" {}", v.unit));
+            }
+        }
+        let flags = self.quality.names();
+        if !flags.is_empty() {
+            s.push_str(&format!(" [{}]", flags.join(",")));
+        }
+        s
+    }
+
     /// The value named `name`.
     pub fn value(&self, name: &str) -> Option<f64> {
         self.values.iter().find(|v| v.name == name).map(|v| v.value)
@@ -169,5 +212,16 @@ mod tests {
         let r = Reading::from_cbor(&b).expect("decode");
         assert_eq!((r.sensor.as_str(), r.quality), ("x", Quality::GOOD));
         assert!(Reading::from_cbor(b"\xff\x00").is_err());
+        let r = Reading {
+            sensor: "m".into(),
+            time_ms: 5,
+            values: vec![Value::new("flow", 2.5, "L/s"), Value::new("n", 3.0, "1")],
+            quality: Quality::RETRIED | Quality(1 << 9),
+        };
+        assert_eq!(r.to_text(), "m flow=2.5 L/s n=3 [retried,bit-9]");
+        assert_eq!(
+            r.to_json().to_string(),
+            r#"{"quality":["retried","bit-9"],"sensor":"m","time_ms":5,"values":[{"name":"flow","unit":"L/s","value":2.5},{"name":"n","unit":"1","value":3.0}]}"#
+        );
     }
 }

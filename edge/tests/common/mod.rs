@@ -159,6 +159,64 @@ pub fn wait_tcp(addr: SocketAddr) {
     }
 }
 
+/// `body` with its Modbus CRC appended.
+pub fn modbus_frame(body: &[u8]) -> Vec<u8> {
+    let mut f = body.to_vec();
+    f.extend_from_slice(&tributary_adapters::serial::modbus::crc16(body).to_le_bytes());
+    f
+}
+
+/// A simulated Modbus RTU bus on the test's end of a pty: reads each 8-byte read
+/// request (its CRC checked) and writes what `answer(slave, function, start, count)`
+/// returns (a whole frame, CRC included), or nothing for `None`, as an absent slave.
+/// Runs until the pty goes away.
+pub async fn modbus_slave(
+    path: PathBuf,
+    mut answer: impl FnMut(u8, u8, u16, u16) -> Option<Vec<u8>> + Send,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_serial::SerialPortBuilderExt;
+    let path = path.to_str().expect("utf-8 path").to_string();
+    let mut port = tokio_serial::new(path, 9600)
+        .open_native_async()
+        .expect("open the slave's end");
+    let mut req = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        let n = match port.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        req.extend_from_slice(&buf[..n]);
+        while req.len() >= 8 {
+            let r: Vec<u8> = req.drain(..8).collect();
+            assert_eq!(modbus_frame(&r[..6])[6..], r[6..], "request CRC");
+            let start = u16::from_be_bytes([r[2], r[3]]);
+            let count = u16::from_be_bytes([r[4], r[5]]);
+            if let Some(reply) = answer(r[0], r[1], start, count) {
+                port.write_all(&reply).await.expect("reply");
+            }
+        }
+    }
+}
+
+/// The `trib` binary next to the test's own build output (`cargo nextest run
+/// --workspace` builds it).
+pub fn trib_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("trib");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with cargo build -p tributary-cli",
+        bin.display()
+    );
+    bin
+}
+
 /// A `tributary-edge run` process with a config written into `dir`.
 pub struct Edge {
     pub dir: PathBuf,

@@ -427,6 +427,32 @@ impl<'a> Validator<'a> {
         None
     }
 
+    /// `s` if given and within `range`, else `default`; an error at `key` if given
+    /// and outside.
+    pub fn within<T>(
+        &mut self,
+        key: &str,
+        s: Option<&Spanned<T>>,
+        range: std::ops::RangeInclusive<T>,
+        default: T,
+    ) -> T
+    where
+        T: PartialOrd + Copy + std::fmt::Display,
+    {
+        match s {
+            None => default,
+            Some(n) if range.contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                self.error::<()>(
+                    key,
+                    n.span().start,
+                    format!("must be {} to {}", range.start(), range.end()),
+                );
+                default
+            }
+        }
+    }
+
     /// A path, joined to the file's directory if relative.
     pub fn path(&mut self, key: &str, p: &Spanned<PathBuf>) -> Option<PathBuf> {
         if p.get_ref().as_os_str().is_empty() {
