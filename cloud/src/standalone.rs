@@ -77,12 +77,14 @@ pub async fn run(cfg: NodeConfig, tier2: Tier2Settings) -> anyhow::Result<()> {
             .map_or_else(|| "none ([tls] configured)".into(), |p| p.display().to_string()),
         "tributary-cloud standalone started"
     );
+    tributary::node::systemd::ready(&node);
 
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
     tracing::info!(signal, "shutting down");
+    tributary::node::systemd::stopping();
     node.shutdown().await?;
     tracing::info!("stopped");
     Ok(())

@@ -145,12 +145,14 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
             .map_or_else(|| "none ([tls] configured)".into(), |p| p.display().to_string()),
         "tributary-edge started"
     );
+    tributary::node::systemd::ready(&n);
 
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
     tracing::info!(signal, "shutting down");
+    tributary::node::systemd::stopping();
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     drop(streams);

@@ -8,7 +8,8 @@ mod common;
 use std::io::Write as _;
 use std::process::Command;
 
-use common::{modbus_frame, modbus_slave, trib_binary, wait_status, Edge, PtyPair};
+use common::cloud::sibling_bin;
+use common::{modbus_frame, modbus_slave, wait_status, Edge, PtyPair};
 use tributary_adapters::serial::nmea::checksum;
 
 /// A sentence with its checksum.
@@ -155,7 +156,7 @@ async fn modbus_and_gps_readings_reach_trib_and_absent_devices_are_reported() {
     let n = status.streams[0].events;
     let profile = dir.path().join("data/client/profile.toml");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(trib_binary())
+        Command::new(sibling_bin("trib", "tributary-cli"))
             .arg("--profile")
             .arg(&profile)
             .args(["read", "plant/sensors", "--json", "--timeout", "5"])

@@ -200,23 +200,6 @@ pub async fn modbus_slave(
     }
 }
 
-/// The `trib` binary next to the test's own build output (`cargo nextest run
-/// --workspace` builds it).
-pub fn trib_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("trib");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with cargo build -p tributary-cli",
-        bin.display()
-    );
-    bin
-}
-
 /// A `tributary-edge run` process with a config written into `dir`.
 pub struct Edge {
     pub dir: PathBuf,

@@ -404,6 +404,11 @@ impl SegmentLog {
         self.durable(ticket).await
     }
 
+    /// Why the log stopped taking writes (a failed write or fsync), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.durable_tx.borrow().failed.clone()
+    }
+
     /// Has the batch of `ticket` been made durable? Never waits.
     pub fn is_durable(&self, ticket: Ticket) -> Result<bool> {
         let m = self.inner.durable_tx.borrow();

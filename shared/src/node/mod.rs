@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod systemd;
 pub mod tiering;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -57,16 +58,29 @@ where
     })
 }
 
-/// Logs of a node's process: to standard error (journald takes it from there), at
-/// `info` unless `RUST_LOG` says otherwise, in colour only on a terminal.
+/// Logs of a node's process: to standard error, at `info` unless `RUST_LOG` says
+/// otherwise, in colour only on a terminal. Under systemd (`JOURNAL_STREAM` set)
+/// lines carry no timestamp of their own: journald stamps each.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
+}
+
+impl Node {
+    /// Whether the node is healthy: its segment log open and taking writes. The HTTP
+    /// `/health` and the systemd watchdog ask this.
+    pub fn health(&self) -> HealthCheck {
+        health_check(Arc::downgrade(&self.log))
+    }
 }
 
 /// A running node.
@@ -300,8 +314,9 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 fn health_check(log: Weak<SegmentLog>) -> HealthCheck {
-    Arc::new(move || match log.upgrade() {
-        Some(_) => Ok(()),
+    Arc::new(move || match log.upgrade().map(|l| l.failure()) {
+        Some(None) => Ok(()),
+        Some(Some(reason)) => Err(format!("the segment log failed: {reason}")),
         None => Err("the segment log is closed".into()),
     })
 }
