@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod fleet;
 pub mod lines;
 pub mod local;
 pub mod modbus;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tributary::node::config::{load, NodeConfig, Overrides};
 use tributary_edge::config::{self, EdgeConfig};
+use tributary_edge::fleet;
 
 /// Tributary edge node.
 #[derive(Debug, Parser)]
@@ -22,10 +23,21 @@ struct Cli {
 enum Command {
     /// Runs the edge until SIGTERM or SIGINT.
     Run(RunArgs),
-    /// Checks a configuration file: prints `FILE: ok`, or one line per problem.
+    /// Checks a configuration file, or every gateway of a fleet file: prints
+    /// `FILE: ok`, or one line per problem.
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+    },
+    /// Prints one gateway's effective configuration from a fleet file (its
+    /// `[defaults]` merged with its `[gateway.ID]` section).
+    RenderConfig {
+        /// The fleet file.
+        #[arg(long, value_name = "FILE")]
+        fleet: PathBuf,
+        /// The gateway's id.
+        #[arg(long, value_name = "ID")]
+        gateway: String,
     },
     /// Shows a running edge's streams and sources.
     Status(StatusArgs),
@@ -65,6 +77,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::CheckConfig { file } => return check_config(&file),
+        Command::RenderConfig { fleet, gateway } => render_config(&fleet, &gateway),
         Command::Status(args) => status(args),
     };
     match result {
@@ -77,9 +90,15 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    match load(file, config::parse) {
-        Ok(_) => {
-            println!("{}: ok", file.display());
+    let fleet = std::fs::read_to_string(file).is_ok_and(|t| fleet::is_fleet(&t));
+    let result = if fleet {
+        load(file, fleet::check).map(|gateways| format!("{} gateways", gateways.len()))
+    } else {
+        load(file, config::parse).map(|_| "ok".to_string())
+    };
+    match result {
+        Ok(what) => {
+            println!("{}: {what}", file.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -87,6 +106,12 @@ fn check_config(file: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn render_config(file: &Path, gateway: &str) -> anyhow::Result<()> {
+    let fleet = load(file, |text, _| fleet::Fleet::parse(text))?;
+    print!("{}", fleet.render(gateway).map_err(anyhow::Error::msg)?);
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cloud::sibling_bin;
+use common::cloud::cloud_bin;
 use common::free_port;
 use tokio::net::UnixDatagram;
 
@@ -218,7 +218,7 @@ async fn the_edge_runs_as_its_unit_says() {
 async fn the_cloud_runs_as_its_unit_says() {
     run_as_unit(
         "tributary-cloud.service",
-        sibling_bin("tributary-cloud", "tributary-cloud"),
+        cloud_bin(),
         "/etc/tributary/cloud.toml",
         "[tier2]\nkind = \"none\"\n",
     )

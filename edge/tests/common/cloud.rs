@@ -19,6 +19,16 @@ use tokio::net::UdpSocket;
 use tributary::service::Client;
 use tributary::tls::{client_config, Identity};
 
+/// The cloud binary: `$TRIBUTARY_CLOUD_BIN` if set (cross/test runs the edge under
+/// qemu against a native x86-64 cloud, as gateways talk to a cloud), else the one
+/// beside `tributary-edge`.
+pub fn cloud_bin() -> PathBuf {
+    std::env::var_os("TRIBUTARY_CLOUD_BIN").map_or_else(
+        || sibling_bin("tributary-cloud", "tributary-cloud"),
+        PathBuf::from,
+    )
+}
+
 /// A binary of this workspace beside `tributary-edge` (built if missing).
 pub fn sibling_bin(name: &str, package: &str) -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_tributary-edge"))
@@ -164,7 +174,7 @@ pub struct Pki {
 
 impl Pki {
     pub fn make(dir: &Path, clients: &[&str]) -> Pki {
-        let mut cmd = Command::new(sibling_bin("tributary-cloud", "tributary-cloud"));
+        let mut cmd = Command::new(cloud_bin());
         cmd.arg("certs")
             .arg("--out")
             .arg(dir)
@@ -250,7 +260,7 @@ impl Cloud {
         // `ip netns exec` execs the command: the child's PID is the cloud's.
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns])
-            .arg(sibling_bin("tributary-cloud", "tributary-cloud"))
+            .arg(cloud_bin())
             .arg("standalone")
             .arg("--config")
             .arg(&self.config)

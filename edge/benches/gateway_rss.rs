@@ -1,0 +1,180 @@
+//! The edge's memory on a busy gateway: MQTT sensors publish QoS 1 messages of 100
+//! bytes at a steady rate (default 10,000/s for 30 s, 64 topics) to mosquitto; a
+//! `tributary-edge` process (release build) stores them and replicates the stream to a
+//! cloud node on loopback. Prints the rate achieved, that every message reached the
+//! cloud, and the edge's peak RSS (VmHWM; target ≤ 32 MiB).
+//!
+//!     [BENCH_RATE=10000] cargo bench -p tributary-edge --bench gateway_rss [-- SECONDS]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tributary::node::config::{Defaults, NodeConfig, NodeSettings, Overrides};
+use tributary::node::Node;
+use tributary::profile::ClientProfile;
+
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let secs: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(30);
+    let rate: u64 = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10_000);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(rate, secs));
+}
+
+async fn run(rate: u64, secs: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let cloud = Node::start(
+        &NodeConfig::new(
+            NodeSettings::default(),
+            Overrides::default(),
+            Defaults {
+                data_dir: dir.path().join("cloud"),
+                quic_listen: local,
+                http_listen: local,
+            },
+        ),
+        None,
+    )
+    .await
+    .expect("cloud node");
+    let profile = ClientProfile::load(cloud.profile_path().expect("dev profile")).expect("profile");
+    let id = profile.identity();
+
+    let port = common::free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_inflight_messages 0\nmax_queued_messages 0\n"
+        ),
+    )
+    .expect("mosquitto.conf");
+    let mut broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    common::wait_tcp(([127, 0, 0, 1], port).into());
+
+    let mut edge = common::Edge::new(
+        dir.path(),
+        &format!(
+            "[log]\ncommit_delay_us = 20000\n\
+             [[stream]]\nname = \"site/sensors\"\nsegments = 2\n\
+             [[mqtt]]\nbroker = \"127.0.0.1:{port}\"\nclient_id = \"rss-edge\"\n\
+             [[mqtt.route]]\nfilter = \"sensors/+/reading\"\nstream = \"site/sensors\"\n\
+             key = \"topic-level:1\"\n\
+             [cloud]\nendpoints = [\"{}\"]\nserver_name = \"{}\"\n\
+             ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[replicate]]\nstream = \"site/sensors\"\n",
+            cloud.quic_addr(),
+            profile.server_name,
+            id.ca.display(),
+            id.cert.display(),
+            id.key.display()
+        ),
+    );
+    edge.start();
+    edge.ready().await;
+    let pid = edge.pid().expect("edge pid");
+    let idle_rss = proc_kib(pid, "VmRSS:");
+
+    // The sensors: `rate` messages a second, in 10 ms ticks.
+    let n = rate * secs;
+    let mut o = MqttOptions::new("rss-sensors", "127.0.0.1", port);
+    o.set_inflight(1000);
+    let (client, mut events) = AsyncClient::new(o, 1000);
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        let payload = vec![b'x'; 100];
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut sent = 0u64;
+        while sent < n {
+            tick.tick().await;
+            let due = (rate * started.elapsed().as_millis() as u64 / 1000).min(n);
+            while sent < due {
+                client
+                    .publish(
+                        format!("sensors/s{}/reading", sent % 64),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    )
+                    .await
+                    .expect("publish");
+                sent += 1;
+            }
+        }
+        client
+    });
+    let mut acked = 0;
+    let mut peak_sampled = 0;
+    let mut sample = tokio::time::interval(Duration::from_millis(100));
+    while acked < n {
+        tokio::select! {
+            e = events.poll() => match e {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher: {e}"),
+            },
+            _ = sample.tick() => peak_sampled = peak_sampled.max(proc_kib(pid, "VmRSS:")),
+        }
+    }
+    let published_in = started.elapsed();
+    let _client = sender.await.expect("sender");
+
+    // Everything stored on the edge and held by the cloud.
+    let status = common::wait_status(&edge, 300, "all stored and replicated", |s| {
+        s.streams[0].events >= n && s.replication.iter().all(|r| r.lag_bytes == 0)
+    })
+    .await;
+    let drained_in = started.elapsed();
+    let peak = proc_kib(pid, "VmHWM:");
+    println!(
+        "published {n} QoS 1 messages of 100 B at {:.0}/s (target {rate}/s) in {:.1} s; \
+         the edge stored {} and the cloud held them all {:.1} s after the start",
+        n as f64 / published_in.as_secs_f64(),
+        published_in.as_secs_f64(),
+        status.streams[0].events,
+        drained_in.as_secs_f64()
+    );
+    println!(
+        "edge RSS: idle {:.1} MiB, peak {:.1} MiB (VmHWM; sampled max {:.1} MiB); target <= 32 MiB",
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        peak_sampled as f64 / 1024.0
+    );
+    assert!(edge.terminate().success(), "{}", edge.tail());
+    let _ = broker.kill();
+    let _ = broker.wait();
+    drop(cloud);
+}
