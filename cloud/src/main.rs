@@ -33,6 +33,21 @@ enum Command {
     /// Makes a CA (or reuses DIR/ca.pem + DIR/ca.key), a server certificate and client
     /// certificates, as PEM files in DIR.
     Certs(CertsArgs),
+    /// Shows a running node's streams, Tier-2 backlog and each edge's replication lag.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The node's configuration file, to find its HTTP address.
+    #[arg(long, value_name = "FILE", conflicts_with = "http")]
+    config: Option<PathBuf>,
+    /// The node's HTTP address [default: 127.0.0.1:9191].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Print the status document as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +86,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Standalone(args) => standalone(args),
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Status(args) => status(args),
         Command::Certs(args) => {
             certs::run(&args.out, &args.server_names, &args.clients).map(|files| {
                 for f in files {
@@ -99,6 +115,28 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let addr = match (args.http, &args.config) {
+        (Some(a), _) => a,
+        (None, Some(file)) => load(file, config::parse)?
+            .node
+            .http_listen
+            .unwrap_or(standalone::DEFAULT_HTTP_LISTEN),
+        (None, None) => standalone::DEFAULT_HTTP_LISTEN,
+    };
+    let s = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(tributary_cloud::status::fetch(addr))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", tributary_cloud::status::render_table(&s));
+    }
+    Ok(())
 }
 
 fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {

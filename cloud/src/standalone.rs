@@ -65,7 +65,8 @@ pub async fn run(cfg: NodeConfig, tier2: Tier2Settings) -> anyhow::Result<()> {
         .as_ref()
         .map_or_else(|| "none".to_string(), |t| t.backend.describe());
     let mut node = Node::start(&cfg, tiering).await?;
-    let http = node.serve_http(cfg.http_listen, None, None).await?;
+    let status = crate::status::Source::of(&node).serve();
+    let http = node.serve_http(cfg.http_listen, None, Some(status)).await?;
     tracing::info!(
         quic = %node.quic_addr(),
         http = %http,

@@ -82,6 +82,31 @@ fn standalone_serves_stops_on_sigterm_and_keeps_its_data() {
     });
     let m = metrics(&node);
     assert!(m.contains("\ntributary_segments 1\n"), "{m}");
+    let fsyncs = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tributary_log_fsync_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        fsyncs.is_some_and(|n| n >= 1),
+        "the append was fsync'ed: {m}"
+    );
+    // `tributary-cloud status --json`, the way an operator asks.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--json", "--http", &node.http.to_string()])
+        .output()
+        .expect("tributary-cloud status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: tributary_cloud::status::CloudStatus =
+        serde_json::from_slice(&out.stdout).expect("a status document");
+    assert_eq!(status.segments, 1, "{status:?}");
+    assert!(
+        status.fsyncs >= 1 && status.appended_events == 1,
+        "{status:?}"
+    );
 
     let status = node.terminate();
     assert!(status.success(), "exit status {status}");

@@ -5,10 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary::node::http::label_value;
 use tributary::stream::segment_name;
 
@@ -519,27 +517,7 @@ fn ago(ms: i64) -> String {
 
 /// Fetches the status from a running edge's HTTP address.
 pub async fn fetch(addr: SocketAddr) -> anyhow::Result<Status> {
-    use anyhow::Context;
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /status HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut buf = Vec::new();
-        s.take(64 << 20).read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(10), io)
+    tributary::node::http::fetch_status(addr)
         .await
-        .with_context(|| format!("{addr}: no answer in 10 s"))?
-        .with_context(|| format!("is the edge running? (HTTP {addr})"))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{addr}: not an HTTP response"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "{addr}: {}",
-        head.lines().next().unwrap_or("")
-    );
-    serde_json::from_str(body).with_context(|| format!("{addr}: not an edge status document"))
+        .map_err(anyhow::Error::msg)
 }

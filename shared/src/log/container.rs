@@ -21,6 +21,7 @@ use super::files::{
     sync_dir,
 };
 use super::format::{Op, FILE_HEADER_LEN};
+use super::fsync::FsyncHistogram;
 use super::index::{chunk_name, is_chunk_name, Chunk, DataIndex, Extent, Source};
 use super::manifest::{now_ms, ChunkRecord, Manifest, RestoreReport, MANIFEST};
 use super::meta::{Checkpoint, Meta};
@@ -82,6 +83,8 @@ pub(crate) struct Inner {
     pub mover: tokio::sync::Mutex<MoverState>,
     /// Tier-2 chunks being fetched (by a read or a prefetch), so each is fetched once.
     pub fetching: Mutex<HashMap<CacheKey, Arc<ChunkFetch>>>,
+    /// How long the group-commit fsyncs take.
+    pub fsync: FsyncHistogram,
 }
 
 /// One fetch of a chunk, shared by everyone who wants it meanwhile.
@@ -273,6 +276,7 @@ impl SegmentLog {
             untiered,
             garbage: Mutex::new(garbage),
             mover: tokio::sync::Mutex::new(MoverState::default()),
+            fsync: FsyncHistogram::default(),
             fetching: Mutex::new(HashMap::new()),
         });
         let thread_inner = inner.clone();
@@ -402,6 +406,11 @@ impl SegmentLog {
     pub async fn settle(&self) -> Result<()> {
         let ((), ticket) = self.submit(|_| Ok(()))?;
         self.durable(ticket).await
+    }
+
+    /// How long its group-commit fsyncs took so far.
+    pub fn fsync_histogram(&self) -> &FsyncHistogram {
+        &self.inner.fsync
     }
 
     /// Why the log stopped taking writes (a failed write or fsync), if it did.

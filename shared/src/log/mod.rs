@@ -26,6 +26,7 @@ mod container;
 mod error;
 mod files;
 pub mod format;
+pub mod fsync;
 mod index;
 pub mod manifest;
 mod meta;

@@ -336,10 +336,14 @@ impl Syncer {
                     file,
                     file_id,
                     base,
-                } => file
-                    .sync_data()
-                    .map_err(|e| LogError::io(file_path(&inner.wal_dir, file_id), e))
-                    .and_then(|()| self.apply(inner, seq, &frames, file_id, base)),
+                } => {
+                    let started = std::time::Instant::now();
+                    let synced = file.sync_data();
+                    inner.fsync.record(started.elapsed());
+                    synced
+                        .map_err(|e| LogError::io(file_path(&inner.wal_dir, file_id), e))
+                        .and_then(|()| self.apply(inner, seq, &frames, file_id, base))
+                }
                 Written::Rolled { file_id, file } => self.roll(inner, file_id, file),
             };
             if let Err(e) = done {

@@ -297,6 +297,32 @@ fn parse_request_line(head: &[u8]) -> Result<(&str, &str), &'static str> {
     Ok((method, target))
 }
 
+/// GETs `/status` from a node's HTTP address (what `tributary-edge status` and
+/// `tributary-cloud status` show) and decodes the JSON document.
+pub async fn fetch_status<T: serde::de::DeserializeOwned>(addr: SocketAddr) -> Result<T, String> {
+    let io = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.take(64 << 20).read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = match tokio::time::timeout(Duration::from_secs(10), io).await {
+        Err(_) => return Err(format!("{addr}: no answer in 10 s")),
+        Ok(Err(e)) => return Err(format!("is the node running? (HTTP {addr}): {e}")),
+        Ok(Ok(buf)) => buf,
+    };
+    let text = String::from_utf8_lossy(&buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(format!("{addr}: not an HTTP response"));
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{addr}: {}", head.lines().next().unwrap_or("")));
+    }
+    serde_json::from_str(body).map_err(|e| format!("{addr}: not a status document: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,6 +76,11 @@ pub fn init_logging() {
 }
 
 impl Node {
+    /// The segment service's counters and the lags edges report.
+    pub fn service_metrics(&self) -> Arc<ServiceMetrics> {
+        self.server.metrics()
+    }
+
     /// Whether the node is healthy: its segment log open and taking writes. The HTTP
     /// `/health` and the systemd watchdog ask this.
     pub fn health(&self) -> HealthCheck {
@@ -341,6 +346,7 @@ fn metrics(
                  tributary_segments {}\n",
                 log.list().len()
             ));
+            log.fsync_histogram().render(&mut out);
             if let Some(tier) = &tier {
                 out.push_str(&tier.render(&log));
             }
