@@ -449,7 +449,7 @@ fn streams(v: &mut Validator<'_>, raw: Vec<Spanned<RawStream>>) -> Vec<StreamSpe
 }
 
 /// The index of the configured stream `name`, or an error at `key`.
-fn stream_ref(
+pub(crate) fn stream_ref(
     v: &mut Validator<'_>,
     key: &str,
     name: &Spanned<String>,

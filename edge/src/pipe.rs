@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use toml::Spanned;
 use tributary::node::config::Validator;
 
-use crate::config::StreamSpec;
+use crate::config::{stream_ref, StreamSpec};
 use crate::local::{source_attribute, LocalStream};
 
 /// A command whose runs become events.
@@ -68,17 +68,7 @@ pub fn parse(
     for (i, p) in raw.into_iter().enumerate() {
         let p = p.into_inner();
         let key = |k: &str| format!("pipe[{i}].{k}");
-        let stream = streams.iter().position(|s| s.name() == *p.stream.get_ref());
-        if stream.is_none() {
-            v.error::<()>(
-                &key("stream"),
-                p.stream.span().start,
-                format!(
-                    "{:?} is not a configured [[stream]] name",
-                    p.stream.get_ref()
-                ),
-            );
-        }
+        let stream = stream_ref(v, &key("stream"), &p.stream, streams);
         let command = p.command.get_ref().clone();
         if command.first().is_none_or(|c| c.trim().is_empty()) {
             v.error::<()>(

@@ -69,7 +69,7 @@ use tributary::reading::{Quality, Reading, Value};
 use tributary_adapters::sensors::ads1115::{Input, Range};
 use tributary_adapters::serial::modbus::{Function, ModbusError};
 
-use crate::config::StreamSpec;
+use crate::config::{stream_ref, StreamSpec};
 use crate::local::LocalStream;
 use crate::modbus::{ModbusLine, PollError};
 
@@ -312,17 +312,7 @@ fn sensor(
     streams: &[StreamSpec],
 ) -> Option<SensorSpec> {
     let key = |k: &str| format!("sensor[{i}].{k}");
-    let stream = streams.iter().position(|x| x.name() == *s.stream.get_ref());
-    if stream.is_none() {
-        v.error::<()>(
-            &key("stream"),
-            s.stream.span().start,
-            format!(
-                "{:?} is not a configured [[stream]] name",
-                s.stream.get_ref()
-            ),
-        );
-    }
+    let stream = stream_ref(v, &key("stream"), &s.stream, streams);
     let id = s.id.get_ref().clone();
     if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
         v.error::<()>(
