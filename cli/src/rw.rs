@@ -270,12 +270,14 @@ async fn read_events(
             }
             writeln!(out, "{obj}")
         } else {
-            match (
-                std::str::from_utf8(&e.payload),
-                Reading::from_cbor(&e.payload),
-            ) {
-                (Err(_), Ok(r)) => writeln!(out, "{}", r.to_text()),
-                _ => out
+            // Only a payload that is not text may be a CBOR reading.
+            let reading = std::str::from_utf8(&e.payload)
+                .is_err()
+                .then(|| Reading::from_cbor(&e.payload).ok())
+                .flatten();
+            match reading {
+                Some(r) => writeln!(out, "{}", r.to_text()),
+                None => out
                     .write_all(&e.payload)
                     .and_then(|()| out.write_all(b"\n")),
             }

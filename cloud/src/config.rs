@@ -190,24 +190,24 @@ fn tier2(v: &mut Validator<'_>, t: Spanned<RawTier2>) -> Tier2Settings {
     let d = Tier2Settings::default();
     Tier2Settings {
         backend,
-        flush_interval: within(v, "flush_interval_secs", &t.flush_interval_secs, 86_400)
-            .map_or(d.flush_interval, Duration::from_secs),
-        chunk_bytes: within(v, "chunk_mb", &t.chunk_mb, 1024).map_or(d.chunk_bytes, |mb| mb << 20),
-        max_backlog_bytes: within(v, "max_backlog_mb", &t.max_backlog_mb, MAX_BACKLOG_MB)
-            .map_or(d.max_backlog_bytes, |mb| mb << 20),
-    }
-}
-
-/// `tier2.KEY` if given and within `1..=max`; an error if given and not.
-fn within(v: &mut Validator<'_>, key: &str, s: &Option<Spanned<u64>>, max: u64) -> Option<u64> {
-    let s = s.as_ref()?;
-    match *s.get_ref() {
-        n @ 1.. if n <= max => Some(n),
-        _ => v.error(
-            &format!("tier2.{key}"),
-            s.span().start,
-            format!("must be between 1 and {max}"),
-        ),
+        flush_interval: Duration::from_secs(v.within(
+            "tier2.flush_interval_secs",
+            t.flush_interval_secs.as_ref(),
+            1..=86_400,
+            d.flush_interval.as_secs(),
+        )),
+        chunk_bytes: v.within(
+            "tier2.chunk_mb",
+            t.chunk_mb.as_ref(),
+            1..=1024,
+            d.chunk_bytes >> 20,
+        ) << 20,
+        max_backlog_bytes: v.within(
+            "tier2.max_backlog_mb",
+            t.max_backlog_mb.as_ref(),
+            1..=MAX_BACKLOG_MB,
+            d.max_backlog_bytes >> 20,
+        ) << 20,
     }
 }
 

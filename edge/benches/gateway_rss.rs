@@ -11,22 +11,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tributary::node::config::{Defaults, NodeConfig, NodeSettings, Overrides};
 use tributary::node::Node;
 use tributary::profile::ClientProfile;
-
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -67,24 +57,11 @@ async fn run(rate: u64, secs: u64) {
     let profile = ClientProfile::load(cloud.profile_path().expect("dev profile")).expect("profile");
     let id = profile.identity();
 
-    let port = common::free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_inflight_messages 0\nmax_queued_messages 0\n"
-        ),
-    )
-    .expect("mosquitto.conf");
-    let mut broker = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto");
-    common::wait_tcp(([127, 0, 0, 1], port).into());
+    let broker = common::Broker::with_settings(
+        dir.path(),
+        "max_inflight_messages 0\nmax_queued_messages 0\n",
+    );
+    let port = broker.port;
 
     let mut edge = common::Edge::new(
         dir.path(),
@@ -107,7 +84,7 @@ async fn run(rate: u64, secs: u64) {
     edge.start();
     edge.ready().await;
     let pid = edge.pid().expect("edge pid");
-    let idle_rss = proc_kib(pid, "VmRSS:");
+    let idle_rss = common::proc_status_kib(pid, "VmRSS:");
 
     // The sensors: `rate` messages a second, in 10 ms ticks.
     let n = rate * secs;
@@ -147,7 +124,7 @@ async fn run(rate: u64, secs: u64) {
                 Ok(_) => {}
                 Err(e) => panic!("publisher: {e}"),
             },
-            _ = sample.tick() => peak_sampled = peak_sampled.max(proc_kib(pid, "VmRSS:")),
+            _ = sample.tick() => peak_sampled = peak_sampled.max(common::proc_status_kib(pid, "VmRSS:")),
         }
     }
     let published_in = started.elapsed();
@@ -159,7 +136,7 @@ async fn run(rate: u64, secs: u64) {
     })
     .await;
     let drained_in = started.elapsed();
-    let peak = proc_kib(pid, "VmHWM:");
+    let peak = common::proc_status_kib(pid, "VmHWM:");
     println!(
         "published {n} QoS 1 messages of 100 B at {:.0}/s (target {rate}/s) in {:.1} s; \
          the edge stored {} and the cloud held them all {:.1} s after the start",
@@ -175,7 +152,6 @@ async fn run(rate: u64, secs: u64) {
         peak_sampled as f64 / 1024.0
     );
     assert!(edge.terminate().success(), "{}", edge.tail());
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
     drop(cloud);
 }

@@ -7,34 +7,13 @@
 //!
 //!     [BENCH_ROUNDS=5] [BENCH_INFLIGHT=1000] cargo bench -p tributary-edge --bench mqtt_ingest [-- N]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_tcp(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Publishes `n` QoS 1 messages of 100 bytes; returns when the broker has them all.
 async fn publish(port: u16, n: u64) {
@@ -95,78 +74,28 @@ async fn plain(port: u16, n: u64) -> f64 {
     n as f64 / secs
 }
 
-async fn status(http: u16) -> serde_json::Value {
-    let fetch = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
-            .await
-            .ok()?;
-        s.write_all(b"GET /status HTTP/1.1\r\nHost: e\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
-    };
-    fetch.await.unwrap_or(serde_json::Value::Null)
-}
-
-fn events(s: &serde_json::Value) -> u64 {
-    s["streams"][0]["events"].as_u64().unwrap_or(0)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The edge's session: made by a first run, then drained of `n` queued messages.
+/// Returns the drain rate and the edge's peak RSS in KiB.
 async fn edge(dir: &Path, port: u16, n: u64, round: u32) -> (f64, u64) {
     let dir = dir.join(format!("round-{round}"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let http = free_port();
-    let config = dir.join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"data\"\n[quic]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
-             [[stream]]\nname = \"bench/mqtt\"\n\
+    let mut e = common::Edge::new(
+        &dir,
+        &format!(
+            "[[stream]]\nname = \"bench/mqtt\"\n\
              [[mqtt]]\nbroker = \"127.0.0.1:{port}\"\nclient_id = \"bench-edge-{round}\"\n\
-             [[mqtt.route]]\nfilter = \"bench/#\"\nstream = \"bench/mqtt\"\nqos = 1\n",
-            free_port()
+             [[mqtt.route]]\nfilter = \"bench/#\"\nstream = \"bench/mqtt\"\nqos = 1\n"
         ),
-    )
-    .expect("config");
-    let start = || {
-        Kill(
-            Command::new(env!("CARGO_BIN_EXE_tributary-edge"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("tributary-edge"),
-        )
-    };
-    let first = start();
-    wait_tcp(http);
-    while status(http).await["mqtt"][0]["connected"] != serde_json::Value::Bool(true) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = Command::new("kill").arg(first.0.id().to_string()).status();
-    drop(first);
+    );
+    e.start();
+    common::wait_status(&e, 30, "subscribed", |s| s.mqtt[0].connected).await;
+    e.terminate();
     publish(port, n).await;
-    let e = start();
-    wait_tcp(http);
+    e.start();
+    e.ready().await;
     let mut t0 = None;
     loop {
-        let got = events(&status(http).await);
+        let got = e.status().await.map_or(0, |s| s.streams[0].events);
         if got > 0 {
             t0.get_or_insert((Instant::now(), got));
         }
@@ -177,7 +106,8 @@ async fn edge(dir: &Path, port: u16, n: u64, round: u32) -> (f64, u64) {
     }
     let (t0, base) = t0.expect("started");
     let rate = (n - base) as f64 / t0.elapsed().as_secs_f64();
-    (rate, peak_rss_kib(e.0.id()))
+    let peak = common::proc_status_kib(e.pid().expect("running"), "VmHWM:");
+    (rate, peak)
 }
 
 #[tokio::main]
@@ -198,25 +128,11 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_inflight_messages {inflight}\nmax_queued_messages 0\n"
-        ),
-    )
-    .expect("mosquitto.conf");
-    let _broker = Kill(
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (scripts/test installs it)"),
+    let broker = common::Broker::with_settings(
+        dir.path(),
+        &format!("max_inflight_messages {inflight}\nmax_queued_messages 0\n"),
     );
-    wait_tcp(port);
+    let port = broker.port;
     // Both on 2 cores beside a CPU-bound broker: single runs vary a lot, so rounds
     // alternate the two and the median ratio is the figure.
     let rounds: u32 = std::env::var("BENCH_ROUNDS")

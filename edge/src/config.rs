@@ -315,13 +315,8 @@ fn watch(
     let key = |k: &str| format!("watch[{i}].{k}");
     let stream = stream_ref(v, &key("stream"), &w.stream, streams);
     let dir = v.path(&key("dir"), &w.dir)?;
-    let mut ms = |k: &str, val: &Option<Spanned<u64>>, default: u64| match val {
-        Some(m) if !(10..=3_600_000).contains(m.get_ref()) => {
-            v.error::<()>(&key(k), m.span().start, "must be 10 to 3600000".into());
-            Duration::from_millis(default)
-        }
-        Some(m) => Duration::from_millis(*m.get_ref()),
-        None => Duration::from_millis(default),
+    let mut ms = |k: &str, val: &Option<Spanned<u64>>, default: u64| {
+        Duration::from_millis(v.within(&key(k), val.as_ref(), 10..=3_600_000, default))
     };
     let settle = ms("settle_ms", &w.settle_ms, 2000);
     let poll = ms("poll_ms", &w.poll_ms, 500);
@@ -408,14 +403,7 @@ fn streams(v: &mut Validator<'_>, raw: Vec<Spanned<RawStream>>) -> Vec<StreamSpe
             v.error::<()>(&key("name"), at, format!("{name:?} is configured twice"));
             continue;
         }
-        let segments = match s.segments {
-            Some(n) if !(1..=64).contains(n.get_ref()) => {
-                v.error::<()>(&key("segments"), n.span().start, "must be 1 to 64".into());
-                1
-            }
-            Some(n) => *n.get_ref(),
-            None => 1,
-        };
+        let segments = v.within(&key("segments"), s.segments.as_ref(), 1..=64, 1);
         let disk_budget = match s.disk_budget_mb {
             Some(mb) if *mb.get_ref() == 0 || *mb.get_ref() > (1 << 30) => v.error(
                 &key("disk_budget_mb"),
@@ -594,15 +582,12 @@ fn mqtt(
             "username and password go together".into(),
         )?,
     };
-    let keep_alive = match m.keep_alive_secs {
-        Some(s) if !(5..=3600).contains(s.get_ref()) => v.error(
-            &key("keep_alive_secs"),
-            s.span().start,
-            "must be 5 to 3600".into(),
-        )?,
-        Some(s) => Duration::from_secs(*s.get_ref()),
-        None => Duration::from_secs(30),
-    };
+    let keep_alive = Duration::from_secs(v.within(
+        &key("keep_alive_secs"),
+        m.keep_alive_secs.as_ref(),
+        5..=3600,
+        30,
+    ));
     if m.route.is_empty() {
         v.error::<()>(
             &key("route"),

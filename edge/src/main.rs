@@ -90,13 +90,14 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    let fleet = std::fs::read_to_string(file).is_ok_and(|t| fleet::is_fleet(&t));
-    let result = if fleet {
-        load(file, fleet::check).map(|gateways| format!("{} gateways", gateways.len()))
-    } else {
-        load(file, config::parse).map(|_| "ok".to_string())
-    };
-    match result {
+    let checked = load(file, |text, base| {
+        if fleet::is_fleet(text) {
+            fleet::check(text, base).map(|gateways| format!("{} gateways", gateways.len()))
+        } else {
+            config::parse(text, base).map(|_| "ok".to_string())
+        }
+    });
+    match checked {
         Ok(what) => {
             println!("{}: {what}", file.display());
             ExitCode::SUCCESS

@@ -78,30 +78,9 @@ pub fn parse(
             );
             continue;
         }
-        let every = match &p.every_secs {
-            Some(s) if *s.get_ref() > 86_400 => {
-                v.error::<()>(
-                    &key("every_secs"),
-                    s.span().start,
-                    "must be 0 to 86400".into(),
-                );
-                continue;
-            }
-            Some(s) => Duration::from_secs(*s.get_ref()),
-            None => Duration::ZERO,
-        };
-        let max_bytes = match &p.max_event_mb {
-            Some(m) if !(1..=1024).contains(m.get_ref()) => {
-                v.error::<()>(
-                    &key("max_event_mb"),
-                    m.span().start,
-                    "must be 1 to 1024".into(),
-                );
-                continue;
-            }
-            Some(m) => *m.get_ref() << 20,
-            None => 64 << 20,
-        };
+        let every =
+            Duration::from_secs(v.within(&key("every_secs"), p.every_secs.as_ref(), 0..=86_400, 0));
+        let max_bytes = v.within(&key("max_event_mb"), p.max_event_mb.as_ref(), 1..=1024, 64) << 20;
         let Some(stream) = stream else { continue };
         let program = std::path::Path::new(&command[0])
             .file_name()

@@ -89,71 +89,89 @@ pub struct SensorSpec {
 /// A driver and its device.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Device {
-    /// Sensirion SHT3x temperature and humidity on I2C.
-    Sht3x {
-        /// `/dev/i2c-N`.
-        bus: PathBuf,
-        /// 7-bit address (0x44 or 0x45).
-        address: u8,
-    },
-    /// TI ADS1115 ADC on I2C.
+    /// A sensor on an I2C bus.
+    I2c(I2cSensor),
+    /// Pulses on a GPIO line.
+    Pulse(PulseLine),
+    /// A Modbus RTU slave.
+    Modbus(ModbusSlave),
+}
+
+/// A sensor on an I2C bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct I2cSensor {
+    /// `/dev/i2c-N`.
+    pub bus: PathBuf,
+    /// 7-bit address.
+    pub address: u8,
+    /// Which sensor.
+    pub chip: I2cChip,
+}
+
+/// The I2C sensors there are drivers for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum I2cChip {
+    /// Sensirion SHT3x temperature and humidity (0x44 or 0x45).
+    Sht3x,
+    /// TI ADS1115 ADC (0x48 to 0x4B).
     Ads1115 {
-        /// `/dev/i2c-N`.
-        bus: PathBuf,
-        /// 7-bit address (0x48 to 0x4B).
-        address: u8,
         /// The inputs measured, with their value names.
         inputs: Vec<(String, Input)>,
         /// Full-scale range.
         range: Range,
     },
-    /// Pulses on a GPIO line.
-    Pulse {
-        /// `/dev/gpiochipN`.
-        chip: PathBuf,
-        /// Line offset on the chip.
-        line: u32,
-        /// Quantity per pulse.
-        per_pulse: f64,
-        /// Its unit.
-        unit: String,
-        /// Edges closer than this to the last counted one are bounce.
-        debounce_ms: u64,
-    },
-    /// A Modbus RTU slave.
-    Modbus {
-        /// The serial port.
-        port: PathBuf,
-        /// Its speed.
-        baud: u32,
-        /// Slave address (1 to 247).
-        slave: u8,
-        /// How long to wait for an answer.
-        timeout: Duration,
-        /// What to read.
-        registers: Vec<Register>,
-    },
+}
+
+/// Pulses on a GPIO line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PulseLine {
+    /// `/dev/gpiochipN`.
+    pub chip: PathBuf,
+    /// Line offset on the chip.
+    pub line: u32,
+    /// Quantity per pulse.
+    pub per_pulse: f64,
+    /// Its unit.
+    pub unit: String,
+    /// Edges closer than this to the last counted one are bounce.
+    pub debounce_ms: u64,
+}
+
+/// A Modbus RTU slave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusSlave {
+    /// The serial port.
+    pub port: PathBuf,
+    /// Its speed.
+    pub baud: u32,
+    /// Slave address (1 to 247).
+    pub slave: u8,
+    /// How long to wait for an answer.
+    pub timeout: Duration,
+    /// What to read.
+    pub registers: Vec<Register>,
 }
 
 impl Device {
     /// The driver's name, as configured.
     pub fn driver(&self) -> &'static str {
         match self {
-            Device::Sht3x { .. } => "sht3x",
-            Device::Ads1115 { .. } => "ads1115",
-            Device::Pulse { .. } => "pulse",
-            Device::Modbus { .. } => "modbus",
+            Device::I2c(I2cSensor {
+                chip: I2cChip::Sht3x,
+                ..
+            }) => "sht3x",
+            Device::I2c(_) => "ads1115",
+            Device::Pulse(_) => "pulse",
+            Device::Modbus(_) => "modbus",
         }
     }
 
     /// Where the device is, for status and logs.
     pub fn location(&self) -> String {
         match self {
-            Device::Sht3x { bus, address } | Device::Ads1115 { bus, address, .. } => {
-                format!("{}@{address:#04x}", bus.display())
-            }
-            Device::Pulse { chip, line, .. } => format!("{}:{line}", chip.display()),
-            Device::Modbus { port, slave, .. } => format!("{}#{slave}", port.display()),
+            Device::I2c(i) => format!("{}@{:#04x}", i.bus.display(), i.address),
+            Device::Pulse(p) => format!("{}:{}", p.chip.display(), p.line),
+            Device::Modbus(m) => format!("{}#{}", m.port.display(), m.slave),
         }
     }
 }
@@ -288,7 +306,7 @@ pub fn parse(
     // Slaves on one port share the line, so its speed.
     let mut bauds: BTreeMap<&PathBuf, u32> = BTreeMap::new();
     for s in &out {
-        if let Device::Modbus { port, baud, .. } = &s.device {
+        if let Device::Modbus(ModbusSlave { port, baud, .. }) = &s.device {
             if *bauds.entry(port).or_insert(*baud) != *baud {
                 v.error::<()>(
                     "sensor.baud",
@@ -397,19 +415,19 @@ fn sensor(
                     default
                 }
             };
-            if driver == "sht3x" {
-                Device::Sht3x {
-                    bus: bus.unwrap_or_default(),
-                    address,
-                }
+            let chip = if driver == "sht3x" {
+                I2cChip::Sht3x
             } else {
-                Device::Ads1115 {
-                    bus: bus.unwrap_or_default(),
-                    address,
+                I2cChip::Ads1115 {
                     inputs: ads_inputs(v, &key("inputs"), s.inputs.as_ref()),
                     range: ads_range(v, &key("range_v"), s.range_v.as_ref()),
                 }
-            }
+            };
+            Device::I2c(I2cSensor {
+                bus: bus.unwrap_or_default(),
+                address,
+                chip,
+            })
         }
         "pulse" => {
             required(v, "chip", s.chip.is_some());
@@ -426,7 +444,7 @@ fn sensor(
                 Some(p) => *p.get_ref(),
                 None => 1.0,
             };
-            Device::Pulse {
+            Device::Pulse(PulseLine {
                 chip: s
                     .chip
                     .as_ref()
@@ -439,13 +457,13 @@ fn sensor(
                     .as_ref()
                     .map_or_else(|| "1".into(), |u| u.get_ref().clone()),
                 debounce_ms: v.within(&key("debounce_ms"), s.debounce_ms.as_ref(), 0..=10_000, 5),
-            }
+            })
         }
         _ => {
             required(v, "port", s.port.is_some());
             required(v, "slave", s.slave.is_some());
             let registers = modbus_registers(v, i, at, s.register);
-            Device::Modbus {
+            Device::Modbus(ModbusSlave {
                 port: s
                     .port
                     .as_ref()
@@ -460,7 +478,7 @@ fn sensor(
                     500,
                 )),
                 registers,
-            }
+            })
         }
     };
     ok.then_some(SensorSpec {
@@ -707,32 +725,37 @@ pub fn spawn(
         .iter()
         .map(|s| Arc::new(SensorStats::new(s)))
         .collect();
-    let mut lines: BTreeMap<PathBuf, Vec<Polled>> = BTreeMap::new();
+    let mut lines: BTreeMap<PathBuf, Vec<(Polled, ModbusSlave)>> = BTreeMap::new();
     for (spec, stats) in sensors.iter().zip(&stats) {
         let polled = Polled {
-            spec: spec.clone(),
+            id: spec.id.clone(),
+            every: spec.every,
             stream: streams[spec.stream].clone(),
             stats: stats.clone(),
         };
         match &spec.device {
-            Device::Modbus { port, .. } => lines.entry(port.clone()).or_default().push(polled),
-            Device::Pulse { .. } => {
-                tasks.spawn(linux::pulse(polled, stopped.clone()));
+            Device::Modbus(m) => lines
+                .entry(m.port.clone())
+                .or_default()
+                .push((polled, m.clone())),
+            Device::Pulse(line) => {
+                tasks.spawn(linux::pulse(polled, line.clone(), stopped.clone()));
             }
-            Device::Sht3x { .. } | Device::Ads1115 { .. } => {
-                tasks.spawn(linux::i2c(polled, stopped.clone()));
+            Device::I2c(sensor) => {
+                tasks.spawn(linux::i2c(polled, sensor.clone(), stopped.clone()));
             }
         }
     }
-    for (port, devices) in lines {
-        tasks.spawn(modbus_line(port, devices, stopped.clone()));
+    for (port, slaves) in lines {
+        tasks.spawn(modbus_line(port, slaves, stopped.clone()));
     }
     stats
 }
 
-/// A sensor with where its readings go.
+/// A sensor's schedule and where its readings go.
 struct Polled {
-    spec: SensorSpec,
+    id: String,
+    every: Duration,
     stream: Arc<LocalStream>,
     stats: Arc<SensorStats>,
 }
@@ -744,10 +767,10 @@ impl Polled {
             Ok(r) => r,
             Err(e) => return self.stats.failed(e),
         };
-        let reading = Reading::now(&self.spec.id, values, quality);
+        let reading = Reading::now(&self.id, values, quality);
         match self
             .stream
-            .submit(self.spec.id.as_bytes(), &reading.to_cbor(), None)
+            .submit(self.id.as_bytes(), &reading.to_cbor(), None)
             .await
         {
             Ok(_) => self.stats.stored(&reading),
@@ -758,14 +781,18 @@ impl Polled {
 
 /// Polls the Modbus slaves on one port, each on its schedule, one request at a time.
 /// The port is opened again after it fails.
-async fn modbus_line(port: PathBuf, devices: Vec<Polled>, mut stopped: watch::Receiver<bool>) {
-    let baud = match devices.first().map(|d| &d.spec.device) {
-        Some(Device::Modbus { baud, .. }) => *baud,
-        _ => return,
+/// (The slaves on one port have one baud rate: [`parse`] checks it.)
+async fn modbus_line(
+    port: PathBuf,
+    slaves: Vec<(Polled, ModbusSlave)>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let Some(baud) = slaves.first().map(|(_, m)| m.baud) else {
+        return;
     };
     let mut line: Option<ModbusLine> = None;
     let start = tokio::time::Instant::now();
-    let mut due: Vec<tokio::time::Instant> = vec![start; devices.len()];
+    let mut due: Vec<tokio::time::Instant> = vec![start; slaves.len()];
     loop {
         let Some((next, at)) = due.iter().copied().enumerate().min_by_key(|(_, t)| *t) else {
             return;
@@ -774,11 +801,11 @@ async fn modbus_line(port: PathBuf, devices: Vec<Polled>, mut stopped: watch::Re
             () = tokio::time::sleep_until(at) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-        let d = &devices[next];
-        due[next] = at + d.spec.every;
+        let (d, slave) = &slaves[next];
+        due[next] = at + d.every;
         if due[next] < tokio::time::Instant::now() {
             // Polls that fell behind are skipped, not bunched.
-            due[next] = tokio::time::Instant::now() + d.spec.every;
+            due[next] = tokio::time::Instant::now() + d.every;
         }
         if line.is_none() {
             match port.to_str().map(|p| ModbusLine::open(p, baud)) {
@@ -795,7 +822,7 @@ async fn modbus_line(port: PathBuf, devices: Vec<Polled>, mut stopped: watch::Re
             }
         }
         let Some(l) = line.as_mut() else { continue };
-        let r = poll_modbus(l, &d.spec.device).await;
+        let r = poll_modbus(l, slave).await;
         if let Err(PollError::Io(_)) = &r {
             line = None;
         }
@@ -807,28 +834,19 @@ async fn modbus_line(port: PathBuf, devices: Vec<Polled>, mut stopped: watch::Re
 /// once.
 async fn poll_modbus(
     line: &mut ModbusLine,
-    device: &Device,
+    m: &ModbusSlave,
 ) -> Result<(Vec<Value>, Quality), PollError> {
-    let Device::Modbus {
-        slave,
-        timeout,
-        registers,
-        ..
-    } = device
-    else {
-        return Ok((Vec::new(), Quality::GOOD));
-    };
-    let mut values = Vec::with_capacity(registers.len());
+    let mut values = Vec::with_capacity(m.registers.len());
     let mut quality = Quality::GOOD;
-    for r in registers {
+    for r in &m.registers {
         let count = r.kind.count();
         let regs = match line
-            .read(*slave, r.function, r.address, count, *timeout)
+            .read(m.slave, r.function, r.address, count, m.timeout)
             .await
         {
             Err(e) if retryable(&e) => {
                 quality = quality | Quality::RETRIED;
-                line.read(*slave, r.function, r.address, count, *timeout)
+                line.read(m.slave, r.function, r.address, count, m.timeout)
                     .await?
             }
             other => other?,
@@ -860,27 +878,24 @@ mod linux {
     use tributary_adapters::sensors::sht3x::Sht3x;
 
     /// Polls an I2C sensor; the bus is opened again after any failure.
-    pub(super) async fn i2c(p: Polled, mut stopped: watch::Receiver<bool>) {
+    pub(super) async fn i2c(p: Polled, sensor: I2cSensor, mut stopped: watch::Receiver<bool>) {
         let mut bus: Option<I2cdev> = None;
-        let mut tick = tokio::time::interval(p.spec.every);
+        let mut tick = tokio::time::interval(p.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped.wait_for(|s| *s) => return,
             }
-            let device = p.spec.device.clone();
+            let sensor = sensor.clone();
             let taken = bus.take();
             let r = tokio::task::spawn_blocking(move || {
                 let mut i2c = match taken {
                     Some(b) => b,
-                    None => match &device {
-                        Device::Sht3x { bus, .. } | Device::Ads1115 { bus, .. } => I2cdev::new(bus)
-                            .map_err(|e| format!("opening {}: {e}", bus.display()))?,
-                        _ => return Err("not an I2C device".to_string()),
-                    },
+                    None => I2cdev::new(&sensor.bus)
+                        .map_err(|e| format!("opening {}: {e}", sensor.bus.display()))?,
                 };
-                let r = measure(&mut i2c, &device);
+                let r = measure(&mut i2c, &sensor);
                 Ok((i2c, r))
             })
             .await;
@@ -896,10 +911,10 @@ mod linux {
         }
     }
 
-    fn measure(i2c: &mut I2cdev, device: &Device) -> Result<Vec<Value>, String> {
-        match device {
-            Device::Sht3x { address, .. } => {
-                let m = Sht3x::new(&mut *i2c, *address)
+    fn measure(i2c: &mut I2cdev, sensor: &I2cSensor) -> Result<Vec<Value>, String> {
+        match &sensor.chip {
+            I2cChip::Sht3x => {
+                let m = Sht3x::new(&mut *i2c, sensor.address)
                     .measure(&mut Delay)
                     .map_err(|e| e.to_string())?;
                 Ok(vec![
@@ -907,13 +922,8 @@ mod linux {
                     Value::new("humidity", f64::from(m.humidity_pct), "%RH"),
                 ])
             }
-            Device::Ads1115 {
-                address,
-                inputs,
-                range,
-                ..
-            } => {
-                let mut adc = Ads1115::new(&mut *i2c, *address);
+            I2cChip::Ads1115 { inputs, range } => {
+                let mut adc = Ads1115::new(&mut *i2c, sensor.address);
                 inputs
                     .iter()
                     .map(|(name, input)| {
@@ -923,23 +933,19 @@ mod linux {
                     })
                     .collect()
             }
-            _ => Err("not an I2C device".into()),
         }
     }
 
     /// Counts pulses on a thread sampling the line every millisecond; every poll
     /// interval stores the total and the rate over the interval.
-    pub(super) async fn pulse(p: Polled, mut stopped: watch::Receiver<bool>) {
-        let Device::Pulse {
+    pub(super) async fn pulse(p: Polled, pulses: PulseLine, mut stopped: watch::Receiver<bool>) {
+        let PulseLine {
             chip,
             line,
             per_pulse,
             unit,
             debounce_ms,
-        } = p.spec.device.clone()
-        else {
-            return;
-        };
+        } = pulses;
         let count = Arc::new(AtomicU64::new(0));
         let error: Arc<Mutex<Option<String>>> =
             Arc::new(Mutex::new(Some("the GPIO line is not open yet".into())));
@@ -947,7 +953,7 @@ mod linux {
         let sampler = {
             let (count, error, stop) = (count.clone(), error.clone(), stop.clone());
             std::thread::Builder::new()
-                .name(format!("pulse-{}", p.spec.id))
+                .name(format!("pulse-{}", p.id))
                 .spawn(move || sample(&chip, line, debounce_ms, &count, &error, &stop))
         };
         if let Err(e) = &sampler {
@@ -955,7 +961,7 @@ mod linux {
                 .await;
             return;
         }
-        let mut tick = tokio::time::interval(p.spec.every);
+        let mut tick = tokio::time::interval(p.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await;
         let (mut last_count, mut last_at) = (0u64, Instant::now());

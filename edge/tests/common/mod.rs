@@ -88,14 +88,26 @@ pub fn free_port() -> u16 {
 pub struct Broker {
     pub port: u16,
     dir: PathBuf,
+    /// mosquitto.conf lines after the listener's.
+    settings: String,
     child: Option<Child>,
 }
 
 impl Broker {
     pub fn start(dir: &Path) -> Broker {
+        Broker::with_settings(
+            dir,
+            "max_inflight_messages 0\nmax_queued_messages 0\nlog_dest stderr\nlog_type all\n",
+        )
+    }
+
+    /// A broker with these mosquitto.conf lines instead of the tests' (benchmarks
+    /// leave out the packet log).
+    pub fn with_settings(dir: &Path, settings: &str) -> Broker {
         let mut b = Broker {
             port: free_port(),
             dir: dir.to_path_buf(),
+            settings: settings.to_string(),
             child: None,
         };
         b.restart();
@@ -109,9 +121,8 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_inflight_messages 0\nmax_queued_messages 0\nlog_dest stderr\nlog_type all\n",
-                self.port
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}",
+                self.port, self.settings
             ),
         )
         .expect("write mosquitto.conf");
@@ -148,6 +159,16 @@ fn mosquitto() -> PathBuf {
         }
     }
     "mosquitto".into()
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmHWM:` is the peak RSS); 0 if unknown.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Waits until something accepts TCP connections at `addr`.

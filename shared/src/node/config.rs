@@ -446,7 +446,7 @@ impl<'a> Validator<'a> {
                 self.error::<()>(
                     key,
                     n.span().start,
-                    format!("must be {} to {}", range.start(), range.end()),
+                    format!("must be between {} and {}", range.start(), range.end()),
                 );
                 default
             }
@@ -522,18 +522,13 @@ impl<'a> Validator<'a> {
             }
             c.max_file_bytes = *v.get_ref();
         }
-        if let Some(v) = l.max_batch_mb {
-            match usize::try_from(*v.get_ref()) {
-                Ok(mb @ 1..=1024) => c.max_batch_bytes = mb << 20,
-                _ => {
-                    self.error::<()>(
-                        "log.max_batch_mb",
-                        v.span().start,
-                        "must be between 1 and 1024".into(),
-                    );
-                }
-            }
-        }
+        let batch_mb = c.max_batch_bytes as u64 >> 20;
+        c.max_batch_bytes = (self.within(
+            "log.max_batch_mb",
+            l.max_batch_mb.as_ref(),
+            1..=1024,
+            batch_mb,
+        ) << 20) as usize;
         if let Some(v) = l.commit_delay_us {
             if *v.get_ref() > MAX_COMMIT_DELAY_US {
                 self.error::<()>(
@@ -546,6 +541,7 @@ impl<'a> Validator<'a> {
         }
         if let Some(v) = l.cache_mb {
             let mb = *v.get_ref();
+            // The bytes must fit a usize too (32-bit gateways).
             match usize::try_from(mb << 20) {
                 Ok(bytes) if (1..=MAX_CACHE_MB).contains(&mb) => c.cache_bytes = bytes,
                 _ => {
@@ -570,14 +566,7 @@ impl<'a> Validator<'a> {
                 &mut s.scale_window,
             ),
         ] {
-            if let Some(v) = v {
-                match *v.get_ref() {
-                    secs @ 1..=86_400 => *out = Duration::from_secs(secs),
-                    _ => {
-                        self.error::<()>(key, v.span().start, "must be between 1 and 86400".into());
-                    }
-                }
-            }
+            *out = Duration::from_secs(self.within(key, v.as_ref(), 1..=86_400, out.as_secs()));
         }
         s
     }

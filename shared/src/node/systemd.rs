@@ -48,11 +48,14 @@ pub fn watchdog_interval() -> Option<Duration> {
 }
 
 /// Pings the watchdog at half its interval while `health` passes; stops pinging (and
-/// logs why, once) while it fails, so systemd restarts the node. Returns `None` when
-/// the unit has no watchdog.
-pub fn spawn_watchdog(health: HealthCheck) -> Option<tokio::task::JoinHandle<()>> {
-    let interval = watchdog_interval()? / 2;
-    Some(tokio::spawn(async move {
+/// logs why, once) while it fails, so systemd restarts the node. Does nothing when the
+/// unit has no watchdog.
+pub fn spawn_watchdog(health: HealthCheck) {
+    let Some(interval) = watchdog_interval() else {
+        return;
+    };
+    let interval = interval / 2;
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         let mut failing = false;
         loop {
@@ -70,7 +73,7 @@ pub fn spawn_watchdog(health: HealthCheck) -> Option<tokio::task::JoinHandle<()>
                 }
             }
         }
-    }))
+    });
 }
 
 /// Tells systemd that `node` serves, with its QUIC address as the unit's status, and
