@@ -5,7 +5,11 @@
 //! commits). Prints the rate achieved, that every message reached the cloud, and the
 //! edge's peak RSS (VmHWM; target ≤ 32 MiB).
 //!
-//!     [BENCH_RATE=10000] cargo bench -p tributary-edge --bench gateway_rss [-- SECONDS]
+//!     [BENCH_RATE=10000] [TRIBUTARY_EDGE_BIN=target/gateway/tributary-edge] \
+//!         cargo bench -p tributary-edge --bench gateway_rss [-- SECONDS]
+//!
+//! `TRIBUTARY_EDGE_BIN` measures another build of the edge, such as the one shipped to
+//! gateways (`cargo build --profile gateway -p tributary-edge`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -150,6 +154,14 @@ async fn run(rate: u64, secs: u64) {
         idle_rss as f64 / 1024.0,
         peak as f64 / 1024.0,
         peak_sampled as f64 / 1024.0
+    );
+    let mib = |key| common::proc_status_kib(pid, key) as f64 / 1024.0;
+    println!(
+        "edge RSS at the end: heap and stacks {:.1} MiB, the binary and other mapped files \
+         {:.1} MiB ({})",
+        mib("RssAnon:"),
+        mib("RssFile:") + mib("RssShmem:"),
+        common::edge_bin().display()
     );
     assert!(edge.terminate().success(), "{}", edge.tail());
     drop(broker);

@@ -181,12 +181,7 @@ impl LocalStream {
         let mut routes = Vec::new();
         for r in meta.active() {
             let segment = segment_name(&self.spec.scope, &self.spec.stream, r.id);
-            let events = log
-                .info(&segment)?
-                .attributes
-                .get(&EVENTS_ATTRIBUTE)
-                .copied()
-                .unwrap_or(0);
+            let events = log.attribute(&segment, EVENTS_ATTRIBUTE)?.unwrap_or(0);
             routes.push(Route {
                 range: r.range,
                 segment,
@@ -298,7 +293,7 @@ impl LocalStream {
         self.wait_unpaused().await;
         let counter = LARGE_EVENTS + u128::from((source >> 16) as u32);
         let count = match self.segment_for(key) {
-            Some(seg) => self.log().info(&seg)?.attributes.get(&counter).copied(),
+            Some(seg) => self.log().attribute(&seg, counter)?,
             None => None,
         };
         let now = SystemTime::now()

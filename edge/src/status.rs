@@ -130,25 +130,22 @@ pub fn stream_status(stream: &LocalStream) -> StreamStatus {
     };
     for r in meta.segments.values() {
         let name = segment_name(&spec.scope, &spec.stream, r.id);
-        let Ok(info) = stream.log().info(&name) else {
+        let log = stream.log();
+        let Ok(info) = log.info(&name) else {
             continue;
         };
         st.segments += 1;
         st.bytes += info.length;
         st.disk_bytes += info.length - info.start;
-        let large = info
-            .attributes
-            .range(LARGE_EVENTS..LARGE_EVENTS + (1 << 32));
-        for (_, n) in info
-            .attributes
-            .get_key_value(&EVENTS_ATTRIBUTE)
-            .into_iter()
-            .chain(large)
-        {
-            st.events += u64::try_from(*n).unwrap_or(0);
+        let small = log.attribute(&name, EVENTS_ATTRIBUTE).ok().flatten();
+        let large = log
+            .attributes(&name, LARGE_EVENTS..LARGE_EVENTS + (1 << 32))
+            .unwrap_or_default();
+        for n in small.into_iter().chain(large.into_values()) {
+            st.events += u64::try_from(n).unwrap_or(0);
         }
-        if let Some(t) = info.attributes.get(&LAST_EVENT_ATTRIBUTE) {
-            st.last_event_ms = st.last_event_ms.max(Some(*t));
+        if let Ok(Some(t)) = log.attribute(&name, LAST_EVENT_ATTRIBUTE) {
+            st.last_event_ms = st.last_event_ms.max(Some(t));
         }
     }
     st

@@ -297,10 +297,8 @@ async fn already_stored(stream: &LocalStream, attr: AttributeId, fp: i64) -> any
         .describe_settled(&s.scope, &s.stream)
         .await?;
     for r in meta.segments.values() {
-        let info = stream
-            .log()
-            .info(&segment_name(&s.scope, &s.stream, r.id))?;
-        if info.attributes.get(&attr) == Some(&fp) {
+        let seg = segment_name(&s.scope, &s.stream, r.id);
+        if stream.log().attribute(&seg, attr)? == Some(fp) {
             return Ok(true);
         }
     }

@@ -186,10 +186,11 @@ async fn a_50_mb_event_written_in_process_reads_back_byte_identical_between_smal
     .expect("large event");
     assert_eq!(stored.length, (6 + 5 + video.len()) as u64);
     let name = segment_name("s", "t", stored.segment);
-    let info = node.controller().log().info(&name).expect("info");
+    let log = node.controller().log();
+    let info = log.info(&name).expect("info");
     assert_eq!(
-        info.attributes.get(&0x5eed),
-        Some(&7),
+        log.attribute(&name, 0x5eed).expect("attribute"),
+        Some(7),
         "the attribute came with the merge"
     );
     assert_eq!(info.length, stored.offset + stored.length);

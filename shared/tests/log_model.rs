@@ -93,7 +93,8 @@ async fn check_all(log: &SegmentLog, model: &HashMap<usize, Model>) {
         assert_eq!(info.length as usize, m.data.len(), "{}", NAMES[*i]);
         assert_eq!(info.start as usize, m.start);
         assert_eq!(info.sealed, m.sealed);
-        assert_eq!(info.attributes, m.attrs);
+        let attributes = log.attributes(NAMES[*i], ..).expect("attributes");
+        assert_eq!(attributes, m.attrs);
         let mut at = m.start;
         while at < m.data.len() {
             let r = log

@@ -85,6 +85,52 @@ async fn conditional_append_checks_the_length() {
     assert_eq!(read_all(&log, "s", 0).await, b"abcdef");
 }
 
+/// Pipelined appends: a condition sees the attributes of appends submitted but not yet
+/// durable (the pending state), then the durable ones, then those recovered.
+#[tokio::test]
+async fn conditions_see_appends_not_yet_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = || LogConfig {
+        commit_delay: Duration::from_millis(200),
+        ..LogConfig::default()
+    };
+    let event = |n: i64| AppendOptions {
+        expected_length: None,
+        attributes: vec![AttributeUpdate {
+            id: 42,
+            value: n,
+            condition: AttributeCondition::Greater,
+        }],
+    };
+    let refused = |r: Result<(u64, tributary::log::Ticket), LogError>, current| match r {
+        Err(LogError::AttributeConflict { current: c, .. }) => assert_eq!(c, Some(current)),
+        other => panic!("expected AttributeConflict at {current}, got {other:?}"),
+    };
+    {
+        let log = SegmentLog::open(dir.path(), slow()).expect("open");
+        log.create("s").await.expect("create");
+        let (_, t1) = log.submit_append("s", b"1", &event(1)).expect("1");
+        let (_, t2) = log.submit_append("s", b"2", &event(2)).expect("2");
+        refused(log.submit_append("s", b"2", &event(2)), 2);
+        assert_eq!(
+            log.attribute("s", 42).expect("attribute"),
+            None,
+            "nothing durable yet"
+        );
+        log.durable(t1).await.expect("durable 1");
+        log.durable(t2).await.expect("durable 2");
+        assert_eq!(log.attribute("s", 42).expect("attribute"), Some(2));
+        refused(log.submit_append("s", b"2", &event(2)), 2);
+        let (_, t3) = log.submit_append("s", b"3", &event(3)).expect("3");
+        log.durable(t3).await.expect("durable 3");
+    }
+    let log = SegmentLog::open(dir.path(), slow()).expect("reopen");
+    refused(log.submit_append("s", b"3", &event(3)), 3);
+    let (_, t4) = log.submit_append("s", b"4", &event(4)).expect("4");
+    log.durable(t4).await.expect("durable 4");
+    assert_eq!(read_all(&log, "s", 0).await, b"1234");
+}
+
 #[tokio::test]
 async fn attributes_are_stored_with_the_append_and_survive_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -113,7 +159,7 @@ async fn attributes_are_stored_with_the_append_and_survive_restart() {
     }
     let log = SegmentLog::open(dir.path(), LogConfig::default()).expect("reopen");
     let info = log.info("s").expect("info");
-    assert_eq!(info.attributes.get(&writer), Some(&2));
+    assert_eq!(log.attribute("s", writer).expect("attribute"), Some(2));
     assert_eq!(info.length, 2);
     let eq = AppendOptions {
         expected_length: None,
@@ -276,7 +322,7 @@ async fn a_merge_sets_attributes_atomically_and_a_failed_condition_merges_nothin
     // The attribute comes back from the log with the merge (replayed, not checkpointed).
     let log = SegmentLog::open(dir.path(), small_files()).expect("reopen");
     let info = log.info("stream/0").expect("info");
-    assert_eq!(info.attributes.get(&0xabc), Some(&5));
+    assert_eq!(log.attribute("stream/0", 0xabc).expect("attribute"), Some(5));
     assert_eq!(info.length, 6);
     log.merge_with("stream/0", "tmp/2", &[writer(6)])
         .await

@@ -221,6 +221,15 @@ pub async fn modbus_slave(
     }
 }
 
+/// The `tributary-edge` binary under test: `TRIBUTARY_EDGE_BIN` if set (e.g. the
+/// gateway build), else this package's.
+pub fn edge_bin() -> PathBuf {
+    std::env::var_os("TRIBUTARY_EDGE_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_tributary-edge")),
+        PathBuf::from,
+    )
+}
+
 /// A `tributary-edge run` process with a config written into `dir`.
 pub struct Edge {
     pub dir: PathBuf,
@@ -267,7 +276,7 @@ impl Edge {
             .append(true)
             .open(self.dir.join("edge.log"))
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_tributary-edge"))
+        let child = Command::new(edge_bin())
             .arg("run")
             .arg("--config")
             .arg(&self.config)

@@ -400,11 +400,11 @@ impl Controller {
         self.log.settle().await?;
         let mut out = Vec::new();
         for rec in meta.segments.values() {
-            match self.log.info(&segment_name(scope, stream, rec.id)) {
-                Ok(info) => out.push(WriterPosition {
+            match self.log.attribute(&segment_name(scope, stream, rec.id), writer_id) {
+                Ok(last_event_number) => out.push(WriterPosition {
                     segment: rec.id,
                     range: rec.range,
-                    last_event_number: info.attributes.get(&writer_id).copied(),
+                    last_event_number,
                 }),
                 Err(LogError::NoSuchSegment(_)) => {}
                 Err(e) => return Err(e.into()),

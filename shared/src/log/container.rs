@@ -25,7 +25,9 @@ use super::fsync::FsyncHistogram;
 use super::index::{chunk_name, is_chunk_name, Chunk, DataIndex, Extent, Source};
 use super::manifest::{now_ms, ChunkRecord, Manifest, RestoreReport, MANIFEST};
 use super::meta::{Checkpoint, Meta};
-use super::table::{AppendOptions, AttributeId, AttributeUpdate, Release, Table};
+use super::table::{
+    AppendOptions, AttributeBase, AttributeId, AttributeUpdate, Release, Table,
+};
 use super::tier2::Tier2;
 use super::writer::{run, Batch, Syncer, Writer};
 
@@ -48,10 +50,40 @@ pub(crate) struct Mark {
 }
 
 pub(crate) struct Pending {
+    /// The segments with every submitted operation applied; of the attributes, only
+    /// those set by batches not yet durable (see [`AttributeBase`]).
     pub table: Table,
+    /// Those attributes, `(segment id, attribute id)`, with the last batch that set each.
+    pub fresh: HashMap<(u64, AttributeId), u64>,
     pub batch: Batch,
     pub failed: Option<String>,
     pub closing: bool,
+}
+
+impl Pending {
+    /// Applies a validated operation to the pending table; it goes in the open batch.
+    fn apply(&mut self, op: &Op) -> Result<()> {
+        self.table.apply(op).map_err(LogError::Failed)?;
+        let seq = self.batch.seq;
+        if let Op::Append { seg, attrs, .. } | Op::Merge { target: seg, attrs, .. } = op {
+            for (id, _) in attrs {
+                self.fresh.insert((*seg, *id), seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Batch `seq` is in the durable table: drop the attributes no later batch set.
+    pub fn settled(&mut self, seq: u64) {
+        let table = &mut self.table;
+        self.fresh.retain(|(seg, id), set_by| {
+            let keep = *set_by > seq;
+            if !keep {
+                table.forget_attribute(*seg, *id);
+            }
+            keep
+        });
+    }
 }
 
 pub(crate) struct Durable {
@@ -100,6 +132,13 @@ pub(crate) struct MoverState {
 }
 
 impl Inner {
+    /// A durable attribute (for the pending table: see [`AttributeBase`]). Takes the
+    /// durable state's read lock: the caller may hold `pending`, never the reverse.
+    fn durable_attribute(&self, seg: u64, id: AttributeId) -> Option<i64> {
+        let d = self.durable.read().unwrap_or_else(|e| e.into_inner());
+        d.table.attribute(seg, id)
+    }
+
     pub fn fail(&self, reason: String) {
         lock(&self.pending).failed = Some(reason.clone());
         self.durable_tx.send_modify(|m| m.failed = Some(reason));
@@ -162,8 +201,6 @@ pub struct SegmentInfo {
     pub length: u64,
     /// Sealed.
     pub sealed: bool,
-    /// Attributes.
-    pub attributes: BTreeMap<AttributeId, i64>,
 }
 
 /// The result of a read.
@@ -251,7 +288,8 @@ impl SegmentLog {
             dir: dir.clone(),
             wal_dir,
             pending: Mutex::new(Pending {
-                table: table.clone(),
+                table: table.without_attributes(),
+                fresh: HashMap::new(),
                 batch: Batch::new(last_seq + 1, None),
                 failed: None,
                 closing: false,
@@ -343,8 +381,11 @@ impl SegmentLog {
             if queued >= cfg.max_batch_bytes {
                 return Err(LogError::Backpressure(queued));
             }
-            let (op, offset) = p.table.check_append(segment, data.len() as u64, opts)?;
-            p.table.apply(&op).map_err(LogError::Failed)?;
+            let base = |seg, id| self.inner.durable_attribute(seg, id);
+            let (op, offset) = p
+                .table
+                .check_append(segment, data.len() as u64, opts, &base)?;
+            p.apply(&op)?;
             p.batch.push_append(op, data, cfg.max_frame_data_bytes);
             Ok(offset)
         })
@@ -430,10 +471,14 @@ impl SegmentLog {
         }
     }
 
-    async fn submit_op(&self, f: impl FnOnce(&Table) -> Result<Option<Op>>) -> Result<()> {
+    async fn submit_op(
+        &self,
+        f: impl FnOnce(&Table, AttributeBase<'_>) -> Result<Option<Op>>,
+    ) -> Result<()> {
         let ((), ticket) = self.submit(|p| {
-            if let Some(op) = f(&p.table)? {
-                p.table.apply(&op).map_err(LogError::Failed)?;
+            let base = |seg, id| self.inner.durable_attribute(seg, id);
+            if let Some(op) = f(&p.table, &base)? {
+                p.apply(&op)?;
                 p.batch.push_op(op);
             }
             Ok(())
@@ -443,13 +488,13 @@ impl SegmentLog {
 
     /// Creates an empty segment.
     pub async fn create(&self, segment: &str) -> Result<()> {
-        self.submit_op(|t| t.check_create(segment).map(Some)).await
+        self.submit_op(|t, _| t.check_create(segment).map(Some)).await
     }
 
     /// Seals a segment (idempotent); returns its final length.
     pub async fn seal(&self, segment: &str) -> Result<u64> {
         let mut length = 0;
-        self.submit_op(|t| {
+        self.submit_op(|t, _| {
             length = t.get(segment)?.length;
             t.check_seal(segment)
         })
@@ -460,7 +505,7 @@ impl SegmentLog {
     /// Drops the data below `offset`; reads below it fail with [`LogError::Truncated`].
     /// Truncating below the current start does nothing.
     pub async fn truncate(&self, segment: &str, offset: u64) -> Result<()> {
-        self.submit_op(|t| t.check_truncate(segment, offset)).await
+        self.submit_op(|t, _| t.check_truncate(segment, offset)).await
     }
 
     /// Atomically appends the whole of the sealed segment `source` to `target` and
@@ -484,8 +529,8 @@ impl SegmentLog {
             return Err(LogError::TooManyAttributes);
         }
         let mut at = 0;
-        self.submit_op(|t| {
-            let op = t.check_merge(target, source, attributes)?;
+        self.submit_op(|t, base| {
+            let op = t.check_merge(target, source, attributes, base)?;
             at = t.get(target)?.length;
             Ok(Some(op))
         })
@@ -495,7 +540,7 @@ impl SegmentLog {
 
     /// Deletes a segment and releases its data.
     pub async fn delete(&self, segment: &str) -> Result<()> {
-        self.submit_op(|t| t.check_delete(segment).map(Some)).await
+        self.submit_op(|t, _| t.check_delete(segment).map(Some)).await
     }
 
     /// The durable state of a segment.
@@ -507,8 +552,24 @@ impl SegmentLog {
             start: s.start,
             length: s.length,
             sealed: s.sealed,
-            attributes: s.attributes.clone(),
         })
+    }
+
+    /// The durable value of a segment's attribute `id`.
+    pub fn attribute(&self, segment: &str, id: AttributeId) -> Result<Option<i64>> {
+        Ok(self.attributes(segment, id..=id)?.remove(&id))
+    }
+
+    /// The durable attributes of a segment with ids in `ids` (a segment can hold tens
+    /// of thousands: ask for the ones needed).
+    pub fn attributes(
+        &self,
+        segment: &str,
+        ids: impl std::ops::RangeBounds<AttributeId>,
+    ) -> Result<BTreeMap<AttributeId, i64>> {
+        let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+        let s = d.table.get(segment)?;
+        Ok(s.attributes.range(ids).map(|(k, v)| (*k, *v)).collect())
     }
 
     /// The limits and timing it was opened with.
@@ -1247,13 +1308,9 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
     // replay them again.
     let mut replay_from = replay_from;
     if !per_file.is_empty() || (!has_cp && file_id > 0) {
-        let cp = Checkpoint {
-            seq: last_seq,
-            replay_from: file_id,
-            table: table.clone(),
-        };
+        let cp = meta.encode_checkpoint(last_seq, file_id, &table)?;
         let indexes: Vec<(u64, Vec<(u64, Extent)>)> = per_file.into_iter().collect();
-        meta.save(&cp, &indexes)?;
+        meta.save(cp, &indexes)?;
         replay_from = file_id;
     }
 

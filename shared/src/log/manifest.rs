@@ -23,7 +23,7 @@ use super::error::{LogError, Result};
 use super::files::{create_file, list_files, sync_dir};
 use super::format::Op;
 use super::index::{chunk_name, is_chunk_name, Chunk};
-use super::meta::{Checkpoint, Meta, Trees};
+use super::meta::{Meta, Trees};
 use super::table::Table;
 use super::tier2::Tier2;
 
@@ -273,14 +273,7 @@ pub(crate) async fn restore(dir: &Path, tier2: &dyn Tier2) -> Result<Option<Rest
             meta.put_chunk(c.data_id, &c.chunk())?;
         }
         meta.load_trees(&m.trees)?;
-        meta.save(
-            &Checkpoint {
-                seq: 0,
-                replay_from: 0,
-                table,
-            },
-            &[],
-        )?;
+        meta.save(meta.encode_checkpoint(0, 0, &table)?, &[])?;
     }
     if dir.exists() {
         // Only an empty container directory gets here (checked above).

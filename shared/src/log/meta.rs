@@ -113,13 +113,32 @@ impl Meta {
         Ok(out)
     }
 
-    /// Atomically stores a checkpoint and the indexes of files it retires from replay,
-    /// then fsyncs.
-    pub fn save(&self, cp: &Checkpoint, indexes: &[(u64, Vec<(u64, Extent)>)]) -> Result<()> {
+    /// Encodes a checkpoint of `table` after batch `seq` for [`Meta::save`]. The table
+    /// is borrowed, not cloned: with many attributes it is megabytes, and the log
+    /// writer encodes it under the durable state's read lock.
+    pub fn encode_checkpoint(&self, seq: u64, replay_from: u64, table: &Table) -> Result<Vec<u8>> {
+        /// [`Checkpoint`]'s shape, borrowing the table.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            seq: u64,
+            replay_from: u64,
+            table: &'a Table,
+        }
         let mut buf = Vec::new();
-        ciborium::into_writer(cp, &mut buf).map_err(|e| self.err(e))?;
+        let cp = Borrowed {
+            seq,
+            replay_from,
+            table,
+        };
+        ciborium::into_writer(&cp, &mut buf).map_err(|e| self.err(e))?;
+        Ok(buf)
+    }
+
+    /// Atomically stores an encoded checkpoint and the indexes of files it retires from
+    /// replay, then fsyncs.
+    pub fn save(&self, checkpoint: Vec<u8>, indexes: &[(u64, Vec<(u64, Extent)>)]) -> Result<()> {
         let mut batch = sled::Batch::default();
-        batch.insert(CHECKPOINT_KEY, buf);
+        batch.insert(CHECKPOINT_KEY, checkpoint);
         for (id, ext) in indexes {
             batch.insert(index_key(*id), encode_file_index(ext));
         }

@@ -20,6 +20,13 @@ use super::format::Op;
 /// Identifier of a segment attribute (a writer id is a UUID, hence 128 bits).
 pub type AttributeId = u128;
 
+/// Where a condition looks up an attribute the table does not hold: `(segment id,
+/// attribute id) -> value`. The log's pending table holds only the attributes set by
+/// batches not yet durable, and looks the others up in the durable table, so that a
+/// segment's attributes (an MQTT source keeps one per packet id: tens of thousands)
+/// are in memory once.
+pub type AttributeBase<'a> = &'a dyn Fn(u64, AttributeId) -> Option<i64>;
+
 /// When an attribute update applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AttributeCondition {
@@ -182,8 +189,14 @@ impl Table {
     }
 
     /// Validates an append of `len` bytes; returns the op and the segment offset where
-    /// the data will start.
-    pub fn check_append(&self, name: &str, len: u64, opts: &AppendOptions) -> Result<(Op, u64)> {
+    /// the data will start. Conditions on attributes this table lacks consult `base`.
+    pub fn check_append(
+        &self,
+        name: &str,
+        len: u64,
+        opts: &AppendOptions,
+        base: AttributeBase<'_>,
+    ) -> Result<(Op, u64)> {
         let s = self.get(name)?;
         if s.sealed {
             return Err(LogError::Sealed(name.to_string()));
@@ -197,7 +210,7 @@ impl Table {
                 });
             }
         }
-        let attrs = check_attributes(name, s, &opts.attributes)?;
+        let attrs = check_attributes(name, s, &opts.attributes, base)?;
         Ok((
             Op::Append {
                 seg: s.id,
@@ -232,12 +245,13 @@ impl Table {
     }
 
     /// Validates a merge of `source` onto the end of `target` that also applies
-    /// `attributes` to `target` (their conditions checked against `target`).
+    /// `attributes` to `target` (their conditions checked against `target`, then `base`).
     pub fn check_merge(
         &self,
         target: &str,
         source: &str,
         attributes: &[AttributeUpdate],
+        base: AttributeBase<'_>,
     ) -> Result<Op> {
         let t = self.get(target)?;
         let s = self.get(source)?;
@@ -260,7 +274,7 @@ impl Table {
         if s.start != 0 {
             return bad("the source has been truncated");
         }
-        let attrs = check_attributes(target, t, attributes)?;
+        let attrs = check_attributes(target, t, attributes, base)?;
         Ok(Op::Merge {
             target: t.id,
             source: s.id,
@@ -416,6 +430,41 @@ impl Table {
         }
     }
 
+    /// Attribute `id` of the segment with id `seg`.
+    pub fn attribute(&self, seg: u64, id: AttributeId) -> Option<i64> {
+        self.segs.get(&seg)?.attributes.get(&id).copied()
+    }
+
+    /// A copy without attributes (the pending table's start: see [`AttributeBase`]).
+    pub fn without_attributes(&self) -> Table {
+        let segs = self
+            .segs
+            .iter()
+            .map(|(id, s)| {
+                let s = SegmentState {
+                    attributes: BTreeMap::new(),
+                    pieces: s.pieces.clone(),
+                    name: s.name.clone(),
+                    ..*s
+                };
+                (*id, s)
+            })
+            .collect();
+        Table {
+            segs,
+            names: self.names.clone(),
+            next_id: self.next_id,
+        }
+    }
+
+    /// Drops attribute `id` of segment `seg` from this table (it is in the durable
+    /// one now).
+    pub fn forget_attribute(&mut self, seg: u64, id: AttributeId) {
+        if let Some(s) = self.segs.get_mut(&seg) {
+            s.attributes.remove(&id);
+        }
+    }
+
     /// For each data id still part of some segment, the lowest data offset that is.
     /// Used on recovery to drop index entries of released data.
     pub fn live_data(&self) -> HashMap<u64, u64> {
@@ -437,22 +486,27 @@ fn check_attributes(
     name: &str,
     s: &SegmentState,
     updates: &[AttributeUpdate],
+    base: AttributeBase<'_>,
 ) -> Result<Vec<(AttributeId, i64)>> {
     let mut attrs: Vec<(AttributeId, i64)> = Vec::with_capacity(updates.len());
     for u in updates {
-        let current = attrs
-            .iter()
-            .rev()
-            .find(|(id, _)| *id == u.id)
-            .map(|(_, v)| *v)
-            .or_else(|| s.attributes.get(&u.id).copied());
-        let ok = match u.condition {
-            AttributeCondition::Always => true,
-            AttributeCondition::Greater => current.is_none_or(|c| u.value > c),
-            AttributeCondition::Equals(e) => current == e,
-            AttributeCondition::NotEquals(v) => current != Some(v),
+        // The current value, looked up only for a condition that needs it.
+        let current = || {
+            attrs
+                .iter()
+                .rev()
+                .find(|(id, _)| *id == u.id)
+                .map(|(_, v)| *v)
+                .or_else(|| s.attributes.get(&u.id).copied())
+                .or_else(|| base(s.id, u.id))
         };
-        if !ok {
+        let refused = match u.condition {
+            AttributeCondition::Always => None,
+            AttributeCondition::Greater => Some(current()).filter(|c| c.is_some_and(|c| u.value <= c)),
+            AttributeCondition::Equals(e) => Some(current()).filter(|c| *c != e),
+            AttributeCondition::NotEquals(v) => Some(current()).filter(|c| *c == Some(v)),
+        };
+        if let Some(current) = refused {
             return Err(LogError::AttributeConflict {
                 segment: name.to_string(),
                 id: u.id,
@@ -498,13 +552,18 @@ impl SegmentState {
 mod tests {
     use super::*;
 
+    /// No durable table behind: every attribute is in the table under test.
+    fn nothing(_: u64, _: AttributeId) -> Option<i64> {
+        None
+    }
+
     fn run(t: &mut Table, op: Op) -> Vec<Release> {
         t.apply(&op).expect("applies")
     }
 
     fn append(t: &mut Table, name: &str, len: u64) -> u64 {
         let (op, off) = t
-            .check_append(name, len, &AppendOptions::default())
+            .check_append(name, len, &AppendOptions::default(), &nothing)
             .expect("valid");
         run(t, op);
         off
@@ -532,7 +591,7 @@ mod tests {
         append(&mut t, "s", 5);
         let op = t.check_seal("s").expect("seal").expect("op");
         run(&mut t, op);
-        let op = t.check_merge("t", "s", &[]).expect("merge");
+        let op = t.check_merge("t", "s", &[], &nothing).expect("merge");
         run(&mut t, op);
         assert!(t.get("s").is_err());
         assert_eq!(append(&mut t, "t", 3), 15);
@@ -573,27 +632,40 @@ mod tests {
             }],
         };
         let (op, _) = t
-            .check_append("s", 1, &upd(5, AttributeCondition::Greater))
+            .check_append("s", 1, &upd(5, AttributeCondition::Greater), &nothing)
             .expect("absent < 5");
         run(&mut t, op);
         assert!(matches!(
-            t.check_append("s", 1, &upd(5, AttributeCondition::Greater)),
+            t.check_append("s", 1, &upd(5, AttributeCondition::Greater), &nothing),
             Err(LogError::AttributeConflict {
                 current: Some(5),
                 ..
             })
         ));
         assert!(t
-            .check_append("s", 1, &upd(1, AttributeCondition::Equals(Some(4))))
+            .check_append("s", 1, &upd(1, AttributeCondition::Equals(Some(4))), &nothing)
             .is_err());
         assert!(t
-            .check_append("s", 1, &upd(1, AttributeCondition::Equals(Some(5))))
+            .check_append("s", 1, &upd(1, AttributeCondition::Equals(Some(5))), &nothing)
             .is_ok());
         assert!(t
-            .check_append("s", 1, &upd(1, AttributeCondition::NotEquals(5)))
+            .check_append("s", 1, &upd(1, AttributeCondition::NotEquals(5)), &nothing)
             .is_err());
         assert!(t
-            .check_append("s", 1, &upd(1, AttributeCondition::NotEquals(4)))
+            .check_append("s", 1, &upd(1, AttributeCondition::NotEquals(4)), &nothing)
+            .is_ok());
+        // An attribute the table does not hold is looked up in the base.
+        let bare = t.without_attributes();
+        let base = |seg, id| (seg == 0 && id == 9).then_some(5);
+        assert!(matches!(
+            bare.check_append("s", 1, &upd(5, AttributeCondition::Greater), &base),
+            Err(LogError::AttributeConflict {
+                current: Some(5),
+                ..
+            })
+        ));
+        assert!(bare
+            .check_append("s", 1, &upd(6, AttributeCondition::Greater), &base)
             .is_ok());
     }
 
@@ -612,7 +684,7 @@ mod tests {
             value,
             condition: AttributeCondition::Greater,
         };
-        let op = t.check_merge("t", "s", &[upd(3)]).expect("merge");
+        let op = t.check_merge("t", "s", &[upd(3)], &nothing).expect("merge");
         run(&mut t, op);
         assert_eq!(t.get("t").expect("t").attributes.get(&7), Some(&3));
         let op = t.check_create("s2").expect("create");
@@ -620,7 +692,7 @@ mod tests {
         let op = t.check_seal("s2").expect("seal").expect("op");
         run(&mut t, op);
         assert!(matches!(
-            t.check_merge("t", "s2", &[upd(3)]),
+            t.check_merge("t", "s2", &[upd(3)], &nothing),
             Err(LogError::AttributeConflict {
                 current: Some(3),
                 ..

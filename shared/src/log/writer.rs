@@ -24,7 +24,6 @@ use super::error::{LogError, Result};
 use super::files::{create_file, file_path};
 use super::format::{encode_frame_head, Op, FILE_HEADER_LEN};
 use super::index::Extent;
-use super::meta::Checkpoint;
 
 /// Bytes a frame header takes, roughly (an append frame without attributes: 35).
 const HEADER_ESTIMATE: usize = 40;
@@ -411,6 +410,8 @@ impl Syncer {
                 }
             }
         }
+        // After the durable lock is released: submitters take `pending`, then `durable`.
+        lock(&inner.pending).settled(seq);
         self.last_seq = seq;
         inner.durable_tx.send_modify(|m| m.seq = seq);
         inner.delete_files(emptied)
@@ -419,19 +420,14 @@ impl Syncer {
     /// Every batch of the previous file is durable and applied: checkpoint, so that
     /// recovery replays from the new file, and delete files nothing needs.
     fn roll(&mut self, inner: &Inner, new_id: u64, reader: Arc<File>) -> Result<()> {
-        let table = inner
-            .durable
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .table
-            .clone();
-        let cp = Checkpoint {
-            seq: self.last_seq,
-            replay_from: new_id,
-            table,
+        let cp = {
+            let d = inner.durable.read().unwrap_or_else(|e| e.into_inner());
+            inner
+                .meta
+                .encode_checkpoint(self.last_seq, new_id, &d.table)?
         };
         let index = std::mem::take(&mut self.file_extents);
-        inner.meta.save(&cp, &[(self.file_id, index)])?;
+        inner.meta.save(cp, &[(self.file_id, index)])?;
         let dead: Vec<u64> = {
             let mut d = inner.durable.write().unwrap_or_else(|e| e.into_inner());
             d.files.insert(new_id, reader);

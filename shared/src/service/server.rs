@@ -757,16 +757,17 @@ async fn session(
     let log = shared.controller.log().clone();
     // Appends of an earlier session may still wait for their fsync; what we report
     // must include them, or the client would resend them.
-    let setup = match log.settle().await.and_then(|()| log.info(&segment)) {
-        Ok(i) => Response::AppendSetup {
-            last_event_number: match kind {
-                SessionKind::Append { writer_id } => i.attributes.get(&writer_id).copied(),
-                SessionKind::Mirror => None,
-            },
-            length: i.length,
-        },
-        Err(e) => Response::error(&e),
-    };
+    let setup = log.settle().await.and_then(|()| {
+        let last_event_number = match kind {
+            SessionKind::Append { writer_id } => log.attribute(&segment, writer_id)?,
+            SessionKind::Mirror => None,
+        };
+        Ok(Response::AppendSetup {
+            last_event_number,
+            length: log.info(&segment)?.length,
+        })
+    });
+    let setup = setup.unwrap_or_else(|e| Response::error(&e));
     let ok = matches!(setup, Response::AppendSetup { .. });
     if reply(&mut send, &setup).await.is_err() || !ok {
         let _ = send.finish();
