@@ -132,15 +132,18 @@ struct RawTier2 {
 pub fn parse(text: &str, base: &Path) -> Result<CloudSettings, Vec<ConfigError>> {
     let raw: RawFile = from_toml(text)?;
     let mut v = Validator::new(text, base);
-    let mut node = v.node(RawNode {
-        data_dir: raw.data_dir,
-        quic: raw.quic,
-        http: raw.http,
-        tls: raw.tls,
-        log: raw.log,
-        policies: raw.policies,
-        grant: raw.grant,
-    });
+    let mut node = v.node(
+        RawNode {
+            data_dir: raw.data_dir,
+            quic: raw.quic,
+            http: raw.http,
+            tls: raw.tls,
+            log: raw.log,
+            policies: raw.policies,
+            grant: raw.grant,
+        },
+        tributary::log::LogConfig::default(),
+    );
     let tier2 = match raw.tier2 {
         Some(t) => tier2(&mut v, t),
         None => Tier2Settings::default(),

@@ -70,6 +70,19 @@ pub fn defaults() -> Defaults {
     }
 }
 
+/// Memory the edge's log keeps for recently written data unless `[log] cache_mb` says
+/// otherwise: enough for replication and local readers at the tail, small enough for a
+/// gateway (the cloud's default is 64 MiB).
+pub const DEFAULT_CACHE_MB: usize = 4;
+
+/// The edge's log settings where `[log]` is silent.
+fn edge_log() -> tributary::log::LogConfig {
+    tributary::log::LogConfig {
+        cache_bytes: DEFAULT_CACHE_MB << 20,
+        ..Default::default()
+    }
+}
+
 /// A whole edge configuration, validated.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EdgeConfig {
@@ -224,15 +237,18 @@ impl KeyFrom {
 pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
     let raw: RawFile = from_toml(text)?;
     let mut v = Validator::new(text, base);
-    let node = v.node(RawNode {
-        data_dir: raw.data_dir,
-        quic: raw.quic,
-        http: raw.http,
-        tls: raw.tls,
-        log: raw.log,
-        policies: raw.policies,
-        grant: raw.grant,
-    });
+    let node = v.node(
+        RawNode {
+            data_dir: raw.data_dir,
+            quic: raw.quic,
+            http: raw.http,
+            tls: raw.tls,
+            log: raw.log,
+            policies: raw.policies,
+            grant: raw.grant,
+        },
+        edge_log(),
+    );
     let streams = streams(&mut v, raw.stream);
     let (cloud, replicate) = replicate::config::parse(&mut v, raw.cloud, raw.replicate, &streams);
     let pipe = crate::pipe::parse(&mut v, raw.pipe, &streams);
@@ -675,6 +691,15 @@ mod tests {
             .iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_log_cache_is_small_unless_configured() {
+        let base = Path::new("/etc/t");
+        let cfg = parse("", base).expect("empty config");
+        assert_eq!(cfg.node.log.cache_bytes, DEFAULT_CACHE_MB << 20);
+        let cfg = parse("[log]\ncache_mb = 16\n", base).expect("cache_mb");
+        assert_eq!(cfg.node.log.cache_bytes, 16 << 20);
     }
 
     #[test]

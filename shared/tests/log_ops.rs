@@ -322,7 +322,10 @@ async fn a_merge_sets_attributes_atomically_and_a_failed_condition_merges_nothin
     // The attribute comes back from the log with the merge (replayed, not checkpointed).
     let log = SegmentLog::open(dir.path(), small_files()).expect("reopen");
     let info = log.info("stream/0").expect("info");
-    assert_eq!(log.attribute("stream/0", 0xabc).expect("attribute"), Some(5));
+    assert_eq!(
+        log.attribute("stream/0", 0xabc).expect("attribute"),
+        Some(5)
+    );
     assert_eq!(info.length, 6);
     log.merge_with("stream/0", "tmp/2", &[writer(6)])
         .await

@@ -400,7 +400,10 @@ impl Controller {
         self.log.settle().await?;
         let mut out = Vec::new();
         for rec in meta.segments.values() {
-            match self.log.attribute(&segment_name(scope, stream, rec.id), writer_id) {
+            match self
+                .log
+                .attribute(&segment_name(scope, stream, rec.id), writer_id)
+            {
                 Ok(last_event_number) => out.push(WriterPosition {
                     segment: rec.id,
                     range: rec.range,

@@ -25,9 +25,7 @@ use super::fsync::FsyncHistogram;
 use super::index::{chunk_name, is_chunk_name, Chunk, DataIndex, Extent, Source};
 use super::manifest::{now_ms, ChunkRecord, Manifest, RestoreReport, MANIFEST};
 use super::meta::{Checkpoint, Meta};
-use super::table::{
-    AppendOptions, AttributeBase, AttributeId, AttributeUpdate, Release, Table,
-};
+use super::table::{AppendOptions, AttributeBase, AttributeId, AttributeUpdate, Release, Table};
 use super::tier2::Tier2;
 use super::writer::{run, Batch, Syncer, Writer};
 
@@ -65,7 +63,11 @@ impl Pending {
     fn apply(&mut self, op: &Op) -> Result<()> {
         self.table.apply(op).map_err(LogError::Failed)?;
         let seq = self.batch.seq;
-        if let Op::Append { seg, attrs, .. } | Op::Merge { target: seg, attrs, .. } = op {
+        if let Op::Append { seg, attrs, .. }
+        | Op::Merge {
+            target: seg, attrs, ..
+        } = op
+        {
             for (id, _) in attrs {
                 self.fresh.insert((*seg, *id), seq);
             }
@@ -488,7 +490,8 @@ impl SegmentLog {
 
     /// Creates an empty segment.
     pub async fn create(&self, segment: &str) -> Result<()> {
-        self.submit_op(|t, _| t.check_create(segment).map(Some)).await
+        self.submit_op(|t, _| t.check_create(segment).map(Some))
+            .await
     }
 
     /// Seals a segment (idempotent); returns its final length.
@@ -505,7 +508,8 @@ impl SegmentLog {
     /// Drops the data below `offset`; reads below it fail with [`LogError::Truncated`].
     /// Truncating below the current start does nothing.
     pub async fn truncate(&self, segment: &str, offset: u64) -> Result<()> {
-        self.submit_op(|t, _| t.check_truncate(segment, offset)).await
+        self.submit_op(|t, _| t.check_truncate(segment, offset))
+            .await
     }
 
     /// Atomically appends the whole of the sealed segment `source` to `target` and
@@ -540,7 +544,8 @@ impl SegmentLog {
 
     /// Deletes a segment and releases its data.
     pub async fn delete(&self, segment: &str) -> Result<()> {
-        self.submit_op(|t, _| t.check_delete(segment).map(Some)).await
+        self.submit_op(|t, _| t.check_delete(segment).map(Some))
+            .await
     }
 
     /// The durable state of a segment.

@@ -124,12 +124,26 @@ impl Meta {
             replay_from: u64,
             table: &'a Table,
         }
-        let mut buf = Vec::new();
+        /// Counts what is written: a checkpoint is sized first and encoded into a
+        /// buffer of exactly that size, not one that doubled its way up.
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
         let cp = Borrowed {
             seq,
             replay_from,
             table,
         };
+        let mut size = Count(0);
+        ciborium::into_writer(&cp, &mut size).map_err(|e| self.err(e))?;
+        let mut buf = Vec::with_capacity(size.0);
         ciborium::into_writer(&cp, &mut buf).map_err(|e| self.err(e))?;
         Ok(buf)
     }

@@ -224,7 +224,7 @@ pub fn load<T>(
 pub fn parse(text: &str, base: &Path) -> Result<NodeSettings, Vec<ConfigError>> {
     let raw: RawNode = from_toml(text)?;
     let mut v = Validator::new(text, base);
-    let settings = v.node(raw);
+    let settings = v.node(raw, LogConfig::default());
     v.finish(settings)
 }
 
@@ -336,7 +336,9 @@ impl<'a> Validator<'a> {
     }
 
     /// The node sections.
-    pub fn node(&mut self, raw: RawNode) -> NodeSettings {
+    /// The node sections; `log` holds what `[log]` leaves unsaid (the edge keeps less
+    /// in memory than the cloud).
+    pub fn node(&mut self, raw: RawNode, log: LogConfig) -> NodeSettings {
         let data_dir = raw.data_dir.as_ref().and_then(|d| self.path("data_dir", d));
         let quic_listen = raw
             .quic
@@ -347,7 +349,7 @@ impl<'a> Validator<'a> {
             .and_then(|h| h.listen)
             .and_then(|a| self.addr("http.listen", &a));
         let tls = raw.tls.and_then(|t| self.tls(t));
-        let log = self.log(raw.log.unwrap_or_default());
+        let log = self.log(raw.log.unwrap_or_default(), log);
         let policies = self.policies(raw.policies.unwrap_or_default());
         let access = match raw.grant {
             Some(grants) => self.grants(grants),
@@ -510,8 +512,8 @@ impl<'a> Validator<'a> {
         })
     }
 
-    fn log(&mut self, l: RawLog) -> LogConfig {
-        let mut c = LogConfig::default();
+    fn log(&mut self, l: RawLog, defaults: LogConfig) -> LogConfig {
+        let mut c = defaults;
         if let Some(v) = l.max_file_bytes {
             if *v.get_ref() < MIN_FILE_BYTES {
                 self.error::<()>(
