@@ -51,6 +51,10 @@ const REQUESTS: usize = 1 << 16;
 const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
 /// MQTT 5 receive maximum: QoS 1/2 messages the broker may have in flight to us.
 const RECEIVE_MAXIMUM: u16 = 1024;
+/// MQTT 5: our own messages in flight to the broker. The edge publishes nothing, and
+/// rumqttc's v5 client sizes its outgoing state by this limit (at its default of
+/// 65,535 that state alone is 12 MiB of a gateway's memory).
+const OUTGOING_INFLIGHT: u16 = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Crash tests set this (milliseconds) to hold each ack back after the message
 /// arrived, widening the window in which a SIGKILL leaves stored messages
@@ -227,6 +231,7 @@ fn connect(spec: &MqttSpec) -> (Client, Events) {
                 .set_manual_acks(true)
                 .set_keep_alive(spec.keep_alive)
                 .set_max_packet_size(Some(MAX_PACKET as u32))
+                .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
                 .set_connect_properties(props);
             if let Some((u, p)) = &spec.credentials {
                 o.set_credentials(u, p);
