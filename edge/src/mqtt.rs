@@ -243,9 +243,12 @@ fn connect(spec: &MqttSpec) -> (Client, Events) {
 }
 
 /// The attribute holding the fingerprint of the last message stored under `pkid` by
-/// the client `client_id`.
+/// the client `client_id`. The packet id's bits are reversed: brokers hand out packet
+/// ids in ascending order, and ascending inserts leave the log's attribute B-tree
+/// nodes half full; spread out, its 65,535 attributes per segment take about 1 MiB
+/// less of a gateway's memory.
 fn packet_attribute(client_id: &str, pkid: u16) -> AttributeId {
-    source_attribute("mqtt client", client_id.as_bytes(), pkid)
+    source_attribute("mqtt client", client_id.as_bytes(), pkid.reverse_bits())
 }
 
 /// Runs the source until `shutdown` turns true. `streams[i]` is configured stream `i`.
