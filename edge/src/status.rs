@@ -128,9 +128,9 @@ pub fn stream_status(stream: &LocalStream) -> StreamStatus {
     let Ok(meta) = stream.controller().describe(&spec.scope, &spec.stream) else {
         return st;
     };
+    let log = stream.log();
     for r in meta.segments.values() {
         let name = segment_name(&spec.scope, &spec.stream, r.id);
-        let log = stream.log();
         let Ok(info) = log.info(&name) else {
             continue;
         };

@@ -562,7 +562,8 @@ impl SegmentLog {
 
     /// The durable value of a segment's attribute `id`.
     pub fn attribute(&self, segment: &str, id: AttributeId) -> Result<Option<i64>> {
-        Ok(self.attributes(segment, id..=id)?.remove(&id))
+        let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
+        Ok(d.table.get(segment)?.attributes.get(&id).copied())
     }
 
     /// The durable attributes of a segment with ids in `ids` (a segment can hold tens

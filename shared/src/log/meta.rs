@@ -16,14 +16,16 @@ const FILE_INDEX_PREFIX: &[u8] = b"fileidx/";
 const CHUNK_PREFIX: &[u8] = b"chunk/";
 
 /// The durable state after batch `seq`; every later frame is in files `>= replay_from`.
+/// Read as owning its table; written borrowing it (`Checkpoint<&Table>`): a table with
+/// many attributes is megabytes, not worth a copy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Checkpoint {
+pub struct Checkpoint<T = Table> {
     /// Last batch whose effects are included.
     pub seq: u64,
     /// First log file to replay.
     pub replay_from: u64,
     /// The segment table.
-    pub table: Table,
+    pub table: T,
 }
 
 /// Named metadata trees and their entries, in key order.
@@ -113,37 +115,15 @@ impl Meta {
         Ok(out)
     }
 
-    /// Encodes a checkpoint of `table` after batch `seq` for [`Meta::save`]. The table
-    /// is borrowed, not cloned: with many attributes it is megabytes, and the log
-    /// writer encodes it under the durable state's read lock.
+    /// Encodes a checkpoint of `table` after batch `seq` for [`Meta::save`]. The log
+    /// writer calls it under the durable state's read lock.
     pub fn encode_checkpoint(&self, seq: u64, replay_from: u64, table: &Table) -> Result<Vec<u8>> {
-        /// [`Checkpoint`]'s shape, borrowing the table.
-        #[derive(Serialize)]
-        struct Borrowed<'a> {
-            seq: u64,
-            replay_from: u64,
-            table: &'a Table,
-        }
-        /// Counts what is written: a checkpoint is sized first and encoded into a
-        /// buffer of exactly that size, not one that doubled its way up.
-        struct Count(usize);
-        impl std::io::Write for Count {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0 += b.len();
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let cp = Borrowed {
+        let cp = Checkpoint {
             seq,
             replay_from,
             table,
         };
-        let mut size = Count(0);
-        ciborium::into_writer(&cp, &mut size).map_err(|e| self.err(e))?;
-        let mut buf = Vec::with_capacity(size.0);
+        let mut buf = Vec::new();
         ciborium::into_writer(&cp, &mut buf).map_err(|e| self.err(e))?;
         Ok(buf)
     }

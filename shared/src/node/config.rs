@@ -335,7 +335,6 @@ impl<'a> Validator<'a> {
         }
     }
 
-    /// The node sections.
     /// The node sections; `log` holds what `[log]` leaves unsaid (the edge keeps less
     /// in memory than the cloud).
     pub fn node(&mut self, raw: RawNode, log: LogConfig) -> NodeSettings {
