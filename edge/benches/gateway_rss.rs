@@ -8,8 +8,17 @@
 //!     [BENCH_RATE=10000] [BENCH_MQTT=5] [TRIBUTARY_EDGE_BIN=target/gateway/tributary-edge] \
 //!         cargo bench -p tributary-edge --bench gateway_rss [-- SECONDS]
 //!
-//! `TRIBUTARY_EDGE_BIN` measures another build of the edge, such as the one shipped to
-//! gateways (`cargo build --profile gateway -p tributary-edge`).
+//! `TRIBUTARY_EDGE_BIN` measures another build of the edge. The figure that counts is
+//! the build shipped to aarch64 gateways: static musl, profile `gateway`. Its x86-64
+//! twin has the same libc and allocator and runs natively (under qemu the RSS would be
+//! qemu's):
+//!
+//!     ./cross/build x86_64-unknown-linux-musl
+//!     TRIBUTARY_EDGE_BIN=$PWD/target/x86_64-unknown-linux-musl/gateway/tributary-edge \
+//!         cargo bench -p tributary-edge --bench gateway_rss
+//!
+//! The default build (glibc, profile `release`) peaks about 5 MiB higher: more heap
+//! held by glibc's malloc, and libc.so mapped besides the binary.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
