@@ -1344,11 +1344,7 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
         table,
         index,
         files,
-        writer: Writer {
-            file: Arc::new(file),
-            file_id,
-            file_len,
-        },
+        writer: Writer::new(wal_dir, Arc::new(file), file_id, file_len)?,
         syncer: Syncer {
             file_id,
             file_extents: active_extents,

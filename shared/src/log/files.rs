@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use super::direct::{is_padding, BLOCK};
 use super::error::{LogError, Result};
 use super::format::{
     check_file_header, decode_frame, encode_file_header, frame_len, Frame, FILE_HEADER_LEN,
@@ -151,7 +152,8 @@ pub struct Scan {
     pub bad_tail: Option<(u64, String)>,
 }
 
-/// Reads every frame of a log file, stopping at the first that does not check.
+/// Reads every frame of a log file, stopping at the first that does not check (a
+/// direct write's zero padding after the last frame is no bad frame).
 pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
     let io = |e| LogError::io(path, e);
     let file_len = f.metadata().map_err(io)?.len();
@@ -168,7 +170,11 @@ pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
                 pos += len;
             }
             Err(reason) => {
-                bad_tail = Some((pos, reason));
+                let mut rest = vec![0u8; (file_len - pos).min(BLOCK as u64) as usize];
+                let n = read_up_to(f, &mut rest, pos).map_err(io)?;
+                if !is_padding(&rest[..n], file_len) {
+                    bad_tail = Some((pos, reason));
+                }
                 break;
             }
         }

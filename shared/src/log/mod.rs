@@ -23,6 +23,7 @@
 mod cache;
 mod config;
 mod container;
+pub mod direct;
 mod error;
 mod files;
 pub mod format;

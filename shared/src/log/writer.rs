@@ -1,5 +1,5 @@
 //! Group commit: appenders fill a [`Batch`]; a writer thread takes it whole and writes it
-//! with one `pwrite`; a syncer thread `fdatasync`s it, applies it to the durable table
+//! with one `pwrite` (direct I/O where the file system allows: see [`super::direct`]); a syncer thread `fdatasync`s it, applies it to the durable table
 //! and tells waiters. Concurrent appends to any number of segments share that one fsync,
 //! and the next batch is written while the previous one is being fsync'ed.
 //!
@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{IoSlice, Seek, SeekFrom, Write};
+use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 
 use super::cache::CacheKey;
 use super::container::{lock, Inner};
+use super::direct::DirectFile;
 use super::error::{LogError, Result};
 use super::files::{create_file, file_path};
 use super::format::{encode_frame_head, Op, FILE_HEADER_LEN};
@@ -194,6 +196,8 @@ pub(crate) struct Writer {
     pub file: Arc<File>,
     pub file_id: u64,
     pub file_len: u64,
+    /// The same file opened for direct writes, unless its file system refuses them.
+    direct: Option<DirectFile>,
 }
 
 /// The syncer thread's state: what the active file holds, and the last durable batch.
@@ -289,15 +293,30 @@ fn next_batch(inner: &Inner) -> Option<Batch> {
 }
 
 impl Writer {
+    /// The writer of active file `file_id` (logical length `file_len`), writing with
+    /// direct I/O where the file system allows it.
+    pub fn new(wal_dir: &Path, file: Arc<File>, file_id: u64, file_len: u64) -> Result<Writer> {
+        let path = file_path(wal_dir, file_id);
+        let direct =
+            DirectFile::open(&path, &file, file_len).map_err(|e| LogError::io(&path, e))?;
+        if direct.is_none() {
+            tracing::debug!(file = %path.display(), "no direct I/O on this file system: writing through the page cache");
+        }
+        Ok(Writer {
+            file,
+            file_id,
+            file_len,
+            direct,
+        })
+    }
+
     /// Writes one batch (rolling to a new file first if the active one is full) and
     /// hands it to the syncer. `Ok(false)`: the syncer has stopped.
     fn write(&mut self, inner: &Inner, b: Batch, tx: &SyncSender<Written>) -> Result<bool> {
         if self.file_len >= inner.config.max_file_bytes {
             let file_id = self.file_id + 1;
             let file = Arc::new(create_file(&inner.wal_dir, file_id)?);
-            self.file = file.clone();
-            self.file_id = file_id;
-            self.file_len = FILE_HEADER_LEN;
+            *self = Writer::new(&inner.wal_dir, file.clone(), file_id, FILE_HEADER_LEN)?;
             if tx.send(Written::Rolled { file_id, file }).is_err() {
                 return Ok(false);
             }
@@ -310,8 +329,24 @@ impl Writer {
                 slices.push(IoSlice::new(&fm.data));
             }
         }
-        write_all_vectored_at(&self.file, &mut slices, base)
-            .map_err(|e| LogError::io(file_path(&inner.wal_dir, self.file_id), e))?;
+        let file_id = self.file_id;
+        let path = || file_path(&inner.wal_dir, file_id);
+        let direct = match &mut self.direct {
+            Some(d) => d.write(base, &slices.iter().map(|s| &**s).collect::<Vec<_>>()),
+            None => write_all_vectored_at(&self.file, &mut slices, base),
+        };
+        match direct {
+            Ok(()) => {}
+            // Opened for direct I/O but not allowed to write that way (some FUSE and
+            // network file systems): through the page cache from now on.
+            Err(e) if self.direct.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(file = %path().display(), error = %e, "direct writes refused: writing through the page cache");
+                self.direct = None;
+                write_all_vectored_at(&self.file, &mut slices, base)
+                    .map_err(|e| LogError::io(path(), e))?;
+            }
+            Err(e) => return Err(LogError::io(path(), e)),
+        }
         drop(slices);
         self.file_len += b.len as u64;
         let sent = tx.send(Written::Batch {
