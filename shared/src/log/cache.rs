@@ -4,7 +4,9 @@
 //! its last slice is evicted. Eviction is in insertion order and a batch's slices are
 //! inserted together, so besides the bound at most one batch is partly held.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 
 use bytes::Bytes;
 

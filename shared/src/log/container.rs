@@ -2,7 +2,9 @@
 //! recovers: load the checkpoint and file indexes from sled, replay the newer files, cut
 //! a torn tail, refuse corruption.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+use foldhash::{HashMap, HashMapExt};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,7 +2,9 @@
 //! oldest bytes (below `tiered_to`), then its extents in the log files, and how many live
 //! extents each file holds (a file with none can be deleted).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use super::table::Release;

@@ -10,7 +10,9 @@
 //! of some data id. A merge moves the source's pieces to the end of the target, so no
 //! byte is copied; the source's data id then belongs to the target.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use serde::{Deserialize, Serialize};
 

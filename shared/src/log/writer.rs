@@ -9,7 +9,7 @@
 //!    then the checkpoint and the old file's index in sled (`flush`);
 //! 3. on deleting a file: `fsync` of `wal/`.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::fs::File;
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::Path;
