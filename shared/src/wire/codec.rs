@@ -128,15 +128,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max: max_len.min(MAX_FRAME_LEN),
         });
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            WireError::Malformed("stream ended inside a frame".into())
-        } else {
-            WireError::Io(e)
+    // Read into uninitialised capacity: a data frame is up to a mebibyte, and zeroing
+    // it first cost as much as reading it.
+    let mut body = BytesMut::with_capacity(len);
+    while body.len() < len {
+        let want = len - body.len();
+        let mut rest = (&mut body).limit(want);
+        if r.read_buf(&mut rest).await? == 0 {
+            return Err(WireError::Malformed("stream ended inside a frame".into()));
         }
-    })?;
-    decode_frame(Bytes::from(body)).map(Some)
+    }
+    decode_frame(body.freeze()).map(Some)
 }
 
 #[cfg(test)]
