@@ -6,9 +6,8 @@
 
 use std::collections::VecDeque;
 
-use foldhash::{HashMap, HashMapExt};
-
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 
 /// What a cache entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

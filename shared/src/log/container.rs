@@ -3,8 +3,6 @@
 //! a torn tail, refuse corruption.
 
 use std::collections::{BTreeMap, HashSet};
-
-use foldhash::{HashMap, HashMapExt};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use foldhash::{HashMap, HashMapExt};
 use tokio::sync::{watch, Notify};
 
 use super::cache::{Cache, CacheKey};

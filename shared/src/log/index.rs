@@ -3,9 +3,9 @@
 //! extents each file holds (a file with none can be deleted).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::Arc;
 
 use super::table::Release;
 

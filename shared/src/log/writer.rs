@@ -1,7 +1,8 @@
 //! Group commit: appenders fill a [`Batch`]; a writer thread takes it whole and writes it
-//! with one `pwrite` (direct I/O where the file system allows: see [`super::direct`]); a syncer thread `fdatasync`s it, applies it to the durable table
-//! and tells waiters. Concurrent appends to any number of segments share that one fsync,
-//! and the next batch is written while the previous one is being fsync'ed.
+//! with one `pwrite` (direct I/O where the file system allows: see [`super::direct`]); a
+//! syncer thread `fdatasync`s it, applies it to the durable table and tells waiters.
+//! Concurrent appends to any number of segments share that one fsync, and the next batch
+//! is written while the previous one is being fsync'ed.
 //!
 //! The fsyncs of the write path, in order:
 //! 1. every batch: `fdatasync` of the active log file before anything is acknowledged;
@@ -9,7 +10,6 @@
 //!    then the checkpoint and the old file's index in sled (`flush`);
 //! 3. on deleting a file: `fsync` of `wal/`.
 
-use foldhash::{HashMap, HashMapExt};
 use std::fs::File;
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 
 use super::cache::CacheKey;
 use super::container::{lock, Inner};
@@ -331,11 +332,11 @@ impl Writer {
         }
         let file_id = self.file_id;
         let path = || file_path(&inner.wal_dir, file_id);
-        let direct = match &mut self.direct {
+        let written = match &mut self.direct {
             Some(d) => d.write(base, &slices.iter().map(|s| &**s).collect::<Vec<_>>()),
             None => write_all_vectored_at(&self.file, &mut slices, base),
         };
-        match direct {
+        match written {
             Ok(()) => {}
             // Opened for direct I/O but not allowed to write that way (some FUSE and
             // network file systems): through the page cache from now on.
