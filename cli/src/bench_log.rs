@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -434,7 +434,6 @@ fn raw_baseline(
     direct: bool,
 ) -> Result<Option<(f64, f64)>> {
     let path = dir.join("raw");
-    let _ = std::fs::remove_file(&path);
     let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut direct = if direct {
         match DirectFile::open(&path, &file, 0)
@@ -451,7 +450,7 @@ fn raw_baseline(
     let mut writes = 0u64;
     while writes == 0 || start.elapsed() < run_for {
         match &mut direct {
-            Some(d) => d.write(writes * size as u64, &[&buf]),
+            Some(d) => d.write(writes * size as u64, &[IoSlice::new(&buf)]),
             None => file.write_all(&buf),
         }
         .and_then(|()| file.sync_data())

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tributary::node::config::{Defaults, NodeConfig, NodeSettings, Overrides};
 use tributary::node::Node;
@@ -84,12 +85,16 @@ async fn backlog(edge: &Node, stream: &str, bytes: u64) -> Arc<LocalStream> {
     s
 }
 
-/// Reads `local`'s segment once, untimed. The log writes with direct I/O, so a backlog
-/// just written is not in the page cache: without this, whichever of the raw transfer
-/// and replication ran first would also pay for reading it from disk.
-async fn warm(local: &Arc<LocalStream>) {
+/// The bench stream's only segment: its name and length.
+fn segment(local: &LocalStream) -> (String, u64) {
     let name = segment_name("bench", &local.spec().stream, seg0());
     let length = local.log().info(&name).expect("info").length;
+    (name, length)
+}
+
+/// Reads `local`'s segment from its log in 1 MiB pieces, handing each to `each`.
+async fn read_segment(local: &LocalStream, mut each: impl AsyncFnMut(Bytes)) {
+    let (name, length) = segment(local);
     let mut offset = 0;
     while offset < length {
         let r = local
@@ -98,7 +103,15 @@ async fn warm(local: &Arc<LocalStream>) {
             .await
             .expect("read");
         offset += r.data.len() as u64;
+        each(r.data).await;
     }
+}
+
+/// Reads `local`'s segment once, untimed. The log writes with direct I/O, so a backlog
+/// just written is not in the page cache: without this, whichever of the raw transfer
+/// and replication ran first would also pay for reading it from disk.
+async fn warm(local: &LocalStream) {
+    read_segment(local, async |_| {}).await;
 }
 
 /// Replicates `local` to the cloud at `endpoint`; returns bytes and seconds.
@@ -108,8 +121,7 @@ async fn replicate(
     endpoint: SocketAddr,
     id: &ClientProfile,
 ) -> (u64, f64) {
-    let name = segment_name("bench", &local.spec().stream, seg0());
-    let length = local.log().info(&name).expect("info").length;
+    let (name, length) = segment(local);
     let r = Replica::open(
         local,
         ReplicateSpec {
@@ -178,8 +190,7 @@ async fn raw(local: &Arc<LocalStream>, pki: &DevPki, faults: Option<cloud::Fault
     client.set_default_client_config(
         tributary_edge::replicate::client_tls(&pki.client).expect("tls"),
     );
-    let name = segment_name("bench", &local.spec().stream, seg0());
-    let length = local.log().info(&name).expect("info").length;
+    let (_, length) = segment(local);
     let start = Instant::now();
     let conn = client
         .connect(target, "localhost")
@@ -187,16 +198,10 @@ async fn raw(local: &Arc<LocalStream>, pki: &DevPki, faults: Option<cloud::Fault
         .await
         .expect("handshake");
     let mut send = conn.open_uni().await.expect("stream");
-    let mut offset = 0;
-    while offset < length {
-        let r = local
-            .log()
-            .read(&name, offset, 1 << 20, Duration::ZERO)
-            .await
-            .expect("read");
-        send.write_all(&r.data).await.expect("send");
-        offset += r.data.len() as u64;
-    }
+    read_segment(local, async |data| {
+        send.write_all(&data).await.expect("send")
+    })
+    .await;
     send.finish().expect("finish");
     let _ = send.stopped().await;
     conn.close(0u32.into(), b"done");

@@ -18,7 +18,7 @@
 //! cache as before.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -76,7 +76,7 @@ impl DirectFile {
     }
 
     /// Writes `parts`, back to back, at `pos`, which must be the file's logical end.
-    pub fn write(&mut self, pos: u64, parts: &[&[u8]]) -> io::Result<()> {
+    pub fn write(&mut self, pos: u64, parts: &[IoSlice<'_>]) -> io::Result<()> {
         if pos != self.end {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -145,7 +145,8 @@ mod tests {
         {
             let a: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8 | 1).collect();
             let b = vec![i as u8 + 1; len / 3];
-            d.write(want.len() as u64, &[&a, &b]).expect("write");
+            d.write(want.len() as u64, &[IoSlice::new(&a), IoSlice::new(&b)])
+                .expect("write");
             want.extend_from_slice(&a);
             want.extend_from_slice(&b);
             let got = std::fs::read(&path).expect("read");
@@ -154,12 +155,13 @@ mod tests {
             assert!(is_padding(&got[want.len()..], got.len() as u64));
         }
         // A write anywhere but the end is refused.
-        assert!(d.write(3, &[b"x"]).is_err());
+        assert!(d.write(3, &[IoSlice::new(b"x")]).is_err());
         // Reopened at its logical end, the writer carries on from the partial block.
         let mut d = DirectFile::open(&path, &reader, want.len() as u64)
             .expect("reopen")
             .expect("direct");
-        d.write(want.len() as u64, &[b"more"]).expect("write");
+        d.write(want.len() as u64, &[IoSlice::new(b"more")])
+            .expect("write");
         want.extend_from_slice(b"more");
         assert_eq!(
             &std::fs::read(&path).expect("read")[..want.len()],

@@ -333,7 +333,7 @@ impl Writer {
         let file_id = self.file_id;
         let path = || file_path(&inner.wal_dir, file_id);
         let written = match &mut self.direct {
-            Some(d) => d.write(base, &slices.iter().map(|s| &**s).collect::<Vec<_>>()),
+            Some(d) => d.write(base, &slices),
             None => write_all_vectored_at(&self.file, &mut slices, base),
         };
         match written {
