@@ -1,8 +1,7 @@
 //! A read cache of recent frame data, bounded in bytes, evicting the oldest insert first.
 //!
-//! Entries may be slices of one larger buffer (a written batch); the buffer is freed when
-//! its last slice is evicted. Eviction is in insertion order and a batch's slices are
-//! inserted together, so besides the bound at most one batch is partly held.
+//! The syncer inserts each durable frame's data (a buffer of its own); reads insert what
+//! they fetched from a log file or from Tier-2.
 
 use std::collections::VecDeque;
 
