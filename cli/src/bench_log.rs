@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{IoSlice, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -450,7 +450,11 @@ fn raw_baseline(
     let mut writes = 0u64;
     while writes == 0 || start.elapsed() < run_for {
         match &mut direct {
-            Some(d) => d.write(writes * size as u64, &[IoSlice::new(&buf)]),
+            Some(d) => {
+                let (mut block, at) = d.buffer(size);
+                block.extend_from_slice(&buf);
+                d.write(writes * size as u64, &mut block, at)
+            }
             None => file.write_all(&buf),
         }
         .and_then(|()| file.sync_data())

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::error::{LogError, Result};
 use super::files::MAX_FRAME_BODY;
+use super::writer::MAX_BATCH_BYTES;
 
 /// Limits and timing of a segment log. Every field has a default (see `Default`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +69,10 @@ impl LogConfig {
                 MAX_FRAME_BODY / 4
             ));
         }
-        if self.max_batch_bytes == 0 {
-            return bad("max_batch_bytes must be positive".into());
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > MAX_BATCH_BYTES {
+            return bad(format!(
+                "max_batch_bytes must be between 1 and {MAX_BATCH_BYTES}"
+            ));
         }
         if self.max_file_bytes < 4096 {
             return bad("max_file_bytes must be at least 4096".into());

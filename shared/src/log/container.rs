@@ -722,7 +722,9 @@ impl SegmentLog {
     fn frame_data(&self, e: &Extent, file: Option<Arc<File>>) -> Result<Bytes> {
         let key = CacheKey::Frame(e.file_id, e.frame_pos);
         if let Some(d) = lock(&self.inner.cache).get(key) {
-            return Ok(d);
+            if d.len() as u64 == e.len {
+                return Ok(d);
+            }
         }
         let path = file_path(&self.inner.wal_dir, e.file_id);
         let file = file.ok_or_else(|| LogError::MissingFile {

@@ -7,9 +7,10 @@
 //! replication spends that CPU beside its QUIC and TLS work, and a gateway beside its
 //! ingest.
 //!
-//! Direct writes start and end on block boundaries. The writer keeps the file's last
-//! partial block in its buffer and writes it again, followed by the new bytes, with
-//! the last block zero-padded. So a log file may end in fewer than [`BLOCK`] zero
+//! Direct writes start and end on block boundaries. The writer builds each batch in a
+//! block-aligned buffer ([`DirectFile::buffer`]) that starts with the file's last
+//! partial block, written again, and ends zero-padded to a whole block; the same
+//! buffer then serves the read cache, so the batch is not copied to be written. So a log file may end in fewer than [`BLOCK`] zero
 //! bytes after its last frame, the file's length a multiple of [`BLOCK`]: a scan takes
 //! that as the end of the frames ([`is_padding`]). Fsyncs are unchanged: the syncer's
 //! `fdatasync` makes the file's new length and the device's cache durable.
@@ -18,7 +19,7 @@
 //! cache as before.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -26,20 +27,14 @@ use std::path::Path;
 /// devices with 512-byte and 4 KiB logical blocks.
 pub const BLOCK: usize = 4096;
 
-/// Largest single write; a larger batch is written in several.
-const CHUNK: usize = 1 << 20;
-
 /// The active log file opened for direct writes.
 #[derive(Debug)]
 pub struct DirectFile {
     file: File,
-    /// `CHUNK + BLOCK` bytes, of which `[align, align + CHUNK)` is block-aligned.
-    buf: Vec<u8>,
-    align: usize,
     /// The file's logical length (where the next frame goes).
     end: u64,
-    /// Bytes of the last partial block, held at the start of the aligned buffer.
-    tail: usize,
+    /// The bytes of the file's last partial block, written again before the next ones.
+    tail: Vec<u8>,
 }
 
 impl DirectFile {
@@ -56,62 +51,47 @@ impl DirectFile {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
             Err(e) => return Err(e),
         };
-        // Zeroed by the allocator: pages become resident only as batches fill them.
-        let buf = vec![0u8; CHUNK + BLOCK];
-        let align = buf.as_ptr().align_offset(BLOCK);
-        let mut d = DirectFile {
-            file,
-            buf,
-            align,
-            end,
-            tail: (end % BLOCK as u64) as usize,
-        };
-        let tail = d.tail;
-        reader.read_exact_at(&mut d.aligned()[..tail], end - tail as u64)?;
-        Ok(Some(d))
+        let tail_len = end % BLOCK as u64;
+        let mut tail = vec![0u8; tail_len as usize];
+        reader.read_exact_at(&mut tail, end - tail_len)?;
+        Ok(Some(DirectFile { file, end, tail }))
     }
 
-    fn aligned(&mut self) -> &mut [u8] {
-        &mut self.buf[self.align..self.align + CHUNK]
+    /// A buffer for the next write, with room for `len` new bytes: the bytes from
+    /// `start` on begin on a block boundary with the file's last partial block. Push
+    /// the new bytes, then hand it to [`DirectFile::write`]; it must not grow beyond
+    /// its capacity (that would move it off the boundary).
+    pub fn buffer(&self, len: usize) -> (Vec<u8>, usize) {
+        let mut buf = Vec::with_capacity(self.tail.len() + len + 2 * BLOCK);
+        let start = (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
+        buf.resize(start, 0);
+        buf.extend_from_slice(&self.tail);
+        (buf, start)
     }
 
-    /// Writes `parts`, back to back, at `pos`, which must be the file's logical end.
-    pub fn write(&mut self, pos: u64, parts: &[IoSlice<'_>]) -> io::Result<()> {
+    /// Writes the new bytes of `buf` (from [`DirectFile::buffer`]) at `pos`, which must
+    /// be the file's logical end. Pads `buf` with zeros to a whole block.
+    pub fn write(&mut self, pos: u64, buf: &mut Vec<u8>, start: usize) -> io::Result<()> {
+        let invalid = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if pos != self.end {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a direct write at {pos}, but the file ends at {}", self.end),
+            return invalid(format!(
+                "a direct write at {pos}, but the file ends at {}",
+                self.end
             ));
         }
-        let mut at = pos - self.tail as u64;
-        let mut fill = self.tail;
-        let mut total = 0u64;
-        for part in parts {
-            let mut part: &[u8] = part;
-            total += part.len() as u64;
-            while !part.is_empty() {
-                let n = part.len().min(CHUNK - fill);
-                self.aligned()[fill..fill + n].copy_from_slice(&part[..n]);
-                fill += n;
-                part = &part[n..];
-                if fill == CHUNK {
-                    self.file
-                        .write_all_at(&self.buf[self.align..][..CHUNK], at)?;
-                    at += CHUNK as u64;
-                    fill = 0;
-                }
-            }
+        let filled = buf.len() - start;
+        buf.resize(start + filled.next_multiple_of(BLOCK), 0);
+        let block = &buf[start..];
+        if block.as_ptr() as usize % BLOCK != 0 {
+            return invalid("a direct write from a buffer off the block boundary".into());
         }
-        let padded = fill.next_multiple_of(BLOCK);
-        if padded > 0 {
-            self.aligned()[fill..padded].fill(0);
-            self.file
-                .write_all_at(&self.buf[self.align..][..padded], at)?;
-        }
-        let tail_start = fill - fill % BLOCK;
-        self.aligned().copy_within(tail_start..fill, 0);
-        self.tail = fill - tail_start;
-        self.end = pos + total;
+        debug_assert_eq!(&block[..self.tail.len()], &self.tail[..]);
+        self.file
+            .write_all_at(block, pos - self.tail.len() as u64)?;
+        self.end = pos + (filled - self.tail.len()) as u64;
+        self.tail.clear();
+        self.tail
+            .extend_from_slice(&block[filled - filled % BLOCK..filled]);
         Ok(())
     }
 }
@@ -127,6 +107,20 @@ pub fn is_padding(rest: &[u8], file_len: u64) -> bool {
 mod tests {
     use super::*;
 
+    /// Writes `data` the way the log's writer does.
+    fn write(d: &mut DirectFile, pos: u64, data: &[u8]) -> io::Result<()> {
+        let (mut buf, start) = d.buffer(data.len());
+        let (ptr, cap) = (buf.as_ptr(), buf.capacity());
+        buf.extend_from_slice(data);
+        d.write(pos, &mut buf, start)?;
+        assert_eq!(
+            (buf.as_ptr(), buf.capacity()),
+            (ptr, cap),
+            "no reallocation"
+        );
+        Ok(())
+    }
+
     #[test]
     fn writes_land_where_a_buffered_write_would_put_them() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -138,30 +132,26 @@ mod tests {
             return;
         };
         let mut want = b"header".to_vec();
-        // Sizes that end inside a block, on a boundary, and span whole chunks.
-        for (i, len) in [10, 4080, 3, BLOCK, CHUNK + 17, 2 * CHUNK, 1]
+        // Sizes that end inside a block, on a boundary, and span many blocks.
+        for (i, len) in [10, 4080, 3, BLOCK, (1 << 20) + 17, 2 << 20, 1]
             .into_iter()
             .enumerate()
         {
             let a: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8 | 1).collect();
-            let b = vec![i as u8 + 1; len / 3];
-            d.write(want.len() as u64, &[IoSlice::new(&a), IoSlice::new(&b)])
-                .expect("write");
+            write(&mut d, want.len() as u64, &a).expect("write");
             want.extend_from_slice(&a);
-            want.extend_from_slice(&b);
             let got = std::fs::read(&path).expect("read");
             assert_eq!(got.len() % BLOCK, 0);
             assert_eq!(&got[..want.len()], &want[..]);
             assert!(is_padding(&got[want.len()..], got.len() as u64));
         }
         // A write anywhere but the end is refused.
-        assert!(d.write(3, &[IoSlice::new(b"x")]).is_err());
+        assert!(write(&mut d, 3, b"x").is_err());
         // Reopened at its logical end, the writer carries on from the partial block.
         let mut d = DirectFile::open(&path, &reader, want.len() as u64)
             .expect("reopen")
             .expect("direct");
-        d.write(want.len() as u64, &[IoSlice::new(b"more")])
-            .expect("write");
+        write(&mut d, want.len() as u64, b"more").expect("write");
         want.extend_from_slice(b"more");
         assert_eq!(
             &std::fs::read(&path).expect("read")[..want.len()],

@@ -130,13 +130,28 @@ pub fn check_file_header(h: &[u8], file_id: u64) -> Result<(), String> {
 /// Appends one frame holding `op` (and `data` for an append) to `out`.
 /// For `Op::Append`, `len` must equal `data.len()`.
 pub fn encode_frame(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
-    encode_frame_head(out, seq, op, data);
+    let start = out.len();
+    encode_frame_head(out, seq, op, data.len());
     out.extend_from_slice(data);
+    seal_frame(&mut out[start..]);
 }
 
-/// Appends everything of a frame but its data to `out`; the length and CRC cover
-/// `data`, which the caller writes right after (a vectored write needs no copy).
-pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
+/// Bytes [`encode_frame_head`] writes for `op`.
+pub fn frame_head_len(op: &Op) -> usize {
+    let fixed = FRAME_HEADER_LEN + MIN_BODY_LEN;
+    match op {
+        Op::Append { attrs, .. } => APPEND_FIXED_LEN + attrs.len() * ATTRIBUTE_LEN,
+        Op::Create { name, .. } => fixed + 8 + 2 + name.len(),
+        Op::Seal { .. } | Op::Delete { .. } => fixed + 8,
+        Op::Truncate { .. } => fixed + 16,
+        Op::Merge { attrs, .. } if attrs.is_empty() => fixed + 16,
+        Op::Merge { attrs, .. } => fixed + 16 + 2 + attrs.len() * ATTRIBUTE_LEN,
+    }
+}
+
+/// Appends everything of a frame but its data to `out`, its length counting the
+/// `data_len` bytes the caller puts right after; then [`seal_frame`] sets the CRC.
+pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data_len: usize) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     let put64 = |o: &mut Vec<u8>, v: u64| o.extend_from_slice(&v.to_le_bytes());
@@ -147,7 +162,7 @@ pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
             len,
             attrs,
         } => {
-            debug_assert_eq!(*len as usize, data.len());
+            debug_assert_eq!(*len as usize, data_len);
             out.push(KIND_APPEND);
             put64(out, seq);
             put64(out, *seg);
@@ -195,13 +210,31 @@ pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data: &[u8]) {
             put64(out, *seg);
         }
     }
-    let body_len = (out.len() - start - FRAME_HEADER_LEN + data.len()) as u32;
-    let len_bytes = body_len.to_le_bytes();
-    let head_crc =
-        crc32c::crc32c_append(crc32c::crc32c(&len_bytes), &out[start + FRAME_HEADER_LEN..]);
-    let crc = crc32c::crc32c_append(head_crc, data);
-    out[start..start + 4].copy_from_slice(&len_bytes);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(out.len() - start, frame_head_len(op));
+    let body_len = (out.len() - start - FRAME_HEADER_LEN + data_len) as u32;
+    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+}
+
+/// Sets the CRC of the complete frame `frame` (header and data, as encoded).
+pub fn seal_frame(frame: &mut [u8]) {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[0..4]), &frame[FRAME_HEADER_LEN..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Where the data of the append frame at the start of `buf` lies in `buf`, read from
+/// its header without checking the CRC: for frames this process wrote and kept in
+/// memory. `None` if `buf` does not start with a whole append frame.
+pub fn append_data(buf: &[u8]) -> Option<std::ops::Range<usize>> {
+    let end = frame_len(buf)?;
+    if buf.get(FRAME_HEADER_LEN) != Some(&KIND_APPEND) {
+        return None;
+    }
+    let n: [u8; 2] = buf
+        .get(APPEND_FIXED_LEN - 2..APPEND_FIXED_LEN)?
+        .try_into()
+        .ok()?;
+    let start = APPEND_FIXED_LEN + u16::from_le_bytes(n) as usize * ATTRIBUTE_LEN;
+    (start <= end && end <= buf.len()).then_some(start..end)
 }
 
 /// Writes `n_attrs u16, n × (id u128, value i64)`; callers keep `n` within `u16`.
@@ -387,6 +420,9 @@ mod tests {
         assert_eq!(f.frame_len, buf.len());
         assert_eq!(&buf[f.data_pos..], data);
         assert_eq!(frame_len(&buf), Some(buf.len()));
+        assert_eq!(buf.len(), frame_head_len(&op) + data.len());
+        let in_memory = matches!(op, Op::Append { .. }).then_some(f.data_pos..buf.len());
+        assert_eq!(append_data(&buf), in_memory);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!    then the checkpoint and the old file's index in sled (`flush`);
 //! 3. on deleting a file: `fsync` of `wal/`.
 
+use std::collections::hash_map::Entry;
 use std::fs::File;
-use std::io::{IoSlice, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
@@ -20,12 +21,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 
-use super::cache::CacheKey;
 use super::container::{lock, Inner};
 use super::direct::DirectFile;
 use super::error::{LogError, Result};
 use super::files::{create_file, file_path};
-use super::format::{encode_frame_head, Op, FILE_HEADER_LEN};
+use super::format::{
+    encode_frame_head, frame_head_len, seal_frame, Op, APPEND_FIXED_LEN, ATTRIBUTE_LEN,
+    FILE_HEADER_LEN,
+};
 use super::index::Extent;
 
 /// Bytes a frame header takes, roughly (an append frame without attributes: 35).
@@ -34,94 +37,109 @@ const HEADER_ESTIMATE: usize = 40;
 /// Attribute updates one append frame may carry before it is closed.
 pub const MAX_FRAME_ATTRIBUTES: usize = 4096;
 
-/// A frame of a batch: its header in the batch's header buffer, its data beside it.
+/// Largest `max_batch_bytes`: the batch's arena, that plus one append, is indexed by
+/// `u32`.
+pub const MAX_BATCH_BYTES: usize = 1 << 30;
+
+/// A frame of a written batch: where it is, and its operation.
 #[derive(Debug)]
 pub(crate) struct FrameMeta {
     /// Position of the frame in the batch as written.
     pos: usize,
-    /// The header's range in the batch's header buffer.
-    head: std::ops::Range<usize>,
-    data: Bytes,
+    /// Whether it carries data (an append of at least one byte).
+    has_data: bool,
     op: Op,
 }
 
+/// Bytes of a batch's arena: where one or more appends to one segment are, and the
+/// next piece of the same segment's frame (`NO_PIECE`: none).
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    start: u32,
+    len: u32,
+    next: u32,
+}
+
+const NO_PIECE: u32 = u32::MAX;
+
+/// The appends to one segment that will make one frame.
 #[derive(Debug)]
 struct OpenAppend {
     data_offset: u64,
     attrs: Vec<(u128, i64)>,
-    data: Vec<u8>,
+    len: usize,
+    first: u32,
+    last: u32,
 }
 
-/// Operations waiting for the next group commit. Appends to one segment are coalesced
-/// into one frame (up to `max_frame_data_bytes`), so a busy batch costs one frame header
-/// per segment, not per event.
+/// A frame to write, in log order.
+#[derive(Debug)]
+enum Planned {
+    Append { seg: u64, o: OpenAppend },
+    Op(Op),
+}
+
+/// Operations waiting for the next group commit. Appenders copy data into one arena, in
+/// the order it comes; the appends to one segment are chained and become one frame (up
+/// to `max_frame_data_bytes`), so a busy batch costs one frame header per segment, not
+/// per event, and no allocation per segment. The writer lays the frames out in the
+/// buffer it writes from ([`Batch::build`]).
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub seq: u64,
-    /// Frame headers, back to back; the data of each frame is in its `FrameMeta`.
-    buf: Vec<u8>,
-    /// Bytes the frames take in the log.
-    len: usize,
-    frames: Vec<FrameMeta>,
+    arena: Vec<u8>,
+    pieces: Vec<Piece>,
+    /// Frames closed so far, in log order; the open appends follow, by segment id.
+    planned: Vec<Planned>,
     open: HashMap<u64, OpenAppend>,
-    open_bytes: usize,
     pub first_at: Option<Instant>,
 }
 
+/// A batch laid out for writing.
+struct Built {
+    /// The bytes to write, from `start`: for a direct write, the file's last partial
+    /// block first (see [`DirectFile::buffer`]).
+    buf: Vec<u8>,
+    start: usize,
+    /// Where the frames are in `buf`.
+    frames_at: usize,
+    frames_len: usize,
+    frames: Vec<FrameMeta>,
+}
+
 impl Batch {
-    /// An empty batch with header room for as many frames as `previous` will have, so
-    /// a busy log does not regrow the buffer every time.
+    /// An empty batch with room for as much as `previous` held, so a busy log does not
+    /// regrow its buffers every time.
     pub fn new(seq: u64, previous: Option<&Batch>) -> Self {
-        let frames = previous.map_or(0, |b| b.frames.len() + b.open.len());
+        let (bytes, pieces, segs) = previous.map_or((0, 0, 0), |b| {
+            (
+                b.arena.len(),
+                b.pieces.len(),
+                b.planned.len() + b.open.len(),
+            )
+        });
         Batch {
             seq,
-            buf: Vec::with_capacity(frames * HEADER_ESTIMATE),
-            len: 0,
-            frames: Vec::new(),
-            open: HashMap::new(),
-            open_bytes: 0,
+            arena: Vec::with_capacity(bytes),
+            pieces: Vec::with_capacity(pieces),
+            planned: Vec::new(),
+            open: HashMap::with_capacity(segs),
             first_at: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.open.is_empty()
+        self.planned.is_empty() && self.open.is_empty()
     }
 
     /// Bytes this batch will write, roughly.
     pub fn bytes(&self) -> usize {
-        self.len + self.open_bytes
-    }
-
-    fn encode(&mut self, op: Op, data: Bytes) {
-        let start = self.buf.len();
-        encode_frame_head(&mut self.buf, self.seq, &op, &data);
-        let head = start..self.buf.len();
-        let pos = self.len;
-        self.len += head.len() + data.len();
-        self.frames.push(FrameMeta {
-            pos,
-            head,
-            data,
-            op,
-        });
+        self.arena.len() + (self.planned.len() + self.open.len()) * HEADER_ESTIMATE
     }
 
     fn close(&mut self, seg: u64) {
         if let Some(o) = self.open.remove(&seg) {
-            self.open_bytes -= o.data.len();
-            let op = Op::Append {
-                seg,
-                data_offset: o.data_offset,
-                len: o.data.len() as u64,
-                attrs: o.attrs,
-            };
-            let mut data = o.data;
-            // The read cache counts `len`; do not let it hold much unused capacity.
-            if data.capacity() > data.len() + data.len() / 4 {
-                data.shrink_to_fit();
-            }
-            self.encode(op, Bytes::from(data));
+            self.planned.push(Planned::Append { seg, o });
         }
     }
 
@@ -142,7 +160,7 @@ impl Batch {
             Op::Create { .. } | Op::Append { .. } => {}
         }
         self.touch();
-        self.encode(op, Bytes::new());
+        self.planned.push(Planned::Op(op));
     }
 
     /// Adds an append (validated against the pending table).
@@ -158,21 +176,52 @@ impl Batch {
         };
         self.touch();
         if let Some(o) = self.open.get(&seg) {
-            if o.data.len() + data.len() > max_frame_data_bytes
+            if o.len + data.len() > max_frame_data_bytes
                 || o.attrs.len() + attrs.len() > MAX_FRAME_ATTRIBUTES
             {
                 self.close(seg);
             }
         }
-        let o = self.open.entry(seg).or_insert_with(|| OpenAppend {
-            data_offset,
-            attrs: Vec::new(),
-            // Room for a few more like it, so a busy frame regrows rarely.
-            data: Vec::with_capacity((data.len() * 8).clamp(256, max_frame_data_bytes)),
-        });
-        debug_assert_eq!(o.data_offset + o.data.len() as u64, data_offset);
-        o.data.extend_from_slice(data);
-        self.open_bytes += data.len();
+        // Within u32: appends are refused once the arena holds `max_batch_bytes`
+        // (at most MAX_BATCH_BYTES), and one append is far below 3 GiB.
+        let start = self.arena.len() as u32;
+        let len = data.len() as u32;
+        self.arena.extend_from_slice(data);
+        let piece = self.pieces.len() as u32;
+        let o = match self.open.entry(seg) {
+            Entry::Occupied(e) => {
+                let o = e.into_mut();
+                debug_assert_eq!(o.data_offset + o.len as u64, data_offset);
+                let last = &mut self.pieces[o.last as usize];
+                if last.start + last.len == start {
+                    last.len += len;
+                } else {
+                    last.next = piece;
+                    o.last = piece;
+                    self.pieces.push(Piece {
+                        start,
+                        len,
+                        next: NO_PIECE,
+                    });
+                }
+                o
+            }
+            Entry::Vacant(e) => {
+                self.pieces.push(Piece {
+                    start,
+                    len,
+                    next: NO_PIECE,
+                });
+                e.insert(OpenAppend {
+                    data_offset,
+                    attrs: Vec::new(),
+                    len: 0,
+                    first: piece,
+                    last: piece,
+                })
+            }
+        };
+        o.len += data.len();
         for (id, v) in attrs {
             match o.attrs.iter_mut().find(|(i, _)| *i == id) {
                 Some(a) => a.1 = v,
@@ -181,12 +230,67 @@ impl Batch {
         }
     }
 
-    /// Encodes the appends still open; call once, before writing.
+    /// Closes the appends still open, by segment id; call once, before building.
     pub fn finish(&mut self) {
         let mut segs: Vec<u64> = self.open.keys().copied().collect();
         segs.sort_unstable();
         for s in segs {
             self.close(s);
+        }
+    }
+
+    /// Encodes the frames into the buffer they are written from: `direct`'s buffer
+    /// (block-aligned, after the file's last partial block), or a plain one.
+    fn build(self, direct: Option<&DirectFile>) -> Built {
+        let head = |p: &Planned| match p {
+            Planned::Append { o, .. } => APPEND_FIXED_LEN + o.attrs.len() * ATTRIBUTE_LEN,
+            Planned::Op(op) => frame_head_len(op),
+        };
+        let len = self.arena.len() + self.planned.iter().map(head).sum::<usize>();
+        let (mut buf, start) = match direct {
+            Some(d) => d.buffer(len),
+            None => (Vec::with_capacity(len), 0),
+        };
+        let frames_at = buf.len();
+        let mut frames = Vec::with_capacity(self.planned.len());
+        for p in self.planned {
+            let at = buf.len();
+            let (op, has_data) = match p {
+                Planned::Op(op) => {
+                    encode_frame_head(&mut buf, self.seq, &op, 0);
+                    (op, false)
+                }
+                Planned::Append { seg, o } => {
+                    let op = Op::Append {
+                        seg,
+                        data_offset: o.data_offset,
+                        len: o.len as u64,
+                        attrs: o.attrs,
+                    };
+                    encode_frame_head(&mut buf, self.seq, &op, o.len);
+                    let mut i = o.first;
+                    while i != NO_PIECE {
+                        let p = self.pieces[i as usize];
+                        let from = p.start as usize;
+                        buf.extend_from_slice(&self.arena[from..from + p.len as usize]);
+                        i = p.next;
+                    }
+                    (op, o.len > 0)
+                }
+            };
+            seal_frame(&mut buf[at..]);
+            frames.push(FrameMeta {
+                pos: at - frames_at,
+                has_data,
+                op,
+            });
+        }
+        Built {
+            frames_len: buf.len() - frames_at,
+            buf,
+            start,
+            frames_at,
+            frames,
         }
     }
 }
@@ -217,6 +321,8 @@ enum Written {
     Batch {
         seq: u64,
         frames: Vec<FrameMeta>,
+        /// The frames as written, back to back.
+        data: Bytes,
         file: Arc<File>,
         file_id: u64,
         base: u64,
@@ -314,6 +420,7 @@ impl Writer {
     /// Writes one batch (rolling to a new file first if the active one is full) and
     /// hands it to the syncer. `Ok(false)`: the syncer has stopped.
     fn write(&mut self, inner: &Inner, b: Batch, tx: &SyncSender<Written>) -> Result<bool> {
+        let b_seq = b.seq;
         if self.file_len >= inner.config.max_file_bytes {
             let file_id = self.file_id + 1;
             let file = Arc::new(create_file(&inner.wal_dir, file_id)?);
@@ -323,18 +430,18 @@ impl Writer {
             }
         }
         let base = self.file_len;
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(b.frames.len() * 2);
-        for fm in &b.frames {
-            slices.push(IoSlice::new(&b.buf[fm.head.clone()]));
-            if !fm.data.is_empty() {
-                slices.push(IoSlice::new(&fm.data));
-            }
-        }
+        let Built {
+            mut buf,
+            start,
+            frames_at,
+            frames_len,
+            frames,
+        } = b.build(self.direct.as_ref());
         let file_id = self.file_id;
         let path = || file_path(&inner.wal_dir, file_id);
         let written = match &mut self.direct {
-            Some(d) => d.write(base, &slices),
-            None => write_all_vectored_at(&self.file, &mut slices, base),
+            Some(d) => d.write(base, &mut buf, start),
+            None => self.file.write_all_at(&buf[frames_at..], base),
         };
         match written {
             Ok(()) => {}
@@ -343,16 +450,17 @@ impl Writer {
             Err(e) if self.direct.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(file = %path().display(), error = %e, "direct writes refused: writing through the page cache");
                 self.direct = None;
-                write_all_vectored_at(&self.file, &mut slices, base)
+                self.file
+                    .write_all_at(&buf[frames_at..frames_at + frames_len], base)
                     .map_err(|e| LogError::io(path(), e))?;
             }
             Err(e) => return Err(LogError::io(path(), e)),
         }
-        drop(slices);
-        self.file_len += b.len as u64;
+        self.file_len += frames_len as u64;
         let sent = tx.send(Written::Batch {
-            seq: b.seq,
-            frames: b.frames,
+            seq: b_seq,
+            frames,
+            data: Bytes::from(buf).slice(frames_at..frames_at + frames_len),
             file: self.file.clone(),
             file_id: self.file_id,
             base,
@@ -368,6 +476,7 @@ impl Syncer {
                 Written::Batch {
                     seq,
                     frames,
+                    data,
                     file,
                     file_id,
                     base,
@@ -377,7 +486,7 @@ impl Syncer {
                     inner.fsync.record(started.elapsed());
                     synced
                         .map_err(|e| LogError::io(file_path(&inner.wal_dir, file_id), e))
-                        .and_then(|()| self.apply(inner, seq, &frames, file_id, base))
+                        .and_then(|()| self.apply(inner, seq, &frames, data, file_id, base))
                 }
                 Written::Rolled { file_id, file } => self.roll(inner, file_id, file),
             };
@@ -396,6 +505,7 @@ impl Syncer {
         inner: &Inner,
         seq: u64,
         frames: &[FrameMeta],
+        data: Bytes,
         file_id: u64,
         base: u64,
     ) -> Result<()> {
@@ -435,16 +545,8 @@ impl Syncer {
                 .untiered
                 .store(d.index.log_bytes(), std::sync::atomic::Ordering::Relaxed);
         }
-        {
-            let mut c = lock(&inner.cache);
-            for fm in frames {
-                if !fm.data.is_empty() {
-                    c.insert(
-                        CacheKey::Frame(file_id, base + fm.pos as u64),
-                        fm.data.clone(),
-                    );
-                }
-            }
+        if frames.iter().any(|f| f.has_data) {
+            lock(&inner.cache).insert_batch(file_id, base, data);
         }
         // After the durable lock is released: submitters take `pending`, then `durable`.
         lock(&inner.pending).settled(seq);
@@ -480,24 +582,4 @@ impl Syncer {
             .store(new_id, std::sync::atomic::Ordering::SeqCst);
         inner.delete_files(dead)
     }
-}
-
-/// Most buffers one `writev` takes (Linux `IOV_MAX`).
-const IOV_MAX: usize = 1024;
-
-/// Writes all of `slices` at `pos`, with as few `writev` calls as `IOV_MAX` allows. The
-/// writer thread is the only user of the file's cursor (reads use `pread`).
-fn write_all_vectored_at(file: &File, slices: &mut [IoSlice<'_>], pos: u64) -> std::io::Result<()> {
-    let mut f = file;
-    f.seek(SeekFrom::Start(pos))?;
-    let mut rest = slices;
-    while !rest.is_empty() {
-        let take = rest.len().min(IOV_MAX);
-        let n = f.write_vectored(&rest[..take])?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
 }
