@@ -69,9 +69,13 @@ struct Setup {
 
 impl Setup {
     fn new(dir: &Path, backend: &Backend, max_backlog_mb: u64) -> Setup {
+        Setup::with_interval(dir, backend, max_backlog_mb, 1)
+    }
+
+    fn with_interval(dir: &Path, backend: &Backend, max_backlog_mb: u64, secs: u64) -> Setup {
         let config = format!(
             "[log]\nmax_file_bytes = 1048576\ncache_mb = 1\n\n[tier2]\n{}\
-             flush_interval_secs = 1\nchunk_mb = 1\nmax_backlog_mb = {max_backlog_mb}\n",
+             flush_interval_secs = {secs}\nchunk_mb = 1\nmax_backlog_mb = {max_backlog_mb}\n",
             backend.section()
         );
         std::fs::write(dir.join("cloud.toml"), config).expect("config");
@@ -354,6 +358,44 @@ fn outage_back_pressures_and_loses_nothing(mut backend: Backend, dir: &Path) {
     assert!(node.terminate().success());
 }
 
+/// A node taking data faster than its flush interval moves it while it comes in: with
+/// passes an hour apart and an 8 MiB backlog limit, 24 MiB are written without a
+/// refusal, and Tier-2 gets them (passes start once the backlog reaches 2 MiB).
+fn moves_while_data_comes_in(backend: Backend, dir: &Path) {
+    let setup = Setup::with_interval(dir, &backend, 8, 3600);
+    let node = setup.start("node.log");
+    let rt = runtime();
+    let client = rt.block_on(setup.client());
+    rt.block_on(create_stream(&client));
+    let events = 12_000;
+    let stats = rt.block_on(async {
+        let mut w = EventWriter::new(&client, SCOPE, STREAM, WriterConfig::default())
+            .await
+            .expect("writer");
+        for i in 0..events {
+            w.write(b"k", &payload(i)).await.expect("write");
+        }
+        w.close().await.expect("close writer")
+    });
+    assert_eq!(stats.acknowledged, events);
+    // A refusal (Busy) would have made the writer resend.
+    assert_eq!(
+        (stats.reconnects, stats.rerouted),
+        (0, 0),
+        "the writer was refused:\n{}",
+        node.log()
+    );
+    let moved = setup.metric("tributary_tier2_moved_bytes_total");
+    assert!(
+        moved >= 12 << 20,
+        "only {moved} bytes moved:\n{}",
+        node.log()
+    );
+    check_events(&rt.block_on(read_segment(&client, 0)), 0..events);
+    drop(client);
+    assert!(node.terminate().success());
+}
+
 fn restarts_from_tier2_alone(backend: Backend, dir: &Path) {
     let setup = Setup::new(dir, &backend, 1024);
     let node = setup.start("node1.log");
@@ -415,6 +457,12 @@ fn s3_outage_back_pressures_and_loses_nothing() {
 fn fs_outage_back_pressures_and_loses_nothing() {
     let (_tmp, dir) = tempdir();
     outage_back_pressures_and_loses_nothing(Backend::fs(&dir), &dir);
+}
+
+#[test]
+fn fs_moves_while_data_comes_in() {
+    let (_tmp, dir) = tempdir();
+    moves_while_data_comes_in(Backend::fs(&dir), &dir);
 }
 
 #[test]

@@ -111,7 +111,7 @@ pub(crate) struct Inner {
     pub replay_from: AtomicU64,
     /// Bytes only in the log (the index's `log_bytes`), published by whoever changes
     /// the index, so that the append path checks the Tier-2 backlog without a lock.
-    pub untiered: AtomicU64,
+    pub untiered: Arc<Backlog>,
     /// Tier-2 chunks no segment needs any more, to delete on the next move.
     pub garbage: Mutex<Vec<(u64, Chunk)>>,
     /// Serializes Tier-2 passes; what the last one left.
@@ -120,6 +120,47 @@ pub(crate) struct Inner {
     pub fetching: Mutex<HashMap<CacheKey, Arc<ChunkFetch>>>,
     /// How long the group-commit fsyncs take.
     pub fsync: FsyncHistogram,
+}
+
+/// Bytes of segment data only in the log, not yet on Tier-2, and a way to wait for
+/// them to grow (the Tier-2 mover starts a pass early when they do).
+#[derive(Debug)]
+pub(crate) struct Backlog {
+    bytes: AtomicU64,
+    grew: Notify,
+}
+
+impl Backlog {
+    fn new(bytes: u64) -> Self {
+        Backlog {
+            bytes: AtomicU64::new(bytes),
+            grew: Notify::new(),
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the backlog (once per batch or chunk moved).
+    pub fn set(&self, bytes: u64) {
+        if self.bytes.swap(bytes, Ordering::Relaxed) < bytes {
+            self.grew.notify_waiters();
+        }
+    }
+
+    /// Returns once the backlog is at least `bytes`.
+    pub async fn reaches(&self, bytes: u64) {
+        loop {
+            let grew = self.grew.notified();
+            tokio::pin!(grew);
+            grew.as_mut().enable();
+            if self.bytes() >= bytes {
+                return;
+            }
+            grew.await;
+        }
+    }
 }
 
 /// One fetch of a chunk, shared by everyone who wants it meanwhile.
@@ -286,7 +327,7 @@ impl SegmentLog {
             });
         }
         let last_seq = syncer.last_seq;
-        let untiered = AtomicU64::new(index.log_bytes());
+        let untiered = Arc::new(Backlog::new(index.log_bytes()));
         let inner = Arc::new(Inner {
             dir: dir.clone(),
             wal_dir,
@@ -765,7 +806,12 @@ impl SegmentLog {
     /// are refused with [`LogError::Tier2Backlog`] while this is at
     /// [`LogConfig::max_tier2_backlog_bytes`].
     pub fn tier2_backlog(&self) -> u64 {
-        self.inner.untiered.load(Ordering::Relaxed)
+        self.inner.untiered.bytes()
+    }
+
+    /// The Tier-2 backlog, to wait on without keeping the log open.
+    pub(crate) fn backlog(&self) -> Arc<Backlog> {
+        self.inner.untiered.clone()
     }
 
     /// Moves durable data from the log to Tier-2, oldest first, in chunks of up to
@@ -952,9 +998,7 @@ impl SegmentLog {
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
             let emptied = d.index.add_chunk(data_id, chunk.clone());
-            self.inner
-                .untiered
-                .store(d.index.log_bytes(), Ordering::Relaxed);
+            self.inner.untiered.set(d.index.log_bytes());
             emptied
         };
         match emptied {

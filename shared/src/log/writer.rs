@@ -541,9 +541,7 @@ impl Syncer {
                     lock(&inner.garbage).extend(freed.chunks.into_iter().map(|c| (r.data_id, c)));
                 }
             }
-            inner
-                .untiered
-                .store(d.index.log_bytes(), std::sync::atomic::Ordering::Relaxed);
+            inner.untiered.set(d.index.log_bytes());
         }
         if frames.iter().any(|f| f.has_data) {
             lock(&inner.cache).insert_batch(file_id, base, data);

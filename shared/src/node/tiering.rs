@@ -102,7 +102,10 @@ impl TierMetrics {
     }
 }
 
-/// Runs tiering passes every `flush_interval` until aborted (or the log is gone).
+/// Runs tiering passes until aborted (or the log is gone): every `flush_interval`,
+/// and sooner whenever the backlog reaches [`early_pass_at`], so that a node taking
+/// data faster than one interval's worth moves it while it comes in instead of
+/// refusing appends at the backlog limit. After a failure, passes wait the interval.
 pub(crate) fn spawn(
     log: Weak<SegmentLog>,
     tiering: &Tiering,
@@ -112,9 +115,18 @@ pub(crate) fn spawn(
     let chunk_bytes = tiering.chunk_bytes;
     let tier2 = tiering.backend.describe();
     tokio::spawn(async move {
+        let Some((backlog, early)) = log.upgrade().map(|l| {
+            let early = early_pass_at(chunk_bytes, l.config().max_tier2_backlog_bytes);
+            (l.backlog(), early)
+        }) else {
+            return;
+        };
         let mut failing = false;
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = backlog.reaches(early), if !failing => {}
+            }
             let Some(log) = log.upgrade() else { return };
             let result = log.move_to_tier2(chunk_bytes).await;
             drop(log);
@@ -143,4 +155,11 @@ pub(crate) fn spawn(
             }
         }
     })
+}
+
+/// Backlog at which a pass starts before its interval is up: a quarter of the limit
+/// at which appends are refused, and never less than a chunk (no pass is started
+/// early for less than a full chunk).
+fn early_pass_at(chunk_bytes: u64, backlog_limit: u64) -> u64 {
+    (backlog_limit / 4).max(chunk_bytes)
 }
