@@ -63,6 +63,25 @@ impl Pending {
     /// Applies a validated operation to the pending table; it goes in the open batch.
     fn apply(&mut self, op: &Op) -> Result<()> {
         self.table.apply(op).map_err(LogError::Failed)?;
+        self.record_fresh(op);
+        Ok(())
+    }
+
+    /// Validates an append and applies it to the table ([`Table::append`]).
+    fn append(
+        &mut self,
+        segment: &str,
+        len: u64,
+        opts: &AppendOptions,
+        base: AttributeBase<'_>,
+    ) -> Result<(Op, u64)> {
+        let (op, offset) = self.table.append(segment, len, opts, base)?;
+        self.record_fresh(&op);
+        Ok((op, offset))
+    }
+
+    /// Remembers which batch set the attributes `op` sets.
+    fn record_fresh(&mut self, op: &Op) {
         let seq = self.batch.seq;
         if let Op::Append { seg, attrs, .. }
         | Op::Merge {
@@ -73,7 +92,6 @@ impl Pending {
                 self.fresh.insert((*seg, *id), seq);
             }
         }
-        Ok(())
     }
 
     /// Batch `seq` is in the durable table: drop the attributes no later batch set.
@@ -426,10 +444,7 @@ impl SegmentLog {
                 return Err(LogError::Backpressure(queued));
             }
             let base = |seg, id| self.inner.durable_attribute(seg, id);
-            let (op, offset) = p
-                .table
-                .check_append(segment, data.len() as u64, opts, &base)?;
-            p.apply(&op)?;
+            let (op, offset) = p.append(segment, data.len() as u64, opts, &base)?;
             p.batch.push_append(op, data, cfg.max_frame_data_bytes);
             Ok(offset)
         })

@@ -193,6 +193,8 @@ impl Table {
 
     /// Validates an append of `len` bytes; returns the op and the segment offset where
     /// the data will start. Conditions on attributes this table lacks consult `base`.
+    /// (Appends go through [`Table::append`]; this checks without applying.)
+    #[cfg(test)]
     pub fn check_append(
         &self,
         name: &str,
@@ -200,29 +202,33 @@ impl Table {
         opts: &AppendOptions,
         base: AttributeBase<'_>,
     ) -> Result<(Op, u64)> {
-        let s = self.get(name)?;
-        if s.sealed {
-            return Err(LogError::Sealed(name.to_string()));
+        check_append_to(name, self.get(name)?, len, opts, base)
+    }
+
+    /// Validates an append of `len` bytes and applies it, with one lookup; returns the
+    /// op (for the batch) and the segment offset where the data will start. Conditions
+    /// on attributes this table lacks consult `base`.
+    pub fn append(
+        &mut self,
+        name: &str,
+        len: u64,
+        opts: &AppendOptions,
+        base: AttributeBase<'_>,
+    ) -> Result<(Op, u64)> {
+        let s = self
+            .names
+            .get(name)
+            .and_then(|id| self.segs.get_mut(id))
+            .ok_or_else(|| LogError::NoSuchSegment(name.to_string()))?;
+        let (op, offset) = check_append_to(name, s, len, opts, base)?;
+        if let Op::Append {
+            data_offset, attrs, ..
+        } = &op
+        {
+            s.apply_append(*data_offset, len, attrs)
+                .map_err(LogError::Failed)?;
         }
-        if let Some(expected) = opts.expected_length {
-            if expected != s.length {
-                return Err(LogError::BadOffset {
-                    segment: name.to_string(),
-                    expected,
-                    actual: s.length,
-                });
-            }
-        }
-        let attrs = check_attributes(name, s, &opts.attributes, base)?;
-        Ok((
-            Op::Append {
-                seg: s.id,
-                data_offset: s.own_len,
-                len,
-                attrs,
-            },
-            s.length,
-        ))
+        Ok((op, offset))
     }
 
     /// Validates a seal; returns `None` if the segment is already sealed.
@@ -324,31 +330,7 @@ impl Table {
                 len,
                 attrs,
             } => {
-                let s = seg_mut(&mut self.segs, *seg)?;
-                if s.sealed || *data_offset != s.own_len {
-                    return Err(format!(
-                        "append to segment {seg} at data offset {data_offset} does not fit \
-                         (own length {}, sealed {})",
-                        s.own_len, s.sealed
-                    ));
-                }
-                match s.pieces.last_mut() {
-                    Some(p) if p.data_id == *seg && p.data_offset + p.len == *data_offset => {
-                        p.len += len
-                    }
-                    _ if *len > 0 => s.pieces.push(Piece {
-                        seg_offset: s.length,
-                        data_id: *seg,
-                        data_offset: *data_offset,
-                        len: *len,
-                    }),
-                    _ => {}
-                }
-                s.own_len += len;
-                s.length += len;
-                for (id, v) in attrs {
-                    s.attributes.insert(*id, *v);
-                }
+                seg_mut(&mut self.segs, *seg)?.apply_append(*data_offset, *len, attrs)?;
                 Ok(Vec::new())
             }
             Op::Seal { seg } => {
@@ -481,6 +463,37 @@ impl Table {
         }
         live
     }
+}
+
+fn check_append_to(
+    name: &str,
+    s: &SegmentState,
+    len: u64,
+    opts: &AppendOptions,
+    base: AttributeBase<'_>,
+) -> Result<(Op, u64)> {
+    if s.sealed {
+        return Err(LogError::Sealed(name.to_string()));
+    }
+    if let Some(expected) = opts.expected_length {
+        if expected != s.length {
+            return Err(LogError::BadOffset {
+                segment: name.to_string(),
+                expected,
+                actual: s.length,
+            });
+        }
+    }
+    let attrs = check_attributes(name, s, &opts.attributes, base)?;
+    Ok((
+        Op::Append {
+            seg: s.id,
+            data_offset: s.own_len,
+            len,
+            attrs,
+        },
+        s.length,
+    ))
 }
 
 /// Checks attribute updates against a segment's attributes, in order (a later update
@@ -621,6 +634,38 @@ fn seg_mut(
 }
 
 impl SegmentState {
+    /// Applies an append of `len` bytes of its own data at `data_offset`.
+    fn apply_append(
+        &mut self,
+        data_offset: u64,
+        len: u64,
+        attrs: &[(AttributeId, i64)],
+    ) -> std::result::Result<(), String> {
+        if self.sealed || data_offset != self.own_len {
+            return Err(format!(
+                "append to segment {} at data offset {data_offset} does not fit \
+                 (own length {}, sealed {})",
+                self.id, self.own_len, self.sealed
+            ));
+        }
+        match self.pieces.last_mut() {
+            Some(p) if p.data_id == self.id && p.data_offset + p.len == data_offset => p.len += len,
+            _ if len > 0 => self.pieces.push(Piece {
+                seg_offset: self.length,
+                data_id: self.id,
+                data_offset,
+                len,
+            }),
+            _ => {}
+        }
+        self.own_len += len;
+        self.length += len;
+        for (id, v) in attrs {
+            self.attributes.insert(*id, *v);
+        }
+        Ok(())
+    }
+
     /// Splits `[offset, offset + len)` of this segment into ranges of data ids, in order:
     /// `(data_id, data_offset, len)`. The range must lie within `[start, length)`.
     pub fn locate(&self, offset: u64, len: u64) -> Vec<(u64, u64, u64)> {
@@ -668,8 +713,7 @@ mod tests {
             expected_length: None,
             attributes,
         };
-        let (op, _) = t.check_append("s", 1, &opts, &nothing).expect("append");
-        t.apply(&op).expect("apply");
+        t.append("s", 1, &opts, &nothing).expect("append");
         let mut buf = Vec::new();
         ciborium::into_writer(&t, &mut buf).expect("encode");
         let mut back: Table = ciborium::from_reader(&buf[..]).expect("decode");
@@ -709,10 +753,9 @@ mod tests {
     }
 
     fn append(t: &mut Table, name: &str, len: u64) -> u64 {
-        let (op, off) = t
-            .check_append(name, len, &AppendOptions::default(), &nothing)
+        let (_, off) = t
+            .append(name, len, &AppendOptions::default(), &nothing)
             .expect("valid");
-        run(t, op);
         off
     }
 
@@ -778,10 +821,8 @@ mod tests {
                 condition,
             }],
         };
-        let (op, _) = t
-            .check_append("s", 1, &upd(5, AttributeCondition::Greater), &nothing)
+        t.append("s", 1, &upd(5, AttributeCondition::Greater), &nothing)
             .expect("absent < 5");
-        run(&mut t, op);
         assert!(matches!(
             t.check_append("s", 1, &upd(5, AttributeCondition::Greater), &nothing),
             Err(LogError::AttributeConflict {

@@ -62,6 +62,16 @@ struct Piece {
 
 const NO_PIECE: u32 = u32::MAX;
 
+impl Piece {
+    fn new(start: u32, len: u32) -> Self {
+        Piece {
+            start,
+            len,
+            next: NO_PIECE,
+        }
+    }
+}
+
 /// The appends to one segment that will make one frame.
 #[derive(Debug)]
 struct OpenAppend {
@@ -175,20 +185,30 @@ impl Batch {
             return self.push_op(op);
         };
         self.touch();
-        if let Some(o) = self.open.get(&seg) {
-            if o.len + data.len() > max_frame_data_bytes
-                || o.attrs.len() + attrs.len() > MAX_FRAME_ATTRIBUTES
-            {
-                self.close(seg);
-            }
-        }
         // Within u32: appends are refused once the arena holds `max_batch_bytes`
         // (at most MAX_BATCH_BYTES), and one append is far below 3 GiB.
         let start = self.arena.len() as u32;
         let len = data.len() as u32;
-        self.arena.extend_from_slice(data);
         let piece = self.pieces.len() as u32;
+        let fresh = OpenAppend {
+            data_offset,
+            attrs: Vec::new(),
+            len: 0,
+            first: piece,
+            last: piece,
+        };
         let o = match self.open.entry(seg) {
+            Entry::Occupied(e)
+                if e.get().len + data.len() > max_frame_data_bytes
+                    || e.get().attrs.len() + attrs.len() > MAX_FRAME_ATTRIBUTES =>
+            {
+                // The frame is full: it is planned, and this append starts the next.
+                let o = e.into_mut();
+                let full = std::mem::replace(o, fresh);
+                self.planned.push(Planned::Append { seg, o: full });
+                self.pieces.push(Piece::new(start, len));
+                o
+            }
             Entry::Occupied(e) => {
                 let o = e.into_mut();
                 debug_assert_eq!(o.data_offset + o.len as u64, data_offset);
@@ -198,29 +218,16 @@ impl Batch {
                 } else {
                     last.next = piece;
                     o.last = piece;
-                    self.pieces.push(Piece {
-                        start,
-                        len,
-                        next: NO_PIECE,
-                    });
+                    self.pieces.push(Piece::new(start, len));
                 }
                 o
             }
             Entry::Vacant(e) => {
-                self.pieces.push(Piece {
-                    start,
-                    len,
-                    next: NO_PIECE,
-                });
-                e.insert(OpenAppend {
-                    data_offset,
-                    attrs: Vec::new(),
-                    len: 0,
-                    first: piece,
-                    last: piece,
-                })
+                self.pieces.push(Piece::new(start, len));
+                e.insert(fresh)
             }
         };
+        self.arena.extend_from_slice(data);
         o.len += data.len();
         for (id, v) in attrs {
             match o.attrs.iter_mut().find(|(i, _)| *i == id) {
