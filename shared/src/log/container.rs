@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -138,6 +138,9 @@ pub(crate) struct Inner {
     pub fetching: Mutex<HashMap<CacheKey, Arc<ChunkFetch>>>,
     /// How long the group-commit fsyncs take.
     pub fsync: FsyncHistogram,
+    /// The file system refused a direct write: the writer builds batches for the page
+    /// cache from then on.
+    pub direct_refused: AtomicBool,
 }
 
 /// Bytes of segment data only in the log, not yet on Tier-2, and a way to wait for
@@ -377,6 +380,7 @@ impl SegmentLog {
             garbage: Mutex::new(garbage),
             mover: tokio::sync::Mutex::new(MoverState::default()),
             fsync: FsyncHistogram::default(),
+            direct_refused: AtomicBool::new(false),
             fetching: Mutex::new(HashMap::new()),
         });
         let thread_inner = inner.clone();

@@ -10,8 +10,11 @@
 //! Direct writes start and end on block boundaries. The writer builds each batch in a
 //! block-aligned buffer ([`DirectFile::buffer`]) that starts with the file's last
 //! partial block, written again, and ends zero-padded to a whole block; the same
-//! buffer then serves the read cache, so the batch is not copied to be written. So a log file may end in fewer than [`BLOCK`] zero
-//! bytes after its last frame, the file's length a multiple of [`BLOCK`]: a scan takes
+//! buffer then serves the read cache, so the batch is not copied to be written. The
+//! writer thread prepares a buffer ([`DirectFile::prepare`]) and the syncer thread
+//! writes it before its `fdatasync`, so building batch k+1 overlaps batch k's I/O.
+//!
+//! So a log file may end in fewer than [`BLOCK`] zero bytes after its last frame, the file's length a multiple of [`BLOCK`]: a scan takes
 //! that as the end of the frames ([`is_padding`]). Fsyncs are unchanged: the syncer's
 //! `fdatasync` makes the file's new length and the device's cache durable.
 //!
@@ -22,6 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Alignment of direct writes: offsets, lengths and buffer addresses. 4096 covers
 /// devices with 512-byte and 4 KiB logical blocks.
@@ -30,7 +34,7 @@ pub const BLOCK: usize = 4096;
 /// The active log file opened for direct writes.
 #[derive(Debug)]
 pub struct DirectFile {
-    file: File,
+    file: Arc<File>,
     /// The file's logical length (where the next frame goes).
     end: u64,
     /// The bytes of the file's last partial block, written again before the next ones.
@@ -54,7 +58,11 @@ impl DirectFile {
         let tail_len = end % BLOCK as u64;
         let mut tail = vec![0u8; tail_len as usize];
         reader.read_exact_at(&mut tail, end - tail_len)?;
-        Ok(Some(DirectFile { file, end, tail }))
+        Ok(Some(DirectFile {
+            file: Arc::new(file),
+            end,
+            tail,
+        }))
     }
 
     /// A buffer for the next write, with room for `len` new bytes: the bytes from
@@ -72,6 +80,15 @@ impl DirectFile {
     /// Writes the new bytes of `buf` (from [`DirectFile::buffer`]) at `pos`, which must
     /// be the file's logical end. Pads `buf` with zeros to a whole block.
     pub fn write(&mut self, pos: u64, buf: &mut Vec<u8>, start: usize) -> io::Result<()> {
+        let w = self.prepare(pos, buf, start)?;
+        w.write(buf)
+    }
+
+    /// The CPU half of [`DirectFile::write`]: pads `buf` and takes its bytes as the
+    /// file's new end; the returned write puts them there. The log's writer thread
+    /// prepares a batch and its syncer thread writes it, so the next batch is built
+    /// while this one goes to the disk. Writes must be done in the order prepared.
+    pub fn prepare(&mut self, pos: u64, buf: &mut Vec<u8>, start: usize) -> io::Result<Prepared> {
         let invalid = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if pos != self.end {
             return invalid(format!(
@@ -86,17 +103,35 @@ impl DirectFile {
             return invalid("a direct write from a buffer off the block boundary".into());
         }
         debug_assert_eq!(&block[..self.tail.len()], &self.tail[..]);
-        self.file
-            .write_all_at(block, pos - self.tail.len() as u64)?;
+        let at = pos - self.tail.len() as u64;
         self.end = pos + (filled - self.tail.len()) as u64;
         self.tail.clear();
         self.tail
             .extend_from_slice(&block[filled - filled % BLOCK..filled]);
-        Ok(())
+        Ok(Prepared {
+            file: self.file.clone(),
+            at,
+            start,
+        })
     }
 }
 
-/// Whether `rest`, the bytes from a position to the end of a file of `file_len` bytes,
+/// A direct write prepared by [`DirectFile::prepare`].
+#[derive(Debug)]
+pub struct Prepared {
+    file: Arc<File>,
+    /// File offset of `buf[start..]` (a block boundary).
+    at: u64,
+    start: usize,
+}
+
+impl Prepared {
+    /// Writes the prepared buffer's blocks.
+    pub fn write(&self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(&buf[self.start..], self.at)
+    }
+}
+
 /// is a direct write's padding: all zero, shorter than a block, the file ending on a
 /// block boundary.
 pub fn is_padding(rest: &[u8], file_len: u64) -> bool {

@@ -1,8 +1,9 @@
-//! Group commit: appenders fill a [`Batch`]; a writer thread takes it whole and writes it
-//! with one `pwrite` (direct I/O where the file system allows: see [`super::direct`]); a
-//! syncer thread `fdatasync`s it, applies it to the durable table and tells waiters.
-//! Concurrent appends to any number of segments share that one fsync, and the next batch
-//! is written while the previous one is being fsync'ed.
+//! Group commit: appenders fill a [`Batch`]; a writer thread takes it whole and lays its
+//! frames out in one buffer (block-aligned for direct I/O where the file system allows:
+//! see [`super::direct`]); a syncer thread writes that buffer with one `pwrite`,
+//! `fdatasync`s it, applies it to the durable table and tells waiters. Concurrent
+//! appends to any number of segments share that one fsync, and the next batch is built
+//! while the previous one goes to the disk.
 //!
 //! The fsyncs of the write path, in order:
 //! 1. every batch: `fdatasync` of the active log file before anything is acknowledged;
@@ -14,6 +15,7 @@ use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +24,7 @@ use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 
 use super::container::{lock, Inner};
-use super::direct::DirectFile;
+use super::direct::{DirectFile, Prepared};
 use super::error::{LogError, Result};
 use super::files::{create_file, file_path};
 use super::format::{
@@ -324,12 +326,17 @@ pub(crate) struct Syncer {
 
 /// From the writer to the syncer, in log order.
 enum Written {
-    /// A batch written (not yet fsync'ed) at `base` of file `file_id`.
+    /// A batch built for `base` of file `file_id`, to write and fsync.
     Batch {
         seq: u64,
         frames: Vec<FrameMeta>,
-        /// The frames as written, back to back.
-        data: Bytes,
+        /// Holds the frames back to back at `frames_at`, `frames_len` bytes.
+        buf: Vec<u8>,
+        frames_at: usize,
+        frames_len: usize,
+        /// How `buf` goes to the file: a prepared direct write, or (`None`) the frames
+        /// through the page cache at `base`.
+        direct: Option<Prepared>,
         file: Arc<File>,
         file_id: u64,
         base: u64,
@@ -338,9 +345,11 @@ enum Written {
     Rolled { file_id: u64, file: Arc<File> },
 }
 
-/// The writer thread: takes batches and writes them; a syncer thread it starts fsyncs,
-/// applies and acknowledges them. The hand-over is a rendezvous, so batch k+1 is being
-/// written while batch k is fsync'ed, and a batch grows while both are busy.
+/// The writer thread: takes batches and builds them; a syncer thread it starts writes,
+/// fsyncs, applies and acknowledges them. The hand-over is a rendezvous, so batch k+1 is
+/// being built while batch k is written and fsync'ed, and a batch grows while both are
+/// busy. (Building is a copy and a CRC of every byte: with 10 KB events, done between
+/// the writes it held the log at 0.73 of the raw disk.)
 pub(crate) fn run(inner: Arc<Inner>, mut w: Writer, s: Syncer) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Written>(0);
     let syncer = {
@@ -424,8 +433,8 @@ impl Writer {
         })
     }
 
-    /// Writes one batch (rolling to a new file first if the active one is full) and
-    /// hands it to the syncer. `Ok(false)`: the syncer has stopped.
+    /// Builds one batch (rolling to a new file first if the active one is full) and
+    /// hands it to the syncer, which writes it. `Ok(false)`: the syncer has stopped.
     fn write(&mut self, inner: &Inner, b: Batch, tx: &SyncSender<Written>) -> Result<bool> {
         let b_seq = b.seq;
         if self.file_len >= inner.config.max_file_bytes {
@@ -436,6 +445,9 @@ impl Writer {
                 return Ok(false);
             }
         }
+        if inner.direct_refused.load(Ordering::Relaxed) {
+            self.direct = None;
+        }
         let base = self.file_len;
         let Built {
             mut buf,
@@ -444,30 +456,21 @@ impl Writer {
             frames_len,
             frames,
         } = b.build(self.direct.as_ref());
-        let file_id = self.file_id;
-        let path = || file_path(&inner.wal_dir, file_id);
-        let written = match &mut self.direct {
-            Some(d) => d.write(base, &mut buf, start),
-            None => self.file.write_all_at(&buf[frames_at..], base),
+        let direct = match &mut self.direct {
+            Some(d) => Some(
+                d.prepare(base, &mut buf, start)
+                    .map_err(|e| LogError::io(file_path(&inner.wal_dir, self.file_id), e))?,
+            ),
+            None => None,
         };
-        match written {
-            Ok(()) => {}
-            // Opened for direct I/O but not allowed to write that way (some FUSE and
-            // network file systems): through the page cache from now on.
-            Err(e) if self.direct.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!(file = %path().display(), error = %e, "direct writes refused: writing through the page cache");
-                self.direct = None;
-                self.file
-                    .write_all_at(&buf[frames_at..frames_at + frames_len], base)
-                    .map_err(|e| LogError::io(path(), e))?;
-            }
-            Err(e) => return Err(LogError::io(path(), e)),
-        }
         self.file_len += frames_len as u64;
         let sent = tx.send(Written::Batch {
             seq: b_seq,
             frames,
-            data: Bytes::from(buf).slice(frames_at..frames_at + frames_len),
+            buf,
+            frames_at,
+            frames_len,
+            direct,
             file: self.file.clone(),
             file_id: self.file_id,
             base,
@@ -483,16 +486,36 @@ impl Syncer {
                 Written::Batch {
                     seq,
                     frames,
-                    data,
+                    buf,
+                    frames_at,
+                    frames_len,
+                    direct,
                     file,
                     file_id,
                     base,
                 } => {
+                    let path = || file_path(&inner.wal_dir, file_id);
+                    let data = &buf[frames_at..frames_at + frames_len];
+                    let written = match direct {
+                        Some(d) => match d.write(&buf) {
+                            // Opened for direct I/O but not allowed to write that way
+                            // (some FUSE and network file systems): through the page
+                            // cache from now on.
+                            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                                tracing::warn!(file = %path().display(), error = %e, "direct writes refused: writing through the page cache");
+                                inner.direct_refused.store(true, Ordering::Relaxed);
+                                file.write_all_at(data, base)
+                            }
+                            r => r,
+                        },
+                        None => file.write_all_at(data, base),
+                    };
                     let started = std::time::Instant::now();
-                    let synced = file.sync_data();
+                    let synced = written.and_then(|()| file.sync_data());
                     inner.fsync.record(started.elapsed());
+                    let data = Bytes::from(buf).slice(frames_at..frames_at + frames_len);
                     synced
-                        .map_err(|e| LogError::io(file_path(&inner.wal_dir, file_id), e))
+                        .map_err(|e| LogError::io(path(), e))
                         .and_then(|()| self.apply(inner, seq, &frames, data, file_id, base))
                 }
                 Written::Rolled { file_id, file } => self.roll(inner, file_id, file),
