@@ -33,8 +33,9 @@ enum Entry {
 #[derive(Debug)]
 pub struct Cache {
     map: HashMap<CacheKey, Bytes>,
-    /// Written batches by file id and position: their frames, back to back.
-    batches: BTreeMap<(u64, u64), Bytes>,
+    /// Written batches by file id and position: their frames, back to back, and the
+    /// bytes of memory they hold (their whole buffer, which is what counts).
+    batches: BTreeMap<(u64, u64), (Bytes, usize)>,
     order: VecDeque<Entry>,
     bytes: usize,
     capacity_bytes: usize,
@@ -60,7 +61,7 @@ impl Cache {
         let CacheKey::Frame(file, pos) = key else {
             return None;
         };
-        let (&(f, start), batch) = self.batches.range(..=(file, pos)).next_back()?;
+        let (&(f, start), (batch, _)) = self.batches.range(..=(file, pos)).next_back()?;
         let at = usize::try_from(pos - start).ok()?;
         if f != file || at >= batch.len() {
             return None;
@@ -80,15 +81,18 @@ impl Cache {
         self.evict();
     }
 
-    /// Caches a batch written at `pos` of file `file_id`: `frames`, back to back. The
-    /// newest batch stays even if it is larger than the cache's capacity.
-    pub fn insert_batch(&mut self, file_id: u64, pos: u64, frames: Bytes) {
+    /// Caches a batch written at `pos` of file `file_id`: `frames`, back to back, a
+    /// slice of a buffer of `held` bytes (block padding and alignment included), which
+    /// is what the batch counts against the capacity. The newest batch stays even if it
+    /// is larger than the cache's capacity.
+    pub fn insert_batch(&mut self, file_id: u64, pos: u64, frames: Bytes, held: usize) {
         if frames.is_empty() {
             return;
         }
-        self.bytes += frames.len();
-        if let Some(old) = self.batches.insert((file_id, pos), frames) {
-            self.bytes -= old.len();
+        let held = held.max(frames.len());
+        self.bytes += held;
+        if let Some((_, old)) = self.batches.insert((file_id, pos), (frames, held)) {
+            self.bytes -= old;
         } else {
             self.order.push_back(Entry::Batch(file_id, pos));
         }
@@ -99,11 +103,11 @@ impl Cache {
     fn evict(&mut self) {
         while self.bytes > self.capacity_bytes && self.order.len() > 1 {
             let freed = match self.order.pop_front() {
-                Some(Entry::One(k)) => self.map.remove(&k),
-                Some(Entry::Batch(f, p)) => self.batches.remove(&(f, p)),
+                Some(Entry::One(k)) => self.map.remove(&k).map(|d| d.len()),
+                Some(Entry::Batch(f, p)) => self.batches.remove(&(f, p)).map(|(_, held)| held),
                 None => None,
             };
-            self.bytes -= freed.map_or(0, |d| d.len());
+            self.bytes -= freed.unwrap_or(0);
         }
     }
 
@@ -126,12 +130,8 @@ impl Cache {
         if self.order.len() != before {
             self.map.retain(|k, _| other(&Entry::One(*k)));
             self.batches.retain(|(f, _), _| *f != file_id);
-            self.bytes = self
-                .map
-                .values()
-                .chain(self.batches.values())
-                .map(Bytes::len)
-                .sum();
+            self.bytes = self.map.values().map(Bytes::len).sum::<usize>()
+                + self.batches.values().map(|(_, held)| held).sum::<usize>();
         }
     }
 
@@ -175,7 +175,7 @@ mod tests {
         let third = frames.len() as u64;
         encode_frame(&mut frames, 1, &append(2, b"third"), b"third");
         let mut c = Cache::new(1 << 20);
-        c.insert_batch(3, 1000, Bytes::from(frames.clone()));
+        c.insert_batch(3, 1000, Bytes::from(frames.clone()), frames.len());
         assert_eq!(
             c.get(CacheKey::Frame(3, 1000)).as_deref(),
             Some(&b"first"[..])
@@ -196,8 +196,8 @@ mod tests {
 
         // The newest batch stays even when it alone exceeds the bound; older ones go.
         let mut small = Cache::new(10);
-        small.insert_batch(3, 0, Bytes::from(frames.clone()));
-        small.insert_batch(3, past, Bytes::from(frames));
+        small.insert_batch(3, 0, Bytes::from(frames.clone()), frames.len());
+        small.insert_batch(3, past, Bytes::from(frames.clone()), frames.len());
         assert!(small.get(CacheKey::Frame(3, 0)).is_none());
         assert_eq!(
             small.get(CacheKey::Frame(3, past)).as_deref(),
@@ -205,5 +205,15 @@ mod tests {
         );
         small.forget_file(3);
         assert_eq!(small.bytes(), 0);
+
+        // A batch counts the whole buffer it is a slice of.
+        assert!(frames.len() < 300);
+        let mut c = Cache::new(1000);
+        c.insert_batch(3, 0, Bytes::from(frames.clone()), 600);
+        c.insert_batch(3, past, Bytes::from(frames.clone()), 600);
+        assert_eq!(c.bytes(), 600);
+        assert!(c.get(CacheKey::Frame(3, 0)).is_none(), "evicted");
+        c.forget_file(3);
+        assert_eq!(c.bytes(), 0);
     }
 }

@@ -513,10 +513,11 @@ impl Syncer {
                     let started = std::time::Instant::now();
                     let synced = written.and_then(|()| file.sync_data());
                     inner.fsync.record(started.elapsed());
+                    let held = buf.capacity();
                     let data = Bytes::from(buf).slice(frames_at..frames_at + frames_len);
                     synced
                         .map_err(|e| LogError::io(path(), e))
-                        .and_then(|()| self.apply(inner, seq, &frames, data, file_id, base))
+                        .and_then(|()| self.apply(inner, seq, &frames, (data, held), file_id, base))
                 }
                 Written::Rolled { file_id, file } => self.roll(inner, file_id, file),
             };
@@ -528,14 +529,15 @@ impl Syncer {
         }
     }
 
-    /// Applies a durable batch to the durable table and index, caches its data,
-    /// acknowledges it, and deletes files it emptied.
+    /// Applies a durable batch to the durable table and index, caches its data (its
+    /// frames, a slice of a buffer of `held` bytes), acknowledges it, and deletes files
+    /// it emptied.
     fn apply(
         &mut self,
         inner: &Inner,
         seq: u64,
         frames: &[FrameMeta],
-        data: Bytes,
+        (data, held): (Bytes, usize),
         file_id: u64,
         base: u64,
     ) -> Result<()> {
@@ -574,7 +576,7 @@ impl Syncer {
             inner.untiered.set(d.index.log_bytes());
         }
         if frames.iter().any(|f| f.has_data) {
-            lock(&inner.cache).insert_batch(file_id, base, data);
+            lock(&inner.cache).insert_batch(file_id, base, data, held);
         }
         // After the durable lock is released: submitters take `pending`, then `durable`.
         lock(&inner.pending).settled(seq);
