@@ -348,6 +348,28 @@ fn outage_back_pressures_and_loses_nothing(mut backend: Backend, dir: &Path) {
         "{refused}"
     );
     assert!(!writer.is_finished());
+    // A writer that retries for less than the outage gives up, and says how many of
+    // its events are not stored.
+    let give_up = async {
+        let config = WriterConfig {
+            retry_for: Duration::from_secs(2),
+            ..WriterConfig::default()
+        };
+        let mut w = EventWriter::new(&client, SCOPE, STREAM, config)
+            .await
+            .expect("writer");
+        for i in 0..10 {
+            w.write(b"k", &payload(i)).await.expect("write (queued)");
+        }
+        w.close().await.expect_err("Tier-2 is still down")
+    };
+    let gave_up = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), give_up).await })
+        .expect("the writer gives up within a minute");
+    assert!(
+        gave_up.to_string().contains("10 events not acknowledged"),
+        "{gave_up}"
+    );
 
     recover(&mut backend);
     rt.block_on(writer).expect("writer task");

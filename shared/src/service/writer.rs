@@ -48,6 +48,10 @@ const MAX_HANDOVER: usize = 1024;
 const MAX_HANDOVER_BYTES: usize = 256 << 10;
 /// Bytes reserved at a time for framing events.
 const FRAMING_CHUNK: usize = 64 << 10;
+/// Backoff of the first retry without an acknowledgement since the last one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest backoff between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How a writer behaves.
 #[derive(Debug, Clone)]
@@ -180,6 +184,7 @@ impl EventWriter {
             ack_tx,
             ack_rx,
             failed: None,
+            retrying: None,
         };
         Ok(EventWriter {
             tx,
@@ -406,6 +411,9 @@ struct Task {
     ack_tx: mpsc::UnboundedSender<AckMsg>,
     ack_rx: mpsc::UnboundedReceiver<AckMsg>,
     failed: Option<String>,
+    /// Since when recoveries have followed each other with no acknowledgement in
+    /// between, and the next one's backoff (see [`Task::recover`]).
+    retrying: Option<(Instant, Duration)>,
 }
 
 /// Why the writer must stop sending and recover.
@@ -670,6 +678,7 @@ impl Task {
                     if let Some((_, b)) = s.sent.pop_front() {
                         self.unacked_bytes -= b.data.len();
                         self.stats.acknowledged += b.events.len() as u64;
+                        self.retrying = None;
                     }
                 }
                 Ok(())
@@ -728,9 +737,14 @@ impl Task {
     /// Stops sending, collects every unacknowledged event, reconnects if needed,
     /// drops what the server already holds, refreshes the stream's segments, and
     /// resends the rest in event-number order.
+    ///
+    /// The first attempt after an acknowledgement goes at once (a sealed segment, a
+    /// restarted server); attempts with none in between wait a backoff that doubles,
+    /// and the writer gives up `retry_for` after the first of them. The refusal of a
+    /// resent block (`Busy`) comes back after the resend itself succeeded, so this
+    /// state lives across calls: otherwise a refusing server would get everything
+    /// unacknowledged again every few milliseconds, forever.
     async fn recover(&mut self) -> Result<(), Trouble> {
-        let deadline = Instant::now() + self.config.retry_for;
-        let mut backoff = Duration::from_millis(50);
         let mut events: Vec<Pending> = Vec::new();
         loop {
             self.drain_sessions().await;
@@ -747,21 +761,25 @@ impl Task {
             events.sort_by_key(|e| e.number);
             events.dedup_by_key(|e| e.number);
             self.unacked_bytes = 0;
-            match self.resend(&mut events).await {
-                Ok(()) => return Ok(()),
-                Err(Trouble::Fatal(e)) => return Err(Trouble::Fatal(e)),
-                Err(Trouble::Recover) if Instant::now() >= deadline => {
+            match self.retrying {
+                None => self.retrying = Some((Instant::now(), FIRST_BACKOFF)),
+                Some((since, _)) if since.elapsed() >= self.config.retry_for => {
                     return Err(Trouble::Fatal(ClientError::Failed(format!(
                         "gave up after retrying for {:?}; {} events not acknowledged",
                         self.config.retry_for,
                         events.len()
                     ))))
                 }
-                Err(Trouble::Recover) => {
+                Some((since, backoff)) => {
                     tracing::info!(?backoff, "writer retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    self.retrying = Some((since, (backoff * 2).min(MAX_BACKOFF)));
                 }
+            }
+            match self.resend(&mut events).await {
+                Ok(()) => return Ok(()),
+                Err(Trouble::Fatal(e)) => return Err(Trouble::Fatal(e)),
+                Err(Trouble::Recover) => {}
             }
         }
     }
