@@ -51,7 +51,7 @@ pub struct CloudSettings {
 pub struct Tier2Settings {
     /// The backend.
     pub backend: Backend,
-    /// How often data moves.
+    /// How often data moves (and sooner once a quarter of `max_backlog_bytes` waits).
     pub flush_interval: Duration,
     /// Largest chunk, in bytes.
     pub chunk_bytes: u64,

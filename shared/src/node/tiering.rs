@@ -12,7 +12,8 @@ use crate::log::{RestoreReport, SegmentLog, Tier2};
 pub struct Tiering {
     /// Where data goes.
     pub backend: Arc<dyn Tier2>,
-    /// How often a pass moves everything the log holds (and retries after a failure).
+    /// How often a pass moves everything the log holds (and retries after a failure);
+    /// a pass also starts once the backlog reaches a quarter of its limit.
     pub flush_interval: Duration,
     /// Largest chunk written.
     pub chunk_bytes: u64,
