@@ -14,8 +14,9 @@
 //! writer thread prepares a buffer ([`DirectFile::prepare`]) and the syncer thread
 //! writes it before its `fdatasync`, so building batch k+1 overlaps batch k's I/O.
 //!
-//! So a log file may end in fewer than [`BLOCK`] zero bytes after its last frame, the file's length a multiple of [`BLOCK`]: a scan takes
-//! that as the end of the frames ([`is_padding`]). Fsyncs are unchanged: the syncer's
+//! So a log file may end in fewer than [`BLOCK`] zero bytes after its last frame, the
+//! file's length a multiple of [`BLOCK`]: a scan takes that as the end of the frames
+//! ([`is_padding`]). Fsyncs are unchanged: the syncer's
 //! `fdatasync` makes the file's new length and the device's cache durable.
 //!
 //! Where the file system refuses `O_DIRECT` (tmpfs), the log writes through the page
@@ -132,6 +133,7 @@ impl Prepared {
     }
 }
 
+/// Whether `rest`, the bytes from a position to the end of a file of `file_len` bytes,
 /// is a direct write's padding: all zero, shorter than a block, the file ending on a
 /// block boundary.
 pub fn is_padding(rest: &[u8], file_len: u64) -> bool {

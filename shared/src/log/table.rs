@@ -191,9 +191,8 @@ impl Table {
         })
     }
 
-    /// Validates an append of `len` bytes; returns the op and the segment offset where
-    /// the data will start. Conditions on attributes this table lacks consult `base`.
-    /// (Appends go through [`Table::append`]; this checks without applying.)
+    /// Validates an append of `len` bytes without applying it (tests; appends go
+    /// through [`Table::append`]).
     #[cfg(test)]
     pub fn check_append(
         &self,
@@ -202,7 +201,7 @@ impl Table {
         opts: &AppendOptions,
         base: AttributeBase<'_>,
     ) -> Result<(Op, u64)> {
-        check_append_to(name, self.get(name)?, len, opts, base)
+        self.clone().append(name, len, opts, base)
     }
 
     /// Validates an append of `len` bytes and applies it, with one lookup; returns the
@@ -220,14 +219,28 @@ impl Table {
             .get(name)
             .and_then(|id| self.segs.get_mut(id))
             .ok_or_else(|| LogError::NoSuchSegment(name.to_string()))?;
-        let (op, offset) = check_append_to(name, s, len, opts, base)?;
-        if let Op::Append {
-            data_offset, attrs, ..
-        } = &op
-        {
-            s.apply_append(*data_offset, len, attrs)
-                .map_err(LogError::Failed)?;
+        if s.sealed {
+            return Err(LogError::Sealed(name.to_string()));
         }
+        if let Some(expected) = opts.expected_length {
+            if expected != s.length {
+                return Err(LogError::BadOffset {
+                    segment: name.to_string(),
+                    expected,
+                    actual: s.length,
+                });
+            }
+        }
+        let attrs = check_attributes(name, s, &opts.attributes, base)?;
+        let (data_offset, offset) = (s.own_len, s.length);
+        s.apply_append(data_offset, len, &attrs)
+            .map_err(LogError::Failed)?;
+        let op = Op::Append {
+            seg: s.id,
+            data_offset,
+            len,
+            attrs,
+        };
         Ok((op, offset))
     }
 
@@ -463,37 +476,6 @@ impl Table {
         }
         live
     }
-}
-
-fn check_append_to(
-    name: &str,
-    s: &SegmentState,
-    len: u64,
-    opts: &AppendOptions,
-    base: AttributeBase<'_>,
-) -> Result<(Op, u64)> {
-    if s.sealed {
-        return Err(LogError::Sealed(name.to_string()));
-    }
-    if let Some(expected) = opts.expected_length {
-        if expected != s.length {
-            return Err(LogError::BadOffset {
-                segment: name.to_string(),
-                expected,
-                actual: s.length,
-            });
-        }
-    }
-    let attrs = check_attributes(name, s, &opts.attributes, base)?;
-    Ok((
-        Op::Append {
-            seg: s.id,
-            data_offset: s.own_len,
-            len,
-            attrs,
-        },
-        s.length,
-    ))
 }
 
 /// Checks attribute updates against a segment's attributes, in order (a later update

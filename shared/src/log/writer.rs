@@ -495,7 +495,7 @@ impl Syncer {
                     base,
                 } => {
                     let path = || file_path(&inner.wal_dir, file_id);
-                    let data = &buf[frames_at..frames_at + frames_len];
+                    let frame_bytes = &buf[frames_at..frames_at + frames_len];
                     let written = match direct {
                         Some(d) => match d.write(&buf) {
                             // Opened for direct I/O but not allowed to write that way
@@ -504,11 +504,11 @@ impl Syncer {
                             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                                 tracing::warn!(file = %path().display(), error = %e, "direct writes refused: writing through the page cache");
                                 inner.direct_refused.store(true, Ordering::Relaxed);
-                                file.write_all_at(data, base)
+                                file.write_all_at(frame_bytes, base)
                             }
                             r => r,
                         },
-                        None => file.write_all_at(data, base),
+                        None => file.write_all_at(frame_bytes, base),
                     };
                     let started = std::time::Instant::now();
                     let synced = written.and_then(|()| file.sync_data());
