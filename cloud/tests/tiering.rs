@@ -381,8 +381,10 @@ fn outage_back_pressures_and_loses_nothing(mut backend: Backend, dir: &Path) {
 }
 
 /// A node taking data faster than its flush interval moves it while it comes in: with
-/// passes an hour apart and an 8 MiB backlog limit, 24 MiB are written without a
-/// refusal, and Tier-2 gets them (passes start once the backlog reaches 2 MiB).
+/// passes an hour apart and an 8 MiB backlog limit, 24 MiB are written and Tier-2 gets
+/// them, because passes start once the backlog reaches 2 MiB. The writer may meet a
+/// short refusal (Busy) when it outruns a pass on a slow disk, and then resends; with
+/// only the hourly passes it would be refused until it gave up after `retry_for`.
 fn moves_while_data_comes_in(backend: Backend, dir: &Path) {
     let setup = Setup::with_interval(dir, &backend, 8, 3600);
     let node = setup.start("node.log");
@@ -391,22 +393,20 @@ fn moves_while_data_comes_in(backend: Backend, dir: &Path) {
     rt.block_on(create_stream(&client));
     let events = 12_000;
     let stats = rt.block_on(async {
-        let mut w = EventWriter::new(&client, SCOPE, STREAM, WriterConfig::default())
+        let config = WriterConfig {
+            retry_for: Duration::from_secs(20),
+            ..WriterConfig::default()
+        };
+        let mut w = EventWriter::new(&client, SCOPE, STREAM, config)
             .await
             .expect("writer");
         for i in 0..events {
             w.write(b"k", &payload(i)).await.expect("write");
         }
-        w.close().await.expect("close writer")
+        w.close().await
     });
+    let stats = stats.unwrap_or_else(|e| panic!("the writer gave up: {e}\n{}", node.log()));
     assert_eq!(stats.acknowledged, events);
-    // A refusal (Busy) would have made the writer resend.
-    assert_eq!(
-        (stats.reconnects, stats.rerouted),
-        (0, 0),
-        "the writer was refused:\n{}",
-        node.log()
-    );
     let moved = setup.metric("tributary_tier2_moved_bytes_total");
     assert!(
         moved >= 12 << 20,
