@@ -1,5 +1,5 @@
 //! Replication throughput: a backlog in an edge stream drained into a cloud node,
-//! versus a raw quinn transfer of the same bytes (the same TLS setup, one QUIC stream,
+//! versus a raw quinn transfer of the same bytes (the same sockets and TLS setup, one QUIC stream,
 //! a receiver that reads and drops them), in the same run. On loopback, and through a
 //! relay adding 50 ms of round trip and 1 % loss each way. Both nodes run in this
 //! process, each with its own segment log on disk; the cloud fsyncs what it stores.
@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tributary::node::config::{Defaults, NodeConfig, NodeSettings, Overrides};
 use tributary::node::Node;
 use tributary::profile::ClientProfile;
+use tributary::service::quic_endpoint;
 use tributary::stream::{segment_name, SegmentId};
 use tributary::tls::{server_config, DevPki};
 use tributary_edge::config::{StreamSpec, WhenFull};
@@ -159,9 +160,9 @@ async fn replicate(
 /// Sends the bytes of `local`'s segment over one QUIC stream to a receiver that drops
 /// them; returns bytes and seconds (until the receiver has read the last byte).
 async fn raw(local: &Arc<LocalStream>, pki: &DevPki, faults: Option<cloud::Faults>) -> (u64, f64) {
-    let server = quinn::Endpoint::server(
-        server_config(&pki.server).expect("server tls"),
+    let server = quic_endpoint(
         ([127, 0, 0, 1], 0).into(),
+        Some(server_config(&pki.server).expect("server tls")),
     )
     .expect("server");
     let server_addr = server.local_addr().expect("addr");
@@ -185,8 +186,8 @@ async fn raw(local: &Arc<LocalStream>, pki: &DevPki, faults: Option<cloud::Fault
         None => None,
     };
     let target = relay.as_ref().map_or(server_addr, |r| r.addr);
-    let mut client = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).expect("client");
-    // The same TLS and QUIC settings as replication.
+    let mut client = quic_endpoint(([127, 0, 0, 1], 0).into(), None).expect("client");
+    // The same sockets, TLS and QUIC settings as replication.
     client.set_default_client_config(
         tributary_edge::replicate::client_tls(&pki.client).expect("tls"),
     );

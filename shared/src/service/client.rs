@@ -126,7 +126,7 @@ impl Client {
             (false, false) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let cerr = |reason: String| ClientError::Connect { addr, reason };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| cerr(e.to_string()))?;
+        let mut endpoint = super::quic_endpoint(bind, None).map_err(|e| cerr(e.to_string()))?;
         endpoint.set_default_client_config(tls.clone());
         let conn = endpoint
             .connect(addr, server_name)

@@ -7,6 +7,7 @@ mod client;
 mod large;
 mod reader;
 mod server;
+mod udp;
 mod writer;
 
 pub use access::{Access, Grant};
@@ -15,4 +16,5 @@ pub use client::{
 };
 pub use reader::{EventReader, ReadEvent, ReaderConfig};
 pub use server::{SegmentServer, ServiceMetrics};
+pub use udp::{quic_endpoint, RECV_BUFFER};
 pub use writer::{EventWriter, WriterConfig, WriterStats, MAX_EVENT_BYTES};

@@ -209,7 +209,7 @@ impl SegmentServer {
         controller: Arc<Controller>,
         access: Access,
     ) -> std::io::Result<Self> {
-        let endpoint = quinn::Endpoint::server(tls, addr)?;
+        let endpoint = super::quic_endpoint(addr, Some(tls))?;
         let (drain, draining) = watch::channel(false);
         let in_flight = Arc::new(watch::Sender::new(0));
         let metrics = Arc::new(ServiceMetrics::default());
