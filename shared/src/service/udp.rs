@@ -32,12 +32,7 @@ pub fn quic_endpoint(
         );
     }
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        runtime,
-    )
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
 }
 
 /// A UDP socket bound to `addr` with [`RECV_BUFFER`] asked for, and the receive buffer
