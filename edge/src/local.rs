@@ -241,7 +241,7 @@ impl LocalStream {
                             expected_length: None,
                             attributes,
                         };
-                        let r = self.log().submit_append(&route.segment, &frame, &opts);
+                        let r = self.log().submit_append(&route.segment, &frame[..], &opts);
                         if r.is_ok() {
                             route.events += 1;
                             self.controller

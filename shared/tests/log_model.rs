@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use proptest::prelude::*;
 use tributary::log::{
-    AppendOptions, AttributeCondition, AttributeUpdate, FsTier2, LogConfig, LogError, SegmentLog,
-    Tier2,
+    AppendOptions, AttributeCondition, AttributeUpdate, FsTier2, LogConfig, LogError, Payload,
+    SegmentLog, Tier2,
 };
 
 const NAMES: [&str; 4] = ["a", "b/0", "c/0#txn", "d"];
@@ -21,6 +22,8 @@ enum Step {
         seg: usize,
         len: usize,
         byte: u8,
+        /// Handed over as this many shared buffers; 0: as a borrowed slice.
+        pieces: usize,
         expect_len: Option<bool>,
         attr: Option<(u8, i64)>,
     },
@@ -39,9 +42,10 @@ fn step() -> impl Strategy<Value = Step> {
     let seg = 0..NAMES.len();
     prop_oneof![
         2 => seg.clone().prop_map(Step::Create),
-        8 => (seg.clone(), 0..3000usize, any::<u8>(), proptest::option::of(any::<bool>()),
-              proptest::option::of((0..3u8, 0..20i64)))
-            .prop_map(|(seg, len, byte, expect_len, attr)| Step::Append { seg, len, byte, expect_len, attr }),
+        // Some appends are large enough for the batch to hold their buffers (SHARED_MIN).
+        8 => (seg.clone(), prop_oneof![6 => 0..3000usize, 1 => 16_000..40_000usize], any::<u8>(),
+              0..4usize, proptest::option::of(any::<bool>()), proptest::option::of((0..3u8, 0..20i64)))
+            .prop_map(|(seg, len, byte, pieces, expect_len, attr)| Step::Append { seg, len, byte, pieces, expect_len, attr }),
         1 => seg.clone().prop_map(Step::Seal),
         1 => (seg.clone(), 0.0..1.0f64).prop_map(|(s, f)| Step::Truncate(s, f)),
         1 => (seg.clone(), seg.clone()).prop_map(|(a, b)| Step::Merge(a, b)),
@@ -132,10 +136,19 @@ async fn run(steps: Vec<Step>) {
                 seg,
                 len,
                 byte,
+                pieces,
                 expect_len,
                 attr,
             } => {
-                let data = vec![byte; len];
+                // Bytes that differ along the append, so a piece out of order shows.
+                let data: Vec<u8> = (0..len).map(|i| byte ^ (i * 31 / 7) as u8).collect();
+                let shared: Vec<Bytes> = match pieces {
+                    0 => Vec::new(),
+                    n => {
+                        let step = len.div_ceil(n).max(1);
+                        data.chunks(step).map(Bytes::copy_from_slice).collect()
+                    }
+                };
                 let m = model.get(&seg);
                 let expected_length = expect_len.map(|right| {
                     let l = m.map_or(0, |m| m.data.len() as u64);
@@ -157,8 +170,12 @@ async fn run(steps: Vec<Step>) {
                     expected_length,
                     attributes,
                 };
+                let payload = match pieces {
+                    0 => Payload::Borrowed(&data),
+                    _ => Payload::Shared(&shared),
+                };
                 let got = log
-                    .append(NAMES[seg], &data, &opts)
+                    .append(NAMES[seg], payload, &opts)
                     .await
                     .map_err(|e| kind(&e));
                 let want = match model.get_mut(&seg) {

@@ -2,8 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tributary::log::{
-    AppendOptions, AttributeCondition, AttributeUpdate, LogConfig, LogError, SegmentLog,
+    AppendOptions, AttributeCondition, AttributeUpdate, LogConfig, LogError, Payload, SegmentLog,
+    SHARED_MIN,
 };
 
 fn small_files() -> LogConfig {
@@ -57,6 +59,57 @@ async fn appends_survive_restart_and_offsets_are_contiguous() {
     assert_eq!(log.info("s").expect("info").length, expected.len() as u64);
     assert_eq!(read_all(&log, "s", 0).await, expected);
     assert_eq!(read_all(&log, "s", 100).await, expected[100..]);
+}
+
+/// Appends whose buffers the batch holds (large, shared) and appends it copies (small,
+/// or borrowed), to two segments in one batch, split into several frames: each
+/// segment reads back in order, before and after a restart.
+#[tokio::test]
+async fn held_and_copied_appends_keep_their_order_in_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || LogConfig {
+        commit_delay: Duration::from_millis(100),
+        max_frame_data_bytes: 64 << 10,
+        ..LogConfig::default()
+    };
+    let mut expected = [Vec::new(), Vec::new()];
+    {
+        let log = SegmentLog::open(dir.path(), config()).expect("open");
+        let names = ["a", "b"];
+        for n in names {
+            log.create(n).await.expect("create");
+        }
+        let mut last = None;
+        for i in 0..40usize {
+            let seg = i % 2;
+            let len = match i % 5 {
+                0 | 3 => 100 + i,
+                _ => SHARED_MIN + 1000 * i,
+            };
+            let data: Vec<u8> = (0..len).map(|j| (i * 7 + j / 3) as u8).collect();
+            let pieces: Vec<Bytes> = data
+                .chunks(len / 3 + 1)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let payload = match i % 3 {
+                0 => Payload::Borrowed(&data),
+                _ => Payload::Shared(&pieces),
+            };
+            let (offset, ticket) = log
+                .submit_append(names[seg], payload, &none())
+                .expect("submit");
+            assert_eq!(offset, expected[seg].len() as u64);
+            expected[seg].extend_from_slice(&data);
+            last = Some(ticket);
+        }
+        log.durable(last.expect("a ticket")).await.expect("durable");
+        assert_eq!(read_all(&log, "a", 0).await, expected[0]);
+        assert_eq!(read_all(&log, "b", 0).await, expected[1]);
+        log.close().expect("close");
+    }
+    let log = SegmentLog::open(dir.path(), config()).expect("reopen");
+    assert_eq!(read_all(&log, "a", 0).await, expected[0]);
+    assert_eq!(read_all(&log, "b", 0).await, expected[1]);
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ use super::manifest::{now_ms, ChunkRecord, Manifest, RestoreReport, MANIFEST};
 use super::meta::{Checkpoint, Meta};
 use super::table::{AppendOptions, AttributeBase, AttributeId, AttributeUpdate, Release, Table};
 use super::tier2::Tier2;
+use super::writer::Payload;
 use super::writer::{run, Batch, Syncer, Writer};
 
 /// Locks a mutex, ignoring poisoning (a panicked holder leaves consistent data here:
@@ -416,16 +417,18 @@ impl SegmentLog {
     /// ticket to wait on with [`SegmentLog::durable`]. Appends submitted one after the
     /// other are stored in that order; a conditional append sees the ones before it.
     /// Refuses with [`LogError::Backpressure`] while the next batch is full.
-    pub fn submit_append(
+    pub fn submit_append<'a>(
         &self,
         segment: &str,
-        data: &[u8],
+        data: impl Into<Payload<'a>>,
         opts: &AppendOptions,
     ) -> Result<(u64, Ticket)> {
+        let data = data.into();
+        let len = data.len();
         let cfg = &self.inner.config;
-        if data.len() > cfg.max_append_bytes {
+        if len > cfg.max_append_bytes {
             return Err(LogError::TooLarge {
-                size: data.len(),
+                size: len,
                 max: cfg.max_append_bytes,
             });
         }
@@ -448,14 +451,20 @@ impl SegmentLog {
                 return Err(LogError::Backpressure(queued));
             }
             let base = |seg, id| self.inner.durable_attribute(seg, id);
-            let (op, offset) = p.append(segment, data.len() as u64, opts, &base)?;
+            let (op, offset) = p.append(segment, len as u64, opts, &base)?;
             p.batch.push_append(op, data, cfg.max_frame_data_bytes);
             Ok(offset)
         })
     }
 
     /// Appends and waits until the data is durable; returns its offset.
-    pub async fn append(&self, segment: &str, data: &[u8], opts: &AppendOptions) -> Result<u64> {
+    pub async fn append<'a>(
+        &self,
+        segment: &str,
+        data: impl Into<Payload<'a>>,
+        opts: &AppendOptions,
+    ) -> Result<u64> {
+        let data = data.into();
         loop {
             match self.submit_append(segment, data, opts) {
                 Ok((offset, ticket)) => {

@@ -43,3 +43,4 @@ pub use table::{
     validate_name, AppendOptions, AttributeCondition, AttributeId, AttributeUpdate, MAX_NAME_LEN,
 };
 pub use tier2::{FsTier2, Tier2, Tier2Error};
+pub use writer::{Payload, SHARED_MIN};

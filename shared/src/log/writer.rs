@@ -53,25 +53,106 @@ pub(crate) struct FrameMeta {
     op: Op,
 }
 
-/// Bytes of a batch's arena: where one or more appends to one segment are, and the
-/// next piece of the same segment's frame (`NO_PIECE`: none).
+/// An append's bytes as handed to the log.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// Bytes the batch copies.
+    Borrowed(&'a [u8]),
+    /// Buffers, one after the other, that the batch holds until they are written
+    /// instead of copying them, when they make at least [`SHARED_MIN`] bytes: a large
+    /// append received from the network is then copied once, into the buffer written
+    /// to disk.
+    Shared(&'a [Bytes]),
+}
+
+/// Bytes from which a [`Payload::Shared`] is held rather than copied; below it, a
+/// copy costs less than keeping the buffers.
+pub const SHARED_MIN: usize = 16 << 10;
+
+impl Payload<'_> {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Borrowed(b) => b.len(),
+            Payload::Shared(bufs) => bufs.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> From<&'a [u8]> for Payload<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        Payload::Borrowed(b)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Payload<'a> {
+    fn from(b: &'a [u8; N]) -> Self {
+        Payload::Borrowed(b)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Payload<'a> {
+    fn from(b: &'a Vec<u8>) -> Self {
+        Payload::Borrowed(b)
+    }
+}
+
+impl<'a> From<&'a Bytes> for Payload<'a> {
+    fn from(b: &'a Bytes) -> Self {
+        Payload::Shared(std::slice::from_ref(b))
+    }
+}
+
+impl<'a> From<&'a [Bytes]> for Payload<'a> {
+    fn from(bufs: &'a [Bytes]) -> Self {
+        Payload::Shared(bufs)
+    }
+}
+
+/// Bytes of a batch: of its arena (`buf` is [`ARENA`]) or of one of the buffers it
+/// holds; one or more appends to one segment, and the next piece of the same segment's
+/// frame (`NO_PIECE`: none).
 #[derive(Debug, Clone, Copy)]
 struct Piece {
+    buf: u32,
     start: u32,
     len: u32,
     next: u32,
 }
 
 const NO_PIECE: u32 = u32::MAX;
+const ARENA: u32 = u32::MAX;
 
 impl Piece {
-    fn new(start: u32, len: u32) -> Self {
+    fn new(buf: u32, start: u32, len: u32) -> Self {
         Piece {
+            buf,
             start,
             len,
             next: NO_PIECE,
         }
     }
+}
+
+/// Adds `p` to the end of `o`'s pieces: onto its last piece if `p` continues it in the
+/// arena, else as the next piece.
+fn link(pieces: &mut Vec<Piece>, o: &mut OpenAppend, p: Piece) {
+    let i = pieces.len() as u32;
+    match pieces.get_mut(o.last as usize) {
+        Some(last) if last.buf == ARENA && p.buf == ARENA && last.start + last.len == p.start => {
+            last.len += p.len;
+            return;
+        }
+        Some(last) => last.next = i,
+        None => o.first = i,
+    }
+    o.last = i;
+    pieces.push(p);
 }
 
 /// The appends to one segment that will make one frame.
@@ -92,14 +173,18 @@ enum Planned {
 }
 
 /// Operations waiting for the next group commit. Appenders copy data into one arena, in
-/// the order it comes; the appends to one segment are chained and become one frame (up
-/// to `max_frame_data_bytes`), so a busy batch costs one frame header per segment, not
-/// per event, and no allocation per segment. The writer lays the frames out in the
-/// buffer it writes from ([`Batch::build`]).
+/// the order it comes, or hand over large buffers ([`Payload::Shared`]); the appends to
+/// one segment are chained and become one frame (up to `max_frame_data_bytes`), so a
+/// busy batch costs one frame header per segment, not per event, and no allocation per
+/// segment. The writer lays the frames out in the buffer it writes from
+/// ([`Batch::build`]).
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub seq: u64,
     arena: Vec<u8>,
+    /// Buffers held instead of copied, and their bytes.
+    held: Vec<Bytes>,
+    held_bytes: usize,
     pieces: Vec<Piece>,
     /// Frames closed so far, in log order; the open appends follow, by segment id.
     planned: Vec<Planned>,
@@ -133,6 +218,8 @@ impl Batch {
         Batch {
             seq,
             arena: Vec::with_capacity(bytes),
+            held: Vec::new(),
+            held_bytes: 0,
             pieces: Vec::with_capacity(pieces),
             planned: Vec::new(),
             open: HashMap::with_capacity(segs),
@@ -146,7 +233,9 @@ impl Batch {
 
     /// Bytes this batch will write, roughly.
     pub fn bytes(&self) -> usize {
-        self.arena.len() + (self.planned.len() + self.open.len()) * HEADER_ESTIMATE
+        self.arena.len()
+            + self.held_bytes
+            + (self.planned.len() + self.open.len()) * HEADER_ESTIMATE
     }
 
     fn close(&mut self, seg: u64) {
@@ -175,62 +264,65 @@ impl Batch {
         self.planned.push(Planned::Op(op));
     }
 
-    /// Adds an append (validated against the pending table).
-    pub fn push_append(&mut self, op: Op, data: &[u8], max_frame_data_bytes: usize) {
+    /// Adds an append (validated against the pending table) with its bytes.
+    pub fn push_append(&mut self, op: Op, data: Payload<'_>, max_frame_data_bytes: usize) {
         let Op::Append {
             seg,
             data_offset,
+            len,
             attrs,
-            ..
         } = op
         else {
             return self.push_op(op);
         };
         self.touch();
-        // Within u32: appends are refused once the arena holds `max_batch_bytes`
-        // (at most MAX_BATCH_BYTES), and one append is far below 3 GiB.
-        let start = self.arena.len() as u32;
-        let len = data.len() as u32;
-        let piece = self.pieces.len() as u32;
+        let len = len as usize;
+        // Where the bytes go. Within u32: appends are refused once a batch holds
+        // `max_batch_bytes` (at most MAX_BATCH_BYTES), and one append is far below 3 GiB.
+        let held_from = self.held.len();
+        let arena_at = self.arena.len() as u32;
+        match data {
+            Payload::Shared(bufs) if len >= SHARED_MIN => {
+                self.held
+                    .extend(bufs.iter().filter(|b| !b.is_empty()).cloned());
+                self.held_bytes += len;
+            }
+            Payload::Shared(bufs) => bufs.iter().for_each(|b| self.arena.extend_from_slice(b)),
+            Payload::Borrowed(b) => self.arena.extend_from_slice(b),
+        }
         let fresh = OpenAppend {
             data_offset,
             attrs: Vec::new(),
             len: 0,
-            first: piece,
-            last: piece,
+            first: NO_PIECE,
+            last: NO_PIECE,
         };
         let o = match self.open.entry(seg) {
             Entry::Occupied(e)
-                if e.get().len + data.len() > max_frame_data_bytes
+                if e.get().len + len > max_frame_data_bytes
                     || e.get().attrs.len() + attrs.len() > MAX_FRAME_ATTRIBUTES =>
             {
                 // The frame is full: it is planned, and this append starts the next.
                 let o = e.into_mut();
                 let full = std::mem::replace(o, fresh);
                 self.planned.push(Planned::Append { seg, o: full });
-                self.pieces.push(Piece::new(start, len));
                 o
             }
             Entry::Occupied(e) => {
                 let o = e.into_mut();
                 debug_assert_eq!(o.data_offset + o.len as u64, data_offset);
-                let last = &mut self.pieces[o.last as usize];
-                if last.start + last.len == start {
-                    last.len += len;
-                } else {
-                    last.next = piece;
-                    o.last = piece;
-                    self.pieces.push(Piece::new(start, len));
-                }
                 o
             }
-            Entry::Vacant(e) => {
-                self.pieces.push(Piece::new(start, len));
-                e.insert(fresh)
-            }
+            Entry::Vacant(e) => e.insert(fresh),
         };
-        self.arena.extend_from_slice(data);
-        o.len += data.len();
+        if self.held.len() > held_from {
+            for (i, b) in self.held.iter().enumerate().skip(held_from) {
+                link(&mut self.pieces, o, Piece::new(i as u32, 0, b.len() as u32));
+            }
+        } else if len > 0 {
+            link(&mut self.pieces, o, Piece::new(ARENA, arena_at, len as u32));
+        }
+        o.len += len;
         for (id, v) in attrs {
             match o.attrs.iter_mut().find(|(i, _)| *i == id) {
                 Some(a) => a.1 = v,
@@ -255,7 +347,7 @@ impl Batch {
             Planned::Append { o, .. } => APPEND_FIXED_LEN + o.attrs.len() * ATTRIBUTE_LEN,
             Planned::Op(op) => frame_head_len(op),
         };
-        let len = self.arena.len() + self.planned.iter().map(head).sum::<usize>();
+        let len = self.arena.len() + self.held_bytes + self.planned.iter().map(head).sum::<usize>();
         let (mut buf, start) = match direct {
             Some(d) => d.buffer(len),
             None => (Vec::with_capacity(len), 0),
@@ -280,8 +372,11 @@ impl Batch {
                     let mut i = o.first;
                     while i != NO_PIECE {
                         let p = self.pieces[i as usize];
-                        let from = p.start as usize;
-                        buf.extend_from_slice(&self.arena[from..from + p.len as usize]);
+                        let (from, to) = (p.start as usize, (p.start + p.len) as usize);
+                        match p.buf {
+                            ARENA => buf.extend_from_slice(&self.arena[from..to]),
+                            h => buf.extend_from_slice(&self.held[h as usize][from..to]),
+                        }
                         i = p.next;
                     }
                     (op, o.len > 0)
