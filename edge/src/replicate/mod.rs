@@ -478,9 +478,10 @@ async fn copy(
                 }
                 continue;
             }
+            let len = read.data.len() as u64;
             pace.take(read.data.len()).await;
-            session.send(offset, &read.data).await?;
-            offset += read.data.len() as u64;
+            session.send(offset, read.data).await?;
+            offset += len;
         }
     };
     tokio::pin!(acker);

@@ -841,14 +841,14 @@ pub struct MirrorSession {
 }
 
 impl MirrorSession {
-    /// Sends the source's bytes at `offset`.
-    pub async fn send(&mut self, offset: u64, bytes: &[u8]) -> Result<(), ClientError> {
+    /// Sends the source's bytes at `offset` (handed to QUIC as they are, not copied).
+    pub async fn send(&mut self, offset: u64, bytes: Bytes) -> Result<(), ClientError> {
         let h = DataHeader::Mirror { offset };
+        let mut frame = [encode_data(&h, bytes.len()), bytes];
         self.send
-            .write_all(&encode_data(&h, bytes.len()))
+            .write_all_chunks(&mut frame)
             .await
-            .map_err(conn_err)?;
-        self.send.write_all(bytes).await.map_err(conn_err)
+            .map_err(conn_err)
     }
 
     /// Sets the QUIC priority of the session's data against the connection's other

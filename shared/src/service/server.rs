@@ -1,5 +1,6 @@
 //! Server side of the segment service.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +18,8 @@ use crate::node::http::label_value;
 use crate::service::access::Access;
 use crate::stream::is_large_event_segment;
 use crate::wire::{
-    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, ReplicationLag, Request,
-    Response, SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    encode_control, encode_data, read_data_frame, read_frame, DataHeader, ErrorCode,
+    ReplicationLag, Request, Response, SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 /// Largest control request the server reads (control messages are small).
@@ -822,8 +823,10 @@ async fn session(
     };
     let mut draining = shared.draining.clone();
     loop {
+        // The payload as it arrived, in pieces the log holds instead of copying.
+        let mut data = Vec::new();
         let frame = tokio::select! {
-            f = read_frame(&mut recv, MAX_FRAME_LEN) => f,
+            f = read_data_frame(&mut recv, MAX_FRAME_LEN, &mut data) => f,
             () = drained(&mut draining) => {
                 // Everything taken so far is acknowledged first (the acker sends in
                 // order); what the client sent after it was not read and is refused.
@@ -845,15 +848,12 @@ async fn session(
         let p = match (kind, frame) {
             (
                 SessionKind::Append { writer_id },
-                Frame::Data(
-                    DataHeader::Append {
-                        event_number,
-                        event_count,
-                    },
-                    data,
-                ),
+                DataHeader::Append {
+                    event_number,
+                    event_count,
+                },
             ) => append_block(&log, &segment, writer_id, event_number, event_count, &data).await,
-            (SessionKind::Mirror, Frame::Data(DataHeader::Mirror { offset }, data)) => {
+            (SessionKind::Mirror, DataHeader::Mirror { offset }) => {
                 mirror_block(&log, &segment, offset, &data).await
             }
             (kind, _) => Pending::Failed(error(
@@ -880,8 +880,9 @@ async fn append_block(
     writer_id: u128,
     event_number: i64,
     event_count: u32,
-    data: &Bytes,
+    data: &[Bytes],
 ) -> Pending {
+    let len: usize = data.iter().map(Bytes::len).sum();
     let opts = AppendOptions {
         expected_length: None,
         attributes: vec![AttributeUpdate {
@@ -896,10 +897,10 @@ async fn append_block(
                 return Pending::Stored {
                     ticket,
                     events: event_count,
-                    bytes: data.len() as u64,
+                    bytes: len as u64,
                     reply: Response::Appended {
                         event_number,
-                        end_offset: offset + data.len() as u64,
+                        end_offset: offset + len as u64,
                         duplicate: false,
                     },
                 }
@@ -919,21 +920,24 @@ async fn append_block(
 }
 
 /// Stores a mirror frame at `offset`, or what the segment does not hold of it yet.
-async fn mirror_block(log: &SegmentLog, segment: &str, offset: u64, data: &Bytes) -> Pending {
-    let end = offset + data.len() as u64;
+async fn mirror_block(log: &SegmentLog, segment: &str, offset: u64, data: &[Bytes]) -> Pending {
+    let end = offset + data.iter().map(|b| b.len() as u64).sum::<u64>();
     let mut at = offset;
     loop {
-        let part = data.slice((at - offset) as usize..);
+        let part = match at - offset {
+            0 => Cow::Borrowed(data),
+            stored => Cow::Owned(skip(data, stored as usize)),
+        };
         let opts = AppendOptions {
             expected_length: Some(at),
             attributes: Vec::new(),
         };
-        match log.submit_append(segment, &part, &opts) {
+        match log.submit_append(segment, &*part, &opts) {
             Ok((_, ticket)) => {
                 return Pending::Stored {
                     ticket,
                     events: 0,
-                    bytes: part.len() as u64,
+                    bytes: end - at,
                     reply: Response::Mirrored {
                         end_offset: end,
                         duplicate: false,
@@ -961,4 +965,18 @@ async fn mirror_block(log: &SegmentLog, segment: &str, offset: u64, data: &Bytes
             Err(e) => return Pending::Failed(Response::error(&e)),
         }
     }
+}
+
+/// `data` without its first `n` bytes.
+fn skip(data: &[Bytes], mut n: usize) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(data.len());
+    for b in data {
+        if n >= b.len() {
+            n -= b.len();
+        } else {
+            out.push(b.slice(n..));
+            n = 0;
+        }
+    }
+    out
 }

@@ -92,13 +92,15 @@ pub fn decode_frame(mut body: Bytes) -> Result<Frame, WireError> {
             if body.len() < hlen {
                 return Err(WireError::Malformed("data header longer than frame".into()));
             }
-            let h = body.split_to(hlen);
-            let header: DataHeader = ciborium::from_reader(h.as_ref())
-                .map_err(|e| WireError::Malformed(format!("data header: {e}")))?;
+            let header = decode_data_header(&body.split_to(hlen))?;
             Ok(Frame::Data(header, body))
         }
         k => Err(WireError::Malformed(format!("unknown frame kind {k}"))),
     }
+}
+
+fn decode_data_header(h: &[u8]) -> Result<DataHeader, WireError> {
+    ciborium::from_reader(h).map_err(|e| WireError::Malformed(format!("data header: {e}")))
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream. Refuses a frame longer than
@@ -107,6 +109,77 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max_len: usize,
 ) -> Result<Option<Frame>, WireError> {
+    let Some(len) = read_len(r, max_len).await? else {
+        return Ok(None);
+    };
+    // Read into uninitialised capacity: a data frame is up to a mebibyte, and zeroing
+    // it first cost as much as reading it.
+    let mut body = BytesMut::with_capacity(len);
+    while body.len() < len {
+        let want = len - body.len();
+        let mut rest = (&mut body).limit(want);
+        if r.read_buf(&mut rest).await? == 0 {
+            return Err(WireError::Malformed("stream ended inside a frame".into()));
+        }
+    }
+    decode_frame(body.freeze()).map(Some)
+}
+
+/// Reads one data frame from a QUIC stream, its payload as the pieces it arrived in
+/// (appended to `payload`), so a server stores it without copying it first; `Ok(None)`
+/// at a clean end of stream. Anything but a data frame is an error. Refuses a frame
+/// longer than `max_len` before reading it.
+pub async fn read_data_frame(
+    r: &mut quinn::RecvStream,
+    max_len: usize,
+    payload: &mut Vec<Bytes>,
+) -> Result<Option<DataHeader>, WireError> {
+    let Some(len) = read_len(r, max_len).await? else {
+        return Ok(None);
+    };
+    let ended = |e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => {
+            WireError::Malformed("stream ended inside a frame".into())
+        }
+        quinn::ReadExactError::ReadError(e) => WireError::Io(e.into()),
+    };
+    let mut head = [0u8; 3];
+    if len < head.len() {
+        return Err(WireError::Malformed("data frame without header".into()));
+    }
+    r.read_exact(&mut head).await.map_err(ended)?;
+    if head[0] != KIND_DATA {
+        return Err(WireError::Malformed(format!(
+            "expected a data frame, got one of kind {}",
+            head[0]
+        )));
+    }
+    let hlen = usize::from(u16::from_be_bytes([head[1], head[2]]));
+    let Some(mut rest) = len.checked_sub(head.len() + hlen) else {
+        return Err(WireError::Malformed("data header longer than frame".into()));
+    };
+    let mut h = vec![0u8; hlen];
+    r.read_exact(&mut h).await.map_err(ended)?;
+    let header = decode_data_header(&h)?;
+    while rest > 0 {
+        let Some(chunk) = r
+            .read_chunk(rest, true)
+            .await
+            .map_err(|e| WireError::Io(e.into()))?
+        else {
+            return Err(WireError::Malformed("stream ended inside a frame".into()));
+        };
+        rest -= chunk.bytes.len();
+        payload.push(chunk.bytes);
+    }
+    Ok(Some(header))
+}
+
+/// Reads a frame's length field; `Ok(None)` at a clean end of stream.
+async fn read_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_len: usize,
+) -> Result<Option<usize>, WireError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -128,17 +201,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max: max_len.min(MAX_FRAME_LEN),
         });
     }
-    // Read into uninitialised capacity: a data frame is up to a mebibyte, and zeroing
-    // it first cost as much as reading it.
-    let mut body = BytesMut::with_capacity(len);
-    while body.len() < len {
-        let want = len - body.len();
-        let mut rest = (&mut body).limit(want);
-        if r.read_buf(&mut rest).await? == 0 {
-            return Err(WireError::Malformed("stream ended inside a frame".into()));
-        }
-    }
-    decode_frame(body.freeze()).map(Some)
+    Ok(Some(len))
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@
 mod codec;
 mod messages;
 
-pub use codec::{decode_frame, encode_control, encode_data, read_frame, Frame, WireError};
+pub use codec::{
+    decode_frame, encode_control, encode_data, read_data_frame, read_frame, Frame, WireError,
+};
 pub use messages::{
     DataHeader, ErrorCode, GroupInfo, ReplicationLag, Request, Response, SegmentInfoWire,
     StartFrom, WriterPosition,
