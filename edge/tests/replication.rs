@@ -608,8 +608,8 @@ async fn a_higher_priority_stream_drains_first_on_a_slow_uplink() {
     .await;
     cloud.start().await;
     // When the sensor stream has drained, most of the video is still waiting (with
-    // equal priorities about 13 of its 24 MiB are left at that moment, with these
-    // about 21).
+    // equal priorities about 15 of its 24 MiB are left at that moment, with these
+    // about 23).
     let s = wait_status(&edge, 90, "the sensor backlog drained", |s| {
         s.replication[1].lag_bytes == 0 && s.replication[1].connected
     })

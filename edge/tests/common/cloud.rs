@@ -352,9 +352,15 @@ pub struct Faults {
     pub delay: Duration,
     /// Probability of dropping a datagram.
     pub loss: f64,
-    /// Bytes per second each way at most (a slow uplink); `None`: no limit.
+    /// Bytes per second each way at most (a slow uplink); `None`: no limit. As at a
+    /// real uplink's router, datagrams queue for at most [`LINK_BUFFER`] and beyond
+    /// that are dropped: an unbounded queue would let a sender put seconds of data in
+    /// flight, ahead of anything it sends later, whatever its priority.
     pub rate: Option<u64>,
 }
+
+/// How long datagrams may wait for a rate-limited link before it drops them.
+pub const LINK_BUFFER: Duration = Duration::from_millis(100);
 
 /// A UDP relay on 127.0.0.1 to `upstream`: each client address gets its own upstream
 /// socket, so the cloud sees one peer per edge connection.
@@ -438,6 +444,9 @@ fn forward(
         Some(rate) => {
             let mut free = link.free_at.lock().expect("link");
             let start = free.map_or(now, |t| t.max(now));
+            if start > now + LINK_BUFFER {
+                return;
+            }
             let done = start + Duration::from_secs_f64(len as f64 / rate as f64);
             *free = Some(done);
             done
