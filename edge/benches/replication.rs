@@ -213,6 +213,18 @@ async fn raw(local: &Arc<LocalStream>, pki: &DevPki, faults: Option<cloud::Fault
     (length, secs)
 }
 
+/// CPU seconds this process has used (user and system), from `/proc/self/stat`.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which ends with the last ')'): utime is the 12th,
+    // stime the 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
+    let ticks = |i: usize| fields[i].parse::<f64>().expect("ticks");
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
 }
@@ -241,10 +253,14 @@ fn main() {
         println!("filling a {lan_mib} MiB backlog ({} KiB events)...", EVENT >> 10);
         let lan = backlog(&edge, "lan", lan_mib << 20).await;
         warm(&lan).await;
+        let cpu = cpu_secs();
         let (bytes, raw_s) = raw(&lan, &pki, None).await;
+        let (cpu, raw_cpu) = (cpu_secs(), cpu_secs() - cpu);
         let (_, repl_s) = replicate(&lan, "lan", cloud.quic_addr(), &profile).await;
+        let repl_cpu = cpu_secs() - cpu;
         let (r, p) = (mib_s(bytes, raw_s), mib_s(bytes, repl_s));
         println!("loopback, {lan_mib} MiB: raw quinn {r:.1} MiB/s ({raw_s:.2} s), replication {p:.1} MiB/s ({repl_s:.2} s), ratio {:.2}", p / r);
+        println!("CPU time (user + system, all threads): raw quinn {raw_cpu:.2} s, replication {repl_cpu:.2} s");
         println!("time to drain the {lan_mib} MiB backlog: {repl_s:.2} s");
 
         let wan_faults = cloud::Faults {
