@@ -217,7 +217,18 @@ pub fn encode_frame_head(out: &mut Vec<u8>, seq: u64, op: &Op, data_len: usize) 
 
 /// Sets the CRC of the complete frame `frame` (header and data, as encoded).
 pub fn seal_frame(frame: &mut [u8]) {
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[0..4]), &frame[FRAME_HEADER_LEN..]);
+    set_frame_crc(frame, frame_crc(frame));
+}
+
+/// The CRC of `frame` as encoded so far: what the frame's CRC covers of it. Continue it
+/// over the data appended after with `crc32c::crc32c_append`, and store it with
+/// [`set_frame_crc`].
+pub fn frame_crc(frame: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&frame[0..4]), &frame[FRAME_HEADER_LEN..])
+}
+
+/// Stores `crc` as the CRC of `frame`.
+pub fn set_frame_crc(frame: &mut [u8], crc: u32) {
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
