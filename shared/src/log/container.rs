@@ -423,7 +423,16 @@ impl SegmentLog {
         data: impl Into<Payload<'a>>,
         opts: &AppendOptions,
     ) -> Result<(u64, Ticket)> {
-        let data = data.into();
+        self.submit_payload(segment, data.into(), opts)
+    }
+
+    // Not generic, so that it is compiled (and its callees inlined) once, here.
+    fn submit_payload(
+        &self,
+        segment: &str,
+        data: Payload<'_>,
+        opts: &AppendOptions,
+    ) -> Result<(u64, Ticket)> {
         let len = data.len();
         let cfg = &self.inner.config;
         if len > cfg.max_append_bytes {

@@ -145,6 +145,7 @@ impl Piece {
 
 /// Adds `p` to the end of `o`'s pieces: onto its last piece if `p` continues it in the
 /// arena, else as the next piece.
+#[inline]
 fn link(pieces: &mut Vec<Piece>, o: &mut OpenAppend, p: Piece) {
     let i = pieces.len() as u32;
     match pieces.get_mut(o.last as usize) {
@@ -269,6 +270,7 @@ impl Batch {
     }
 
     /// Adds an append (validated against the pending table) with its bytes.
+    #[inline]
     pub fn push_append(&mut self, op: Op, data: Payload<'_>, max_frame_data_bytes: usize) {
         let Op::Append {
             seg,
@@ -281,19 +283,19 @@ impl Batch {
         };
         self.touch();
         let len = len as usize;
-        // Where the bytes go. Within u32: appends are refused once a batch holds
+        // Held buffers are in place before the frame's pieces name them; copied bytes
+        // go to the arena last. Within u32: appends are refused once a batch holds
         // `max_batch_bytes` (at most MAX_BATCH_BYTES), and one append is far below 3 GiB.
         let held_from = self.held.len();
-        let arena_at = self.arena.len() as u32;
-        match data {
+        let copy = match data {
             Payload::Shared(bufs) if len >= SHARED_MIN => {
                 self.held
                     .extend(bufs.iter().filter(|b| !b.is_empty()).cloned());
                 self.held_bytes += len;
+                None
             }
-            Payload::Shared(bufs) => bufs.iter().for_each(|b| self.arena.extend_from_slice(b)),
-            Payload::Borrowed(b) => self.arena.extend_from_slice(b),
-        }
+            copied => Some(copied),
+        };
         let fresh = OpenAppend {
             data_offset,
             attrs: Vec::new(),
@@ -319,12 +321,23 @@ impl Batch {
             }
             Entry::Vacant(e) => e.insert(fresh),
         };
-        if self.held.len() > held_from {
-            for (i, b) in self.held.iter().enumerate().skip(held_from) {
-                link(&mut self.pieces, o, Piece::new(i as u32, 0, b.len() as u32));
+        match copy {
+            None => {
+                for (i, b) in self.held.iter().enumerate().skip(held_from) {
+                    link(&mut self.pieces, o, Piece::new(i as u32, 0, b.len() as u32));
+                }
             }
-        } else if len > 0 {
-            link(&mut self.pieces, o, Piece::new(ARENA, arena_at, len as u32));
+            Some(data) if len > 0 => {
+                let at = self.arena.len() as u32;
+                link(&mut self.pieces, o, Piece::new(ARENA, at, len as u32));
+                match data {
+                    Payload::Borrowed(b) => self.arena.extend_from_slice(b),
+                    Payload::Shared(bufs) => {
+                        bufs.iter().for_each(|b| self.arena.extend_from_slice(b))
+                    }
+                }
+            }
+            Some(_) => {}
         }
         o.len += len;
         for (id, v) in attrs {
