@@ -484,9 +484,19 @@ impl Task {
         while let Some(c) = cmd.take() {
             match c {
                 Cmd::Events(events) => {
-                    for p in events {
+                    let mut events = events.into_iter();
+                    while let Some(p) = events.next() {
                         self.last_number = p.number;
-                        self.route(p).await?;
+                        if let Err(t) = self.route(p).await {
+                            // The events after the one whose block failed are queued,
+                            // not dropped: the recovery resends them with the rest (it
+                            // leaves out what the server turns out to hold).
+                            for p in events {
+                                self.last_number = p.number;
+                                self.queue(p);
+                            }
+                            return Err(t);
+                        }
                     }
                 }
                 Cmd::Flush(tx) => self.flushes.push_back((self.last_number, tx)),
