@@ -118,15 +118,13 @@ impl Setup {
     /// Waits until Tier-2 holds everything written (the backlog is empty), then for the
     /// pass that emptied it to finish (its manifest).
     fn wait_flushed(&self, node: &Node) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.metric("tributary_tier2_backlog_bytes") > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "Tier-2 backlog did not drain:\n{}",
-                node.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(node, 60, || {
+            if self.metric("tributary_tier2_backlog_bytes") == 0 {
+                Ok(())
+            } else {
+                Err("Tier-2 backlog did not drain".into())
+            }
+        });
         std::thread::sleep(Duration::from_secs(3));
     }
 
@@ -141,6 +139,19 @@ impl Setup {
                 ))
             })
             .collect()
+    }
+}
+
+/// Checks every 100 ms until `check` passes; after `secs`, fails with its last reason
+/// and the node's log.
+fn eventually(node: &Node, secs: u64, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) => assert!(Instant::now() < deadline, "{why}:\n{}", node.log()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -273,19 +284,14 @@ fn tiers_out_reads_back_and_truncation_deletes_chunks(backend: Backend, dir: &Pa
         }
     }
     assert!(keep.len() < chunks.len(), "{chunks:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(&node, 30, || {
         let left = rt.block_on(backend.chunks());
         if left == keep {
-            break;
+            Ok(())
+        } else {
+            Err(format!("chunks left {left:?}, expected {keep:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "chunks left {left:?}, expected {keep:?}:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     let rest = rt.block_on(read_segment(&client, cut_at_event));
     assert_eq!(rest, all.slice(cut_at_event as usize..));
     let below = rt.block_on(client.read(SEGMENT, 0, 100, Duration::ZERO));
@@ -330,17 +336,15 @@ fn outage_back_pressures_and_loses_nothing(mut backend: Backend, dir: &Path) {
         let client = client.clone();
         async move { write(&client, 1000, 7000).await }
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while setup.metric("tributary_tier2_backlog_bytes") < 2 << 20
-        || setup.metric("tributary_tier2_errors_total") == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the backlog never reached its bound:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(&node, 60, || {
+        if setup.metric("tributary_tier2_backlog_bytes") >= 2 << 20
+            && setup.metric("tributary_tier2_errors_total") > 0
+        {
+            Ok(())
+        } else {
+            Err("the backlog never reached its bound".into())
+        }
+    });
     // A writer now gets a clear, retryable refusal.
     let refused = rt.block_on(async {
         let mut s = client.append_session(SEGMENT, 7).await.expect("session");
@@ -412,27 +416,22 @@ fn moves_while_data_comes_in(backend: Backend, dir: &Path) {
         w.close().await
     });
     let stats = stats.unwrap_or_else(|e| panic!("the writer gave up: {e}\n{}", node.log()));
-    // After a refusal the writer finds some blocks stored whose acknowledgement it did
-    // not get (`already_stored`); each event is stored once either way (read below).
+    // An event the writer finds stored when it recovers from a refusal counts as
+    // already stored, not acknowledged; each is stored once either way (read below).
     assert_eq!(
         stats.acknowledged + stats.already_stored,
         events,
         "{stats:?}"
     );
     // A pass counts what it moved when it ends; the last may still be running.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(&node, 20, || {
         let moved = setup.metric("tributary_tier2_moved_bytes_total");
         if moved >= 12 << 20 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("only {moved} bytes moved"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {moved} bytes moved:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     check_events(&rt.block_on(read_segment(&client, 0)), 0..events);
     drop(client);
     assert!(node.terminate().success());

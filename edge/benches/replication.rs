@@ -255,7 +255,10 @@ fn main() {
         warm(&lan).await;
         let cpu = cpu_secs();
         let (bytes, raw_s) = raw(&lan, &pki, None).await;
-        let (cpu, raw_cpu) = (cpu_secs(), cpu_secs() - cpu);
+        let (cpu, raw_cpu) = {
+            let now = cpu_secs();
+            (now, now - cpu)
+        };
         let (_, repl_s) = replicate(&lan, "lan", cloud.quic_addr(), &profile).await;
         let repl_cpu = cpu_secs() - cpu;
         let (r, p) = (mib_s(bytes, raw_s), mib_s(bytes, repl_s));

@@ -28,8 +28,7 @@ use super::manifest::{now_ms, ChunkRecord, Manifest, RestoreReport, MANIFEST};
 use super::meta::{Checkpoint, Meta};
 use super::table::{AppendOptions, AttributeBase, AttributeId, AttributeUpdate, Release, Table};
 use super::tier2::Tier2;
-use super::writer::Payload;
-use super::writer::{run, Batch, Syncer, Writer};
+use super::writer::{run, Batch, Payload, Syncer, Writer};
 
 /// Locks a mutex, ignoring poisoning (a panicked holder leaves consistent data here:
 /// every mutation is validated before it is made).
@@ -475,7 +474,7 @@ impl SegmentLog {
     ) -> Result<u64> {
         let data = data.into();
         loop {
-            match self.submit_append(segment, data, opts) {
+            match self.submit_payload(segment, data, opts) {
                 Ok((offset, ticket)) => {
                     self.durable(ticket).await?;
                     return Ok(offset);

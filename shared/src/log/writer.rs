@@ -269,7 +269,9 @@ impl Batch {
         self.planned.push(Planned::Op(op));
     }
 
-    /// Adds an append (validated against the pending table) with its bytes.
+    /// Adds an append (validated against the pending table) with its bytes. Inlined
+    /// into `submit_append` (with [`link`]): called apart, `trib bench log` at 100 B
+    /// ran about 10 % slower.
     #[inline]
     pub fn push_append(&mut self, op: Op, data: Payload<'_>, max_frame_data_bytes: usize) {
         let Op::Append {
