@@ -339,11 +339,22 @@ pub fn client_config(id: &Identity) -> Result<quinn::ClientConfig, TlsError> {
     Ok(client)
 }
 
-/// Path MTU discovery up to jumbo frames (9000 bytes): a link that carries them (a
-/// data centre, loopback) needs far fewer packets; others stay at what they carry.
+/// The largest UDP payload a connection may grow to. Path MTU discovery searches up to
+/// it, and every endpoint accepts it from its peer ([`crate::service::quic_endpoint`]);
+/// a sender never exceeds what its peer accepts, whatever it discovers.
+///
+/// Not a full jumbo frame (8952): quinn sends up to 10 packets in one segmentation
+/// offload (GSO) call, which the kernel refuses beyond one 64 KiB UDP datagram (65,507
+/// bytes over IPv4), and quinn drops such a batch without a word. 10 packets of 6550
+/// bytes fit.
+pub const MAX_UDP_PAYLOAD: u16 = 6550;
+
+/// Path MTU discovery up to [`MAX_UDP_PAYLOAD`]: a link that carries jumbo frames (a
+/// data centre, loopback) needs about a sixth of the packets; others stay at what they
+/// carry (1472 bytes of payload on Ethernet).
 fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(8952);
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
     mtu
 }
 

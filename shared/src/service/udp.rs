@@ -31,8 +31,14 @@ pub fn quic_endpoint(
              drops and slow down. Raise it with: sysctl -w net.core.rmem_max={RECV_BUFFER}"
         );
     }
+    let mut config = quinn::EndpointConfig::default();
+    // quinn accepts 1472 bytes by default, which also caps what path MTU discovery may
+    // reach on this endpoint's connections.
+    config
+        .max_udp_payload_size(crate::tls::MAX_UDP_PAYLOAD)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+    quinn::Endpoint::new(config, server, socket, runtime)
 }
 
 /// A UDP socket bound to `addr` with [`RECV_BUFFER`] asked for, and the receive buffer
@@ -60,5 +66,54 @@ mod tests {
         let (socket, granted) = bind(([127, 0, 0, 1], 0).into()).expect("bind");
         assert_eq!(granted, RECV_BUFFER.min(max));
         assert!(socket.local_addr().expect("addr").port() > 0);
+    }
+
+    /// Loopback carries 64 KiB packets, so a connection's MTU discovery reaches
+    /// `MAX_UDP_PAYLOAD` and its batches get through: were they larger than the kernel
+    /// takes in one send, every full batch would be lost and quinn would fall back to
+    /// 1200-byte packets (what 8952 did).
+    #[tokio::test]
+    async fn a_loopback_connection_grows_its_packets_to_the_largest_payload() {
+        use crate::tls::{client_config, server_config, DevPki, MAX_UDP_PAYLOAD};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = DevPki::ensure(dir.path(), "test-client").expect("pki");
+        let localhost = ([127, 0, 0, 1], 0).into();
+        let server = quic_endpoint(localhost, Some(server_config(&pki.server).expect("tls")))
+            .expect("server");
+        let addr = server.local_addr().expect("addr");
+        let receiver = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("conn");
+            let mut recv = conn.accept_uni().await.expect("stream");
+            let mut n = 0;
+            while let Some(c) = recv.read_chunk(1 << 20, true).await.expect("read") {
+                n += c.bytes.len();
+            }
+            n
+        });
+        let mut client = quic_endpoint(localhost, None).expect("client");
+        client.set_default_client_config(client_config(&pki.client).expect("tls"));
+        let conn = client
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let mut send = conn.open_uni().await.expect("stream");
+        let block = bytes::Bytes::from(vec![7u8; 1 << 20]);
+        for _ in 0..64 {
+            send.write_chunk(block.clone()).await.expect("send");
+        }
+        send.finish().expect("finish");
+        assert_eq!(receiver.await.expect("receiver"), 64 << 20);
+        let path = conn.stats().path;
+        assert_eq!(
+            path.current_mtu, MAX_UDP_PAYLOAD,
+            "{} of {} packets lost",
+            path.lost_packets, path.sent_packets
+        );
     }
 }
