@@ -74,7 +74,9 @@ fn standalone_serves_stops_on_sigterm_and_keeps_its_data() {
         let c = connect(&profile).await;
         c.create_segment(SEGMENT).await.expect("create segment");
         let mut s = c.append_session(SEGMENT, 7).await.expect("append session");
-        s.send(1, 1, b"hello").await.expect("send");
+        s.send(1, 1, &[bytes::Bytes::from_static(b"hello")])
+            .await
+            .expect("send");
         let ack = s.ack().await.expect("ack");
         assert_eq!(ack.end_offset, 5);
         s.finish().expect("finish");

@@ -349,7 +349,7 @@ fn outage_back_pressures_and_loses_nothing(mut backend: Backend, dir: &Path) {
     let refused = rt.block_on(async {
         let mut s = client.append_session(SEGMENT, 7).await.expect("session");
         let block = tributary::event::frame_event(b"k", b"x");
-        s.send(1, 1, &block).await.expect("send");
+        s.send(1, 1, &[block]).await.expect("send");
         s.ack().await.expect_err("refused while Tier-2 is down")
     });
     assert!(refused.is_transient(), "{refused}");

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tributary::controller::Controller;
 use tributary::log::{LogConfig, SegmentLog};
 use tributary::service::{Client, ClientError, SegmentServer};
@@ -87,7 +88,7 @@ async fn pipelined_appends_reads_and_control_over_quic() {
     assert_eq!(sess.last_event_number, None);
     let mut want = Vec::new();
     for n in 1..=500 {
-        sess.send(n, 1, &block(n)).await.expect("send");
+        sess.send(n, 1, &[block(n).into()]).await.expect("send");
         want.extend_from_slice(&block(n));
     }
     for n in 1..=500 {
@@ -105,7 +106,9 @@ async fn pipelined_appends_reads_and_control_over_quic() {
         tokio::spawn(async move { c2.read("s/0", at, 100, Duration::from_secs(20)).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    sess.send(501, 1, b"late").await.expect("send");
+    sess.send(501, 1, &[Bytes::from_static(b"late")])
+        .await
+        .expect("send");
     sess.ack().await.expect("ack");
     let (data, _) = reader.await.expect("join").expect("tail read");
     assert_eq!(&data[..], b"late");
@@ -129,7 +132,7 @@ async fn a_resend_after_reconnect_and_restart_is_stored_once() {
         c.create_segment("s").await.expect("create");
         let mut sess = c.append_session("s", 7).await.expect("session");
         for n in 1..=100 {
-            sess.send(n, 1, &block(n)).await.expect("send");
+            sess.send(n, 1, &[block(n).into()]).await.expect("send");
         }
         for _ in 1..=100 {
             sess.ack().await.expect("ack");
@@ -141,7 +144,7 @@ async fn a_resend_after_reconnect_and_restart_is_stored_once() {
     assert_eq!(sess.last_event_number, Some(100));
     // The writer does not trust it and resends from 51: 51..=100 are duplicates.
     for n in 51..=150 {
-        sess.send(n, 1, &block(n)).await.expect("send");
+        sess.send(n, 1, &[block(n).into()]).await.expect("send");
     }
     let mut dups = 0;
     for n in 51..=150 {
@@ -241,7 +244,7 @@ async fn garbage_and_oversized_frames_get_errors_while_others_go_on() {
 
     // The well-behaved client's session was not disturbed.
     for n in 1..=10 {
-        sess.send(n, 1, &block(n)).await.expect("send");
+        sess.send(n, 1, &[block(n).into()]).await.expect("send");
     }
     for n in 1..=10 {
         assert_eq!(sess.ack().await.expect("ack").event_number, n);

@@ -217,6 +217,44 @@ async fn write_numbered(w: &mut EventWriter, keys: usize, seqs: std::ops::Range<
     w.flush().await.expect("flush");
 }
 
+/// A writer's block holds events from 4 KiB on as they are and copies smaller ones
+/// together: blocks that mix both, and cross block boundaries, read back byte for byte
+/// and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_mixing_held_and_copied_events_read_back_byte_for_byte() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    stream_s_t(&c, fixed(1)).await;
+    let config = WriterConfig {
+        max_block_bytes: 64 << 10,
+        ..WriterConfig::default()
+    };
+    let mut w = EventWriter::new(&c, "s", "t", config)
+        .await
+        .expect("writer");
+    let sizes = [100, 5000, 100, 1, 20_000, 4090, 4100, 4096, 30, 60_000];
+    let payload = |i: usize| -> Vec<u8> {
+        let mut p = format!("{i}:").into_bytes();
+        p.resize(sizes[i % sizes.len()].max(p.len()), (i % 251) as u8);
+        p
+    };
+    let n = 600;
+    for i in 0..n {
+        w.write(b"k", &payload(i)).await.expect("write");
+    }
+    let stats = w.close().await.expect("close");
+    assert_eq!(stats.acknowledged, n as u64);
+    let mut r = reader(&c, "g", "r").await;
+    for i in 0..n {
+        let e = r
+            .next(Duration::from_secs(5))
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("event {i} missing"));
+        assert!(e.payload == payload(i), "event {i} differs");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_survives_a_restart_and_a_new_group_resumes_from_it() {
     let mut node = Node::start().await;
@@ -521,8 +559,9 @@ async fn a_drain_acknowledges_or_refuses_every_block_and_stores_exactly_the_ackn
     let mut acks = session.take_acks().expect("acks");
     let sender = tokio::spawn(async move {
         // Keep sending 1 KiB blocks until the server stops taking them.
+        let block = [bytes::Bytes::from(vec![b'x'; 1024])];
         for n in 1..=20_000i64 {
-            if session.send(n, 1, &[b'x'; 1024]).await.is_err() {
+            if session.send(n, 1, &block).await.is_err() {
                 break;
             }
         }

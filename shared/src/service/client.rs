@@ -750,22 +750,26 @@ pub struct AppendSession {
 }
 
 impl AppendSession {
-    /// Sends a block of `event_count` whole events whose last is number `event_number`.
+    /// Sends a block of `event_count` whole events whose last is number `event_number`:
+    /// the bytes of `block`'s pieces in order, handed to QUIC without copying them.
     pub async fn send(
         &mut self,
         event_number: i64,
         event_count: u32,
-        block: &[u8],
+        block: &[Bytes],
     ) -> Result<(), ClientError> {
         let h = DataHeader::Append {
             event_number,
             event_count,
         };
+        let len = block.iter().map(Bytes::len).sum();
+        let mut frame = Vec::with_capacity(block.len() + 1);
+        frame.push(encode_data(&h, len));
+        frame.extend_from_slice(block);
         self.send
-            .write_all(&encode_data(&h, block.len()))
+            .write_all_chunks(&mut frame)
             .await
-            .map_err(conn_err)?;
-        self.send.write_all(block).await.map_err(conn_err)
+            .map_err(conn_err)
     }
 
     /// The next acknowledgement, in order.

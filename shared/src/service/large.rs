@@ -22,6 +22,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::client::{Client, ClientError};
@@ -160,7 +161,8 @@ impl LargeWrite<'_> {
                 filled += n;
             }
             number += 1;
-            session.send(number, 0, &buf[..filled]).await?;
+            let piece = Bytes::copy_from_slice(&buf[..filled]);
+            session.send(number, 0, &[piece]).await?;
             sent += filled as u64;
             unacked.push_back((number, filled));
             unacked_bytes += filled;

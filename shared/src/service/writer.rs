@@ -117,11 +117,42 @@ struct Pending {
     framed: Bytes,
 }
 
-/// A block sent or being built for one segment.
+/// Events from this size on join a block as they are, not copied: QUIC sends them from
+/// where they were framed. Smaller ones are copied together (one piece costs more to
+/// send than copying a few kilobytes).
+const HOLD_MIN: usize = 4 << 10;
+
+/// A block sent or being built for one segment: its events' bytes, in order, as pieces.
 #[derive(Debug, Default)]
 struct Block {
-    data: BytesMut,
+    pieces: Vec<Bytes>,
+    /// Small events copied together, the block's last piece once it is sent.
+    tail: BytesMut,
+    len: usize,
     events: Vec<Pending>,
+}
+
+impl Block {
+    fn push(&mut self, p: Pending) {
+        self.len += p.framed.len();
+        if p.framed.len() >= HOLD_MIN {
+            if !self.tail.is_empty() {
+                self.pieces.push(self.tail.split().freeze());
+            }
+            self.pieces.push(p.framed.clone());
+        } else {
+            self.tail.extend_from_slice(&p.framed);
+        }
+        self.events.push(p);
+    }
+
+    /// The block's bytes, in order.
+    fn bytes(&mut self) -> &[Bytes] {
+        if !self.tail.is_empty() {
+            self.pieces.push(self.tail.split().freeze());
+        }
+        &self.pieces
+    }
 }
 
 /// Writes events to one stream. `write` only queues; `flush` waits for durability.
@@ -569,13 +600,11 @@ impl Task {
         let blocks = self.open.entry(seg).or_default();
         let fits = blocks
             .back()
-            .is_some_and(|b| b.events.is_empty() || b.data.len() + size <= max);
+            .is_some_and(|b| b.events.is_empty() || b.len + size <= max);
         if !fits {
             blocks.push_back(Block::default());
         }
-        let b = blocks.back_mut()?;
-        b.data.extend_from_slice(&p.framed);
-        b.events.push(p);
+        blocks.back_mut()?.push(p);
         (blocks.len() > 1).then_some(seg)
     }
 
@@ -614,10 +643,10 @@ impl Task {
         let Some(s) = self.sessions.get_mut(&seg) else {
             return Ok(());
         };
-        while let Some(block) = blocks.pop_front() {
+        while let Some(mut block) = blocks.pop_front() {
             let last = block.events.last().map(|e| e.number).unwrap_or(0);
             let count = block.events.len() as u32;
-            let r = s.session.send(last, count, &block.data).await;
+            let r = s.session.send(last, count, block.bytes()).await;
             s.sent.push_back((last, block));
             if let Err(e) = r {
                 self.open.insert(seg, blocks);
@@ -686,7 +715,7 @@ impl Task {
                     .is_some_and(|(last, _)| *last <= event_number)
                 {
                     if let Some((_, b)) = s.sent.pop_front() {
-                        self.unacked_bytes -= b.data.len();
+                        self.unacked_bytes -= b.len;
                         self.stats.acknowledged += b.events.len() as u64;
                         self.retrying = None;
                     }
