@@ -334,17 +334,41 @@ async fn report(client: Client, replicas: Vec<(Arc<LocalStream>, Arc<Replica>)>)
 /// are not the connection's (e.g. the cloud refusing the stream) are retried with
 /// backoff.
 async fn replicate_stream(client: Client, local: Arc<LocalStream>, r: Arc<Replica>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
+        let started = Instant::now();
         let e = mirror(&client, &local, &r).await;
         if client.is_closed() {
             return;
         }
-        tracing::warn!(stream = %r.name, to = %r.spec.to(), error = %format!("{e:#}"), retry_in = ?backoff, "replication failed");
+        let wait = backoff.after(started.elapsed());
+        tracing::warn!(stream = %r.name, to = %r.spec.to(), error = %format!("{e:#}"), retry_in = ?wait, "replication failed");
         r.failed(&e);
         let jitter = rand::thread_rng().gen_range(0.5..1.0);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(wait.mul_f64(jitter)).await;
+    }
+}
+
+/// Waits between tries of something that fails: doubling from [`BACKOFF_MIN`] up to
+/// [`BACKOFF_MAX`] while tries fail quickly, and from the minimum again after a try
+/// that ran at least [`BACKOFF_MAX`] before it failed (it was working: one failure
+/// after hours of replication should not wait as long as the tenth in a row).
+#[derive(Debug, Default)]
+struct Backoff {
+    failed_quickly: u32,
+}
+
+impl Backoff {
+    /// The wait after a try that ran for `ran` (before jitter).
+    fn after(&mut self, ran: Duration) -> Duration {
+        if ran >= BACKOFF_MAX {
+            self.failed_quickly = 0;
+        }
+        let wait = BACKOFF_MIN
+            .saturating_mul(1 << self.failed_quickly.min(16))
+            .min(BACKOFF_MAX);
+        self.failed_quickly += 1;
+        wait
     }
 }
 
@@ -523,5 +547,24 @@ impl Pace {
             tokio::time::sleep(self.next - now).await;
         }
         self.next = self.next.max(now) + Duration::from_secs_f64(n as f64 / rate as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_while_tries_fail_quickly_and_starts_over_after_a_long_run() {
+        let mut b = Backoff::default();
+        let quick = Duration::from_millis(10);
+        let waits: Vec<u64> = (0..9).map(|_| b.after(quick).as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [200, 400, 800, 1600, 3200, 6400, 12_800, 15_000, 15_000]
+        );
+        // Replicating for a while, then a failure: the minimum again, then doubling.
+        assert_eq!(b.after(BACKOFF_MAX), BACKOFF_MIN);
+        assert_eq!(b.after(quick), BACKOFF_MIN * 2);
     }
 }
