@@ -93,8 +93,9 @@ fn segment(local: &LocalStream) -> (String, u64) {
     (name, length)
 }
 
-/// Reads `local`'s segment from its log in 1 MiB pieces, handing each to `each`.
-async fn read_segment(local: &LocalStream, mut each: impl AsyncFnMut(Bytes)) {
+/// Reads `local`'s segment from its log 1 MiB at a time, handing each read's pieces to
+/// `each`.
+async fn read_segment(local: &LocalStream, mut each: impl AsyncFnMut(Vec<Bytes>)) {
     let (name, length) = segment(local);
     let mut offset = 0;
     while offset < length {
@@ -103,8 +104,8 @@ async fn read_segment(local: &LocalStream, mut each: impl AsyncFnMut(Bytes)) {
             .read(&name, offset, 1 << 20, Duration::ZERO)
             .await
             .expect("read");
-        offset += r.data.len() as u64;
-        each(r.data).await;
+        offset += r.len() as u64;
+        each(r.parts).await;
     }
 }
 
@@ -200,8 +201,8 @@ async fn raw(local: &Arc<LocalStream>, pki: &DevPki, faults: Option<cloud::Fault
         .await
         .expect("handshake");
     let mut send = conn.open_uni().await.expect("stream");
-    read_segment(local, async |data| {
-        send.write_chunk(data).await.expect("send")
+    read_segment(local, async |mut parts| {
+        send.write_all_chunks(&mut parts).await.expect("send")
     })
     .await;
     send.finish().expect("finish");

@@ -14,7 +14,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::watch;
 use tributary::event::decode_events;
 use tributary::stream::{segment_name, StreamCut};
@@ -147,10 +146,10 @@ async fn event_boundary(
     let mut want = 1 << 20;
     while offset < target.min(limit) {
         let r = s.log().read(segment, offset, want, Duration::ZERO).await?;
-        if r.data.is_empty() {
+        if r.is_empty() {
             break;
         }
-        let data: Bytes = r.data;
+        let data = r.to_bytes();
         let (events, used) = decode_events(&data)?;
         if events.is_empty() {
             // One event longer than what was read: read enough for it.

@@ -70,10 +70,10 @@ fn read_all(log: &SegmentLog) -> Result<Vec<u8>, LogError> {
             let r = log
                 .read("s", out.len() as u64, 1 << 20, Duration::ZERO)
                 .await?;
-            if r.data.is_empty() {
+            if r.is_empty() {
                 return Ok(out);
             }
-            out.extend_from_slice(&r.data);
+            out.extend_from_slice(&r.to_bytes());
         }
     })
 }
@@ -112,7 +112,7 @@ fn flipped_byte_in_an_old_file_is_reported_on_read() {
     let tail = rt()
         .block_on(log.read("s", info.length - 100, 100, Duration::ZERO))
         .expect("tail read");
-    assert_eq!(&tail.data[..], &data[data.len() - 100..]);
+    assert_eq!(&tail.to_bytes()[..], &data[data.len() - 100..]);
 }
 
 #[test]

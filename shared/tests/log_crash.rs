@@ -74,7 +74,7 @@ async fn read_segment(log: &SegmentLog, name: &str) -> Bytes {
             .read(name, out.len() as u64, 1 << 20, Duration::ZERO)
             .await
             .expect("read");
-        out.extend_from_slice(&r.data);
+        out.extend_from_slice(&r.to_bytes());
     }
     Bytes::from(out)
 }

@@ -105,9 +105,9 @@ async fn check_all(log: &SegmentLog, model: &HashMap<usize, Model>) {
                 .read(NAMES[*i], at as u64, 1 << 20, Duration::ZERO)
                 .await
                 .expect("read");
-            assert!(!r.data.is_empty());
-            assert_eq!(&r.data[..], &m.data[at..at + r.data.len()]);
-            at += r.data.len();
+            assert!(!r.is_empty());
+            assert_eq!(&r.to_bytes()[..], &m.data[at..at + r.len()]);
+            at += r.len();
         }
     }
 }
@@ -264,7 +264,7 @@ async fn run(steps: Vec<Step>) {
                 let got = log
                     .read(NAMES[i], at as u64, n, Duration::ZERO)
                     .await
-                    .map(|r| r.data.to_vec())
+                    .map(|r| r.to_bytes().to_vec())
                     .map_err(|e| kind(&e));
                 let want = if at < m.start {
                     Err("truncated")

@@ -27,11 +27,11 @@ async fn read_all(log: &SegmentLog, seg: &str, from: u64) -> Vec<u8> {
             .read(seg, at, 1 << 20, Duration::ZERO)
             .await
             .expect("read");
-        if r.data.is_empty() {
+        if r.is_empty() {
             return out;
         }
-        at += r.data.len() as u64;
-        out.extend_from_slice(&r.data);
+        at += r.len() as u64;
+        out.extend_from_slice(&r.to_bytes());
     }
 }
 
@@ -245,7 +245,7 @@ async fn seal_refuses_appends_and_ends_reads() {
             .await
             .expect("read");
         assert!(r.end_of_segment);
-        assert_eq!(&r.data[..], b"hello");
+        assert_eq!(&r.to_bytes()[..], b"hello");
     }
     let log = SegmentLog::open(dir.path(), LogConfig::default()).expect("reopen");
     let started = Instant::now();
@@ -253,7 +253,7 @@ async fn seal_refuses_appends_and_ends_reads() {
         .read("s", 5, 100, Duration::from_secs(5))
         .await
         .expect("read");
-    assert!(r.end_of_segment && r.data.is_empty());
+    assert!(r.end_of_segment && r.is_empty());
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "a sealed end must not wait"
@@ -397,7 +397,7 @@ async fn tail_read_waits_for_data_and_times_out_empty() {
         .read("s", 0, 10, Duration::from_millis(200))
         .await
         .expect("read");
-    assert!(r.data.is_empty() && !r.end_of_segment);
+    assert!(r.is_empty() && !r.end_of_segment);
     assert!(started.elapsed() >= Duration::from_millis(200));
 
     let reader = {
@@ -407,7 +407,7 @@ async fn tail_read_waits_for_data_and_times_out_empty() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     log.append("s", b"wake", &none()).await.expect("append");
     let r = reader.await.expect("join").expect("read");
-    assert_eq!(&r.data[..], b"wake");
+    assert_eq!(&r.to_bytes()[..], b"wake");
 }
 
 #[tokio::test]

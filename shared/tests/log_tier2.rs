@@ -39,8 +39,8 @@ async fn read_all(log: &SegmentLog, seg: &str) -> Vec<u8> {
     let mut at = info.start;
     while at < info.length {
         let r = log.read(seg, at, 3000, Duration::ZERO).await.expect("read");
-        at += r.data.len() as u64;
-        out.extend_from_slice(&r.data);
+        at += r.len() as u64;
+        out.extend_from_slice(&r.to_bytes());
     }
     out
 }

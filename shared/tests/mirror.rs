@@ -41,14 +41,16 @@ async fn mirror_frames_are_stored_once_at_their_offsets() {
     let mut s = c.mirror_session(&name).await.expect("session");
     assert_eq!(s.length, 0);
     let mut acks = s.take_acks().expect("acks");
-    s.send(0, data.slice(..40_000)).await.expect("send");
-    s.send(40_000, data.slice(40_000..60_000))
+    s.send(0, &[data.slice(..10_000), data.slice(10_000..40_000)])
+        .await
+        .expect("send");
+    s.send(40_000, &[data.slice(40_000..60_000)])
         .await
         .expect("send");
     // A resend of the first frame: acknowledged, not stored again.
-    s.send(0, data.slice(..40_000)).await.expect("resend");
+    s.send(0, &[data.slice(..40_000)]).await.expect("resend");
     // A resend with other boundaries: only what is missing is stored.
-    s.send(50_000, data.slice(50_000..80_000))
+    s.send(50_000, &[data.slice(50_000..80_000)])
         .await
         .expect("overlap");
     let a: Vec<_> = [
@@ -72,7 +74,7 @@ async fn mirror_frames_are_stored_once_at_their_offsets() {
         ]
     );
     // A frame beyond the end would leave a gap: refused, and the session ends.
-    s.send(90_000, data.slice(90_000..)).await.expect("send");
+    s.send(90_000, &[data.slice(90_000..)]).await.expect("send");
     let e = acks.next().await.expect_err("gap refused");
     assert_eq!(code(&e), Some(ErrorCode::Conflict), "{e}");
     assert!(e.to_string().contains("80000"), "{e}");
@@ -81,7 +83,7 @@ async fn mirror_frames_are_stored_once_at_their_offsets() {
     let mut s = c.mirror_session(&name).await.expect("session");
     assert_eq!(s.length, 80_000);
     let mut acks = s.take_acks().expect("acks");
-    s.send(80_000, data.slice(80_000..)).await.expect("send");
+    s.send(80_000, &[data.slice(80_000..)]).await.expect("send");
     s.finish().expect("finish");
     assert_eq!(
         acks.next().await.expect("ack").expect("ack").end_offset,
@@ -143,7 +145,7 @@ async fn a_mirror_replays_its_sources_scales_once_their_segments_are_complete() 
     let name0 = segment_name("m", "s", seg0());
     let mut s = c.mirror_session(&name0).await.expect("session");
     let mut acks = s.take_acks().expect("acks");
-    s.send(0, Bytes::from_static(b"0123456789"))
+    s.send(0, &[Bytes::from_static(b"0123456789")])
         .await
         .expect("send");
     acks.next().await.expect("ack").expect("ack");

@@ -495,17 +495,17 @@ async fn copy(
         let mut pace = Pace::new(r.spec.max_bytes_per_s);
         loop {
             let read = log.read(segment, offset, FRAME_BYTES, TAIL_WAIT).await?;
-            if read.data.is_empty() {
+            if read.is_empty() {
                 if read.end_of_segment {
                     session.finish()?;
                     return anyhow::Ok(offset);
                 }
                 continue;
             }
-            let len = read.data.len() as u64;
-            pace.take(read.data.len()).await;
-            session.send(offset, read.data).await?;
-            offset += len;
+            let len = read.len();
+            pace.take(len).await;
+            session.send(offset, &read.parts).await?;
+            offset += len as u64;
         }
     };
     tokio::pin!(acker);

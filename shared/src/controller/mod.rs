@@ -575,7 +575,7 @@ mod tests {
             .read(&n0, 4, 100, Duration::ZERO)
             .await
             .expect("read after the cut");
-        assert_eq!(&r.data[..], b"456789");
+        assert_eq!(&r.to_bytes()[..], b"456789");
         assert!(matches!(
             c.delete_stream("s", "t").await,
             Err(ControllerError::NotSealed(_))

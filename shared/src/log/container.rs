@@ -271,13 +271,38 @@ pub struct SegmentInfo {
 /// The result of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadResult {
-    /// Offset of the first byte of `data`.
+    /// Offset of the first byte read.
     pub offset: u64,
-    /// The bytes read; empty when the wait timed out at the tail or at the end of a
-    /// sealed segment.
-    pub data: Bytes,
-    /// The segment is sealed and `offset + data.len()` is its end.
+    /// The bytes read, in order, in the pieces the log holds them in (log frames,
+    /// Tier-2 chunks): nothing is copied to join them. None when the wait timed out at
+    /// the tail or at the end of a sealed segment.
+    pub parts: Vec<Bytes>,
+    /// The segment is sealed and `offset + len()` is its end.
     pub end_of_segment: bool,
+}
+
+impl ReadResult {
+    /// Bytes read.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The bytes read in one buffer (copied together when there are several parts).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.parts.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            parts => {
+                let mut b = BytesMut::with_capacity(self.len());
+                parts.iter().for_each(|p| b.extend_from_slice(p));
+                b.freeze()
+            }
+        }
+    }
 }
 
 /// Segments of one container sharing one write-ahead log. See the module docs of
@@ -695,7 +720,7 @@ impl SegmentLog {
                 Err(_) => {
                     return Ok(ReadResult {
                         offset,
-                        data: Bytes::new(),
+                        parts: Vec::new(),
                         end_of_segment: false,
                     })
                 }
@@ -777,20 +802,13 @@ impl SegmentLog {
                     (chunk_data(&self.inner, data_id, &c).await?, skip, take)
                 }
             };
-            parts.push(data.slice(skip as usize..(skip + take) as usize));
-        }
-        let data = if parts.len() == 1 {
-            parts.pop().unwrap_or_default()
-        } else {
-            let mut b = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-            for p in parts {
-                b.extend_from_slice(&p);
+            if take > 0 {
+                parts.push(data.slice(skip as usize..(skip + take) as usize));
             }
-            b.freeze()
-        };
+        }
         Ok(Some(ReadResult {
             offset,
-            data,
+            parts,
             end_of_segment,
         }))
     }

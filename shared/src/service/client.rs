@@ -10,7 +10,7 @@ use crate::stream::{
     KeyRange, ReaderReport, ScaleRecord, SegmentId, StreamConfig, StreamCut, StreamMeta,
 };
 use crate::wire::{
-    encode_control, encode_data, read_frame, DataHeader, ErrorCode, Frame, GroupInfo,
+    encode_control, read_frame, write_data_frame, DataHeader, ErrorCode, Frame, GroupInfo,
     ReplicationLag, Request, Response, SegmentInfoWire, StartFrom, WireError, WriterPosition,
     MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
@@ -762,12 +762,7 @@ impl AppendSession {
             event_number,
             event_count,
         };
-        let len = block.iter().map(Bytes::len).sum();
-        let mut frame = Vec::with_capacity(block.len() + 1);
-        frame.push(encode_data(&h, len));
-        frame.extend_from_slice(block);
-        self.send
-            .write_all_chunks(&mut frame)
+        write_data_frame(&mut self.send, &h, block)
             .await
             .map_err(conn_err)
     }
@@ -846,11 +841,9 @@ pub struct MirrorSession {
 
 impl MirrorSession {
     /// Sends the source's bytes at `offset` (handed to QUIC as they are, not copied).
-    pub async fn send(&mut self, offset: u64, bytes: Bytes) -> Result<(), ClientError> {
+    pub async fn send(&mut self, offset: u64, parts: &[Bytes]) -> Result<(), ClientError> {
         let h = DataHeader::Mirror { offset };
-        let mut frame = [encode_data(&h, bytes.len()), bytes];
-        self.send
-            .write_all_chunks(&mut frame)
+        write_data_frame(&mut self.send, &h, parts)
             .await
             .map_err(conn_err)
     }

@@ -18,7 +18,7 @@ use crate::node::http::label_value;
 use crate::service::access::Access;
 use crate::stream::is_large_event_segment;
 use crate::wire::{
-    encode_control, encode_data, read_data_frame, read_frame, DataHeader, ErrorCode,
+    encode_control, read_data_frame, read_frame, write_data_frame, DataHeader, ErrorCode,
     ReplicationLag, Request, Response, SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
@@ -460,15 +460,12 @@ async fn serve_stream(
                             offset: r.offset,
                             end_of_segment: r.end_of_segment,
                         };
+                        let len = r.len();
                         shared
                             .metrics
                             .read_bytes
-                            .fetch_add(r.data.len() as u64, Ordering::Relaxed);
-                        let sent = async {
-                            send.write_all(&encode_data(&h, r.data.len())).await?;
-                            send.write_all(&r.data).await
-                        };
-                        let _ = sent.await;
+                            .fetch_add(len as u64, Ordering::Relaxed);
+                        let _ = write_data_frame(&mut send, &h, &r.parts).await;
                         let _ = send.finish();
                         return;
                     }

@@ -125,6 +125,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     decode_frame(body.freeze()).map(Some)
 }
 
+/// Writes one data frame to a QUIC stream: `header`, then `payload`'s pieces handed to
+/// QUIC as they are (not copied).
+pub async fn write_data_frame(
+    w: &mut quinn::SendStream,
+    header: &DataHeader,
+    payload: &[Bytes],
+) -> Result<(), quinn::WriteError> {
+    let len = payload.iter().map(Bytes::len).sum();
+    let mut frame = Vec::with_capacity(payload.len() + 1);
+    frame.push(encode_data(header, len));
+    frame.extend_from_slice(payload);
+    w.write_all_chunks(&mut frame).await
+}
+
 /// Reads one data frame from a QUIC stream, its payload as the pieces it arrived in
 /// (appended to `payload`), so a server stores it without copying it first; `Ok(None)`
 /// at a clean end of stream. Anything but a data frame is an error. Refuses a frame
