@@ -367,7 +367,7 @@ impl Backoff {
         let wait = BACKOFF_MIN
             .saturating_mul(1 << self.failed_quickly.min(16))
             .min(BACKOFF_MAX);
-        self.failed_quickly += 1;
+        self.failed_quickly = self.failed_quickly.saturating_add(1);
         wait
     }
 }

@@ -68,10 +68,12 @@ mod tests {
         assert!(socket.local_addr().expect("addr").port() > 0);
     }
 
-    /// Loopback carries 64 KiB packets, so a connection's MTU discovery reaches
-    /// `MAX_UDP_PAYLOAD` and its batches get through: were they larger than the kernel
-    /// takes in one send, every full batch would be lost and quinn would fall back to
-    /// 1200-byte packets (what 8952 did).
+    /// Loopback carries 64 KiB packets, so a connection's MTU discovery goes past
+    /// Ethernet's 1472 bytes towards `MAX_UDP_PAYLOAD` (it may stop a little short when
+    /// a probe is dropped by a full socket buffer), and its batches get through: were
+    /// they larger than the kernel takes in one send, every full batch would be lost and
+    /// quinn would fall back to 1200-byte packets (what 8952 did). Without the endpoint
+    /// setting, discovery stops at 1472.
     #[tokio::test]
     async fn a_loopback_connection_grows_its_packets_to_the_largest_payload() {
         use crate::tls::{client_config, server_config, DevPki, MAX_UDP_PAYLOAD};
@@ -106,10 +108,12 @@ mod tests {
         send.finish().expect("finish");
         assert_eq!(receiver.await.expect("receiver"), 64 << 20);
         let path = conn.stats().path;
-        assert_eq!(
-            path.current_mtu, MAX_UDP_PAYLOAD,
-            "{} of {} packets lost",
-            path.lost_packets, path.sent_packets
+        assert!(
+            path.current_mtu > 1472 && path.current_mtu <= MAX_UDP_PAYLOAD,
+            "MTU {}; {} of {} packets lost",
+            path.current_mtu,
+            path.lost_packets,
+            path.sent_packets
         );
     }
 }
