@@ -214,9 +214,11 @@ async fn write_loop(
     let mut i = 0usize;
     while Instant::now() < deadline {
         for _ in 0..256 {
-            let t = Instant::now();
+            // Only sampled events read the clock (it cost about 8 % of the client's CPU
+            // at 100 B when every event did).
+            let t = (events % SAMPLE_EVERY as u64 == 0).then(Instant::now);
             let n = w.write(keys[i % keys.len()].as_bytes(), &payload).await?;
-            if n % SAMPLE_EVERY == 0 {
+            if let Some(t) = t {
                 if let Ok(mut s) = samples.lock() {
                     s.push_back((n, t));
                 }
