@@ -146,12 +146,13 @@ impl Block {
         self.events.push(p);
     }
 
-    /// The block's bytes, in order.
-    fn bytes(&mut self) -> &[Bytes] {
+    /// The block's bytes, in order, to send. They are not kept: a resend frames the
+    /// block again from its events, so an unacknowledged block holds its events only.
+    fn take_bytes(&mut self) -> Vec<Bytes> {
         if !self.tail.is_empty() {
             self.pieces.push(self.tail.split().freeze());
         }
-        &self.pieces
+        std::mem::take(&mut self.pieces)
     }
 }
 
@@ -646,7 +647,7 @@ impl Task {
         while let Some(mut block) = blocks.pop_front() {
             let last = block.events.last().map(|e| e.number).unwrap_or(0);
             let count = block.events.len() as u32;
-            let r = s.session.send(last, count, block.bytes()).await;
+            let r = s.session.send(last, count, &block.take_bytes()).await;
             s.sent.push_back((last, block));
             if let Err(e) = r {
                 self.open.insert(seg, blocks);
