@@ -47,14 +47,8 @@ impl DirectFile {
     /// ordinary handle of the same file, to read its last partial block. `None` if the
     /// file system does not support direct I/O.
     pub fn open(path: &Path, reader: &File, end: u64) -> io::Result<Option<DirectFile>> {
-        let file = match OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(file) = open_direct(path)? else {
+            return Ok(None);
         };
         let tail_len = end % BLOCK as u64;
         let mut tail = vec![0u8; tail_len as usize];
@@ -131,6 +125,40 @@ impl Prepared {
     pub fn write(&self, buf: &[u8]) -> io::Result<()> {
         self.file.write_all_at(&buf[self.start..], self.at)
     }
+}
+
+/// Opens the existing file `path` for direct writes; `None` if its file system does
+/// not support direct I/O.
+pub fn open_direct(path: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Bytes [`write_blocks`] copies into its aligned buffer at a time.
+const STRETCH: usize = 1 << 20;
+
+/// Writes the whole blocks of `data` from the start of `file` (opened with
+/// [`open_direct`]), copied a stretch at a time into a block-aligned buffer; returns
+/// how many bytes that is, a multiple of [`BLOCK`]. The rest is the caller's to write
+/// through the page cache.
+pub fn write_blocks(file: &File, data: &[u8]) -> io::Result<usize> {
+    let whole = data.len() - data.len() % BLOCK;
+    let mut buf = Vec::with_capacity(STRETCH.min(whole) + BLOCK);
+    let start = (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
+    for (i, part) in data[..whole].chunks(STRETCH).enumerate() {
+        buf.clear();
+        buf.resize(start, 0);
+        buf.extend_from_slice(part);
+        file.write_all_at(&buf[start..], (i * STRETCH) as u64)?;
+    }
+    Ok(whole)
 }
 
 /// Whether `rest`, the bytes from a position to the end of a file of `file_len` bytes,
