@@ -130,15 +130,31 @@ impl Prepared {
 /// Opens the existing file `path` for direct writes; `None` if its file system does
 /// not support direct I/O.
 pub fn open_direct(path: &Path) -> io::Result<Option<File>> {
-    match OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+    open_with(path, OpenOptions::new().write(true))
+}
+
+/// Opens the existing file `path` for direct reads; `None` if its file system does
+/// not support direct I/O. Read whole blocks at block offsets into a buffer from
+/// [`aligned`].
+pub fn open_direct_read(path: &Path) -> io::Result<Option<File>> {
+    open_with(path, OpenOptions::new().read(true))
+}
+
+fn open_with(path: &Path, options: &mut OpenOptions) -> io::Result<Option<File>> {
+    match options.custom_flags(libc::O_DIRECT).open(path) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// A zeroed buffer whose bytes from `start` (the second value) on, `len` of them, begin
+/// on a block boundary.
+pub fn aligned(len: usize) -> (Vec<u8>, usize) {
+    let mut buf = Vec::with_capacity(len + BLOCK);
+    let start = (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
+    buf.resize(start + len, 0);
+    (buf, start)
 }
 
 /// Bytes [`write_blocks`] copies into its aligned buffer at a time.
@@ -150,13 +166,10 @@ const STRETCH: usize = 1 << 20;
 /// through the page cache.
 pub fn write_blocks(file: &File, data: &[u8]) -> io::Result<usize> {
     let whole = data.len() - data.len() % BLOCK;
-    let mut buf = Vec::with_capacity(STRETCH.min(whole) + BLOCK);
-    let start = (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
+    let (mut buf, start) = aligned(STRETCH.min(whole));
     for (i, part) in data[..whole].chunks(STRETCH).enumerate() {
-        buf.clear();
-        buf.resize(start, 0);
-        buf.extend_from_slice(part);
-        file.write_all_at(&buf[start..], (i * STRETCH) as u64)?;
+        buf[start..start + part.len()].copy_from_slice(part);
+        file.write_all_at(&buf[start..start + part.len()], (i * STRETCH) as u64)?;
     }
     Ok(whole)
 }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::direct::{is_padding, BLOCK};
+use super::direct::{self, is_padding, BLOCK};
 use super::error::{LogError, Result};
 use super::format::{
-    check_file_header, decode_frame, encode_file_header, frame_len, Frame, FILE_HEADER_LEN,
-    FRAME_HEADER_LEN,
+    check_file_header, decode_frame, encode_file_header, frame_len, Frame, APPEND_FIXED_LEN,
+    FILE_HEADER_LEN, FRAME_HEADER_LEN,
 };
 
 /// Largest frame body any configuration can produce; a length field above it is garbage.
@@ -141,6 +141,45 @@ pub fn read_frame_data(f: &File, path: &Path, pos: u64) -> Result<Bytes> {
     Ok(Bytes::from(buf).slice(frame.data_pos..))
 }
 
+/// Like [`read_frame_data`], from `f` opened with [`direct::open_direct_read`]: the
+/// frame's blocks go from the disk into an aligned buffer, not through the page cache.
+/// `data_len`, the frame's data length as indexed, sizes the read; a frame whose
+/// header holds more attributes than fit in the block read beside it takes a second.
+pub(crate) fn read_frame_data_direct(
+    f: &File,
+    path: &Path,
+    pos: u64,
+    data_len: u64,
+) -> Result<Bytes> {
+    let at = pos - pos % BLOCK as u64;
+    let skip = (pos - at) as usize;
+    let mut want = skip + APPEND_FIXED_LEN + data_len as usize;
+    let corrupt = |reason: String| LogError::Corrupt {
+        path: path.to_path_buf(),
+        offset: pos,
+        reason,
+    };
+    loop {
+        let size = want.next_multiple_of(BLOCK);
+        let (mut buf, start) = direct::aligned(size);
+        let n = read_up_to(f, &mut buf[start..], at).map_err(|e| LogError::io(path, e))?;
+        let frame = buf[start..start + n].get(skip..).unwrap_or_default();
+        match frame_len(frame) {
+            Some(len) if len > frame.len() && n == size && skip + len > want => {
+                if len > MAX_FRAME_BODY + FRAME_HEADER_LEN {
+                    return Err(corrupt("frame header unreadable".into()));
+                }
+                want = skip + len;
+                continue;
+            }
+            _ => {}
+        }
+        let fr = decode_frame(frame, MAX_FRAME_BODY).map_err(|e| corrupt(e.to_string()))?;
+        let from = start + skip;
+        return Ok(Bytes::from(buf).slice(from + fr.data_pos..from + fr.frame_len));
+    }
+}
+
 /// What a scan of one log file found.
 #[derive(Debug)]
 pub struct Scan {
@@ -206,4 +245,57 @@ pub fn later_batch_follows(f: &File, path: &Path, from: u64, min_seq: u64) -> Re
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::format::{encode_frame, Op};
+
+    #[test]
+    fn a_direct_read_gives_what_a_buffered_read_gives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("frames");
+        // Frames at positions off the block boundaries: small, across boundaries, and
+        // one whose attributes make its header longer than a block (read twice).
+        let mut bytes = vec![0u8; 100];
+        let mut frames = Vec::new();
+        for (i, (len, attrs)) in [(10, 0), (9000, 1), (70_000, 0), (5, 400)]
+            .into_iter()
+            .enumerate()
+        {
+            frames.push((bytes.len() as u64, len));
+            let op = Op::Append {
+                seg: 1,
+                data_offset: 0,
+                len: len as u64,
+                attrs: (0..attrs).map(|a| (a as u128, a as i64)).collect(),
+            };
+            let data: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
+            encode_frame(&mut bytes, 1, &op, &data);
+        }
+        // As the log's direct writes leave a file: padded to a whole block.
+        bytes.resize(bytes.len().next_multiple_of(BLOCK), 0);
+        std::fs::write(&path, &bytes).expect("write");
+        let f = File::open(&path).expect("open");
+        let Some(d) = direct::open_direct_read(&path).expect("open direct") else {
+            eprintln!("no direct I/O on {}: nothing to compare", path.display());
+            return;
+        };
+        for &(pos, len) in &frames {
+            let want = read_frame_data(&f, &path, pos).expect("buffered read");
+            let got = read_frame_data_direct(&d, &path, pos, len as u64).expect("direct read");
+            assert_eq!(got.len(), len);
+            assert!(got == want, "frame at {pos}");
+        }
+        // A frame the file's end cuts short is refused, not read as what is there.
+        let (pos, len) = frames[2];
+        let cut = (pos as usize + len).next_multiple_of(BLOCK) - BLOCK;
+        std::fs::write(&path, &bytes[..cut]).expect("write");
+        let d = direct::open_direct_read(&path)
+            .expect("open")
+            .expect("direct");
+        let r = read_frame_data_direct(&d, &path, pos, len as u64);
+        assert!(matches!(r, Err(LogError::Corrupt { .. })), "{r:?}");
+    }
 }
