@@ -444,6 +444,20 @@ fn free_port() -> SocketAddr {
     s.local_addr().expect("addr")
 }
 
+/// A server process with its data under `dir`, a client of it, and stream `s/t` with
+/// `segments` fixed segments; the PKI and address, to connect again.
+async fn server_with_stream(
+    dir: &Path,
+    segments: u32,
+) -> (ServerProcess, Client, DevPki, SocketAddr) {
+    let pki = DevPki::ensure(&dir.join("pki"), "test-client").expect("pki");
+    let addr = free_port();
+    let server = ServerProcess::start(dir, addr);
+    let c = connect(addr, &pki).await;
+    stream_s_t(&c, fixed(segments)).await;
+    (server, c, pki, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_with_an_id_stores_each_event_once_across_server_sigkills() {
     let _ = tracing_subscriber::fmt()
@@ -451,11 +465,7 @@ async fn a_writer_with_an_id_stores_each_event_once_across_server_sigkills() {
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = DevPki::ensure(&dir.path().join("pki"), "test-client").expect("pki");
-    let addr = free_port();
-    let mut server = ServerProcess::start(dir.path(), addr);
-    let c = connect(addr, &pki).await;
-    stream_s_t(&c, fixed(3)).await;
+    let (mut server, c, pki, addr) = server_with_stream(dir.path(), 3).await;
 
     const KEYS: usize = 5;
     const PER_KEY: u64 = 4000;
@@ -532,11 +542,7 @@ async fn a_writer_with_an_id_stores_each_event_once_across_server_sigkills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_failing_in_the_middle_of_a_batch_loses_none_of_its_events() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = DevPki::ensure(&dir.path().join("pki"), "test-client").expect("pki");
-    let addr = free_port();
-    let mut server = ServerProcess::start(dir.path(), addr);
-    let c = connect(addr, &pki).await;
-    stream_s_t(&c, fixed(1)).await;
+    let (mut server, c, pki, addr) = server_with_stream(dir.path(), 1).await;
     let config = WriterConfig {
         writer_id: Some(0xba7c),
         max_block_bytes: 1 << 10,

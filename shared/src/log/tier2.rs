@@ -97,8 +97,12 @@ fn blocking<T: Send + 'static>(
 /// write` (perf: the kernel's `copy_folio_from_iter_atomic`). The last partial block,
 /// and everything on a file system without direct I/O, goes through the page cache.
 fn write_synced(f: &std::fs::File, path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let whole_blocks = data.len() >= super::direct::BLOCK;
-    let direct = match super::direct::open_direct(path)?.filter(|_| whole_blocks) {
+    // An object under one block (the manifest) has nothing to write directly.
+    let handle = match data.len() >= super::direct::BLOCK {
+        true => super::direct::open_direct(path)?,
+        false => None,
+    };
+    let direct = match handle {
         Some(d) => match super::direct::write_blocks(&d, data) {
             Ok(n) => n,
             // Opened for direct I/O but not allowed to write that way (some FUSE and

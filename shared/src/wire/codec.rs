@@ -65,8 +65,9 @@ pub fn encode_control<T: Serialize>(msg: &T) -> Bytes {
 }
 
 /// Encodes a data frame's header; the payload is written after it as is. Returns the
-/// header bytes to send before `payload_len` bytes of payload.
-pub fn encode_data(header: &DataHeader, payload_len: usize) -> Bytes {
+/// header bytes to send before `payload_len` bytes of payload (see
+/// [`write_data_frame`]).
+fn encode_data(header: &DataHeader, payload_len: usize) -> Bytes {
     let mut h = Vec::new();
     let _ = ciborium::into_writer(header, &mut h);
     let mut out = BytesMut::with_capacity(7 + h.len());

@@ -20,8 +20,7 @@ mod codec;
 mod messages;
 
 pub use codec::{
-    decode_frame, encode_control, encode_data, read_data_frame, read_frame, write_data_frame,
-    Frame, WireError,
+    decode_frame, encode_control, read_data_frame, read_frame, write_data_frame, Frame, WireError,
 };
 pub use messages::{
     DataHeader, ErrorCode, GroupInfo, ReplicationLag, Request, Response, SegmentInfoWire,
