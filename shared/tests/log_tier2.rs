@@ -6,7 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tributary::log::{AppendOptions, FsTier2, LogConfig, LogError, SegmentLog, Tier2};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tributary::log::tier2::BoxFuture;
+use tributary::log::{AppendOptions, FsTier2, LogConfig, LogError, SegmentLog, Tier2, Tier2Error};
 
 fn config() -> LogConfig {
     LogConfig {
@@ -163,4 +167,81 @@ async fn merge_spans_tiers_and_corrupt_chunks_are_refused() {
         }
     }
     assert_eq!(errors, 1, "exactly the corrupted chunk is refused");
+}
+
+/// A filesystem Tier-2 that refuses the first chunk written to it.
+#[derive(Debug)]
+struct RefusesOneChunk {
+    fs: FsTier2,
+    refused: std::sync::atomic::AtomicBool,
+}
+
+impl Tier2 for RefusesOneChunk {
+    fn describe(&self) -> String {
+        self.fs.describe()
+    }
+    fn supports_append(&self) -> bool {
+        self.fs.supports_append()
+    }
+    fn put<'a>(&'a self, name: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), Tier2Error>> {
+        let first = name.starts_with("c-") && !self.refused.swap(true, Ordering::SeqCst);
+        match first {
+            true => Box::pin(async { Err(Tier2Error("refused on purpose".into())) }),
+            false => self.fs.put(name, data),
+        }
+    }
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Tier2Error>> {
+        self.fs.get(name)
+    }
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), Tier2Error>> {
+        self.fs.delete(name)
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<String>, Tier2Error>> {
+        self.fs.list()
+    }
+}
+
+/// A pass moves several segments' chunks at once; when one of them fails, the others
+/// are still stored and recorded, the pass reports the failure, and the next pass
+/// moves what is left. Reads never change.
+#[tokio::test]
+async fn a_chunk_that_fails_to_move_leaves_the_others_moved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t2dir = tempfile::tempdir().expect("tempdir");
+    let tier2 = Arc::new(RefusesOneChunk {
+        fs: FsTier2::new(t2dir.path()).expect("tier2"),
+        refused: false.into(),
+    });
+    let log = SegmentLog::open_tiered(dir.path(), config(), tier2).expect("open");
+    let mut expect = Vec::new();
+    for s in 0..3u8 {
+        let name = format!("s{s}");
+        log.create(&name).await.expect("create");
+        let data = vec![b'a' + s; 3000];
+        log.append(&name, &data, &AppendOptions::default())
+            .await
+            .expect("append");
+        expect.push((name, data));
+    }
+    let e = log
+        .move_to_tier2(1 << 20)
+        .await
+        .expect_err("one chunk refused");
+    assert!(e.to_string().contains("refused on purpose"), "{e}");
+    assert_eq!(chunks(t2dir.path()), 2, "the other two chunks are stored");
+    assert_eq!(
+        log.tier2_backlog(),
+        3000,
+        "and recorded: one segment's data waits"
+    );
+    for (name, data) in &expect {
+        assert_eq!(&read_all(&log, name).await, data);
+    }
+    let stats = log.move_to_tier2(1 << 20).await.expect("move the rest");
+    assert_eq!((stats.chunks_written, stats.bytes_moved), (1, 3000));
+    assert_eq!(chunks(t2dir.path()), 3);
+    assert_eq!(log.tier2_backlog(), 0);
+    for (name, data) in &expect {
+        assert_eq!(&read_all(&log, name).await, data);
+    }
 }
