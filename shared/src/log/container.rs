@@ -297,7 +297,8 @@ impl Inner {
     }
 }
 
-/// Most chunks a Tier-2 pass moves at once (each of another data id).
+/// Most chunks a Tier-2 pass moves at once (each of another data id; each holds its
+/// data, up to `chunk_mb`, in memory until Tier-2 has it).
 const CONCURRENT_MOVES: usize = 4;
 
 /// Log extents of one data id to move into one chunk, in order, and their files.
