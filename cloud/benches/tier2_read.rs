@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::garage::Garage;
-use tributary::log::{AppendOptions, LogConfig, SegmentLog, Tier2};
+use tributary::log::{AppendOptions, LogConfig, MoveStats, SegmentLog, Tier2};
 use tributary_cloud::s3::S3Tier2;
 
 const SEGMENT: &str = "bench/history/0";
@@ -92,7 +92,10 @@ fn main() {
         assert_eq!(crc, written_crc, "the log read back other bytes");
 
         let started = Instant::now();
-        let stats = log.move_to_tier2(CHUNK).await.expect("move to Tier-2");
+        let mut stats = MoveStats::default();
+        log.move_to_tier2(CHUNK, &mut stats)
+            .await
+            .expect("move to Tier-2");
         let moved = started.elapsed();
         assert_eq!(stats.bytes_moved, len);
         log.close().expect("close");

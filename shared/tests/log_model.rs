@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 use tributary::log::{
-    AppendOptions, AttributeCondition, AttributeUpdate, FsTier2, LogConfig, LogError, Payload,
-    SegmentLog, Tier2,
+    AppendOptions, AttributeCondition, AttributeUpdate, FsTier2, LogConfig, LogError, MoveStats,
+    Payload, SegmentLog, Tier2,
 };
 
 const NAMES: [&str; 4] = ["a", "b/0", "c/0#txn", "d"];
@@ -274,7 +274,9 @@ async fn run(steps: Vec<Step>) {
                 assert_eq!(got, want);
             }
             Step::MoveToTier2 => {
-                log.move_to_tier2(4096).await.expect("move to tier 2");
+                log.move_to_tier2(4096, &mut MoveStats::default())
+                    .await
+                    .expect("move to tier 2");
             }
             Step::Restart => {
                 log.close().expect("close");
@@ -282,7 +284,9 @@ async fn run(steps: Vec<Step>) {
                 check_all(&log, &model).await;
             }
             Step::LoseDisk => {
-                log.move_to_tier2(4096).await.expect("move to tier 2");
+                log.move_to_tier2(4096, &mut MoveStats::default())
+                    .await
+                    .expect("move to tier 2");
                 log.close().expect("close");
                 std::fs::remove_dir_all(dir.path()).expect("lose the disk");
                 let report = SegmentLog::restore_from_tier2(dir.path(), tier2.as_ref())

@@ -949,11 +949,11 @@ impl SegmentLog {
     /// counts only once Tier-2 has it durably and the metadata store records it; a
     /// crash in between leaves the data in the log and an object that the first pass
     /// after a restart deletes. A failed pass changes nothing that matters: the next
-    /// one carries on.
-    pub async fn move_to_tier2(&self, max_chunk_bytes: u64) -> Result<MoveStats> {
+    /// one carries on. What the pass did is added to `stats`, also when it fails part
+    /// of the way (the chunks moved until then stay moved).
+    pub async fn move_to_tier2(&self, max_chunk_bytes: u64, stats: &mut MoveStats) -> Result<()> {
         let tier2 = self.tier2()?.clone();
         let mut state = self.inner.mover.lock().await;
-        let mut stats = MoveStats::default();
         if !state.swept {
             stats.chunks_deleted += self.sweep(tier2.as_ref()).await?;
             state.swept = true;
@@ -961,7 +961,7 @@ impl SegmentLog {
         // Garbage first, then the snapshot: every chunk taken here was freed by an
         // operation the snapshot includes, so the manifest written below needs none.
         let garbage = std::mem::take(&mut *lock(&self.inner.garbage));
-        let result = self.move_pass(&tier2, &mut state, max_chunk_bytes, &mut stats, &garbage);
+        let result = self.move_pass(&tier2, &mut state, max_chunk_bytes, stats, &garbage);
         if let Err(e) = result.await {
             lock(&self.inner.garbage).extend(garbage);
             return Err(e);
@@ -983,7 +983,7 @@ impl SegmentLog {
             lock(&self.inner.cache).forget(CacheKey::Chunk(data_id, c.data_offset));
             stats.chunks_deleted += 1;
         }
-        Ok(stats)
+        Ok(())
     }
 
     /// Snapshot, move everything durable in the log, write the manifest if anything
@@ -1098,7 +1098,7 @@ impl SegmentLog {
     /// stored. One at a time, a standalone node moved about 300 MB/s (read, write and
     /// fsync in turn), less than it takes in (`trib bench write`, 10 KB events), and
     /// the data it moved had long left the cache. After a failure the runs under way
-    /// still finish (and are kept), the rest wait for the next pass.
+    /// still finish (and are kept), the rest wait for the next pass to try again.
     async fn move_runs(
         &self,
         tier2: &Arc<dyn Tier2>,
@@ -1122,8 +1122,11 @@ impl SegmentLog {
                 .map_err(|e| LogError::Tier2(format!("a chunk move failed: {e}")))
                 .and_then(|r| r)
                 .and_then(|(data_id, chunk)| self.record_chunk(data_id, chunk, stats));
-            if let Err(e) = stored {
-                failed.get_or_insert(e);
+            match (stored, &failed) {
+                (Ok(()), _) => {}
+                (Err(e), None) => failed = Some(e),
+                // The pass reports the first failure; the others are only logged.
+                (Err(e), Some(_)) => tracing::warn!(error = %e, "moving a chunk to Tier-2 failed"),
             }
         }
         failed.map_or(Ok(()), Err)

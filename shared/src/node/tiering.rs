@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::log::{RestoreReport, SegmentLog, Tier2};
+use crate::log::{MoveStats, RestoreReport, SegmentLog, Tier2};
 
 /// A node's Tier-2 and how data moves there.
 #[derive(Debug, Clone)]
@@ -129,15 +129,17 @@ pub(crate) fn spawn(
                 () = backlog.reaches(early), if !failing => {}
             }
             let Some(log) = log.upgrade() else { return };
-            let result = log.move_to_tier2(chunk_bytes).await;
+            let mut stats = MoveStats::default();
+            let result = log.move_to_tier2(chunk_bytes, &mut stats).await;
             drop(log);
+            // A failed pass counts what it moved before failing, too.
+            let add = |a: &AtomicU64, v: u64| a.fetch_add(v, Ordering::Relaxed);
+            add(&metrics.bytes_moved, stats.bytes_moved);
+            add(&metrics.chunks_written, stats.chunks_written);
+            add(&metrics.chunks_deleted, stats.chunks_deleted);
+            add(&metrics.manifests, u64::from(stats.manifest_written));
             match result {
-                Ok(stats) => {
-                    let add = |a: &AtomicU64, v: u64| a.fetch_add(v, Ordering::Relaxed);
-                    add(&metrics.bytes_moved, stats.bytes_moved);
-                    add(&metrics.chunks_written, stats.chunks_written);
-                    add(&metrics.chunks_deleted, stats.chunks_deleted);
-                    add(&metrics.manifests, u64::from(stats.manifest_written));
+                Ok(()) => {
                     if failing {
                         tracing::info!(%tier2, "Tier-2 reachable again; flushing resumed");
                         failing = false;
