@@ -256,3 +256,68 @@ async fn a_chunk_that_fails_to_move_leaves_the_others_moved() {
         assert_eq!(&read_all(&log, name).await, data);
     }
 }
+
+/// A log frame that cannot be read (a byte flipped in an old log file) holds back only
+/// its own segment: every other segment moves to Tier-2 in full, the pass reports the
+/// corruption naming the file, and the unreadable data stays in the log, refused on
+/// read as before.
+#[tokio::test]
+async fn an_unreadable_frame_holds_back_only_its_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t2dir = tempfile::tempdir().expect("tempdir");
+    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
+    let cfg = LogConfig {
+        cache_bytes: 0,
+        ..config()
+    };
+    let mut expect = Vec::new();
+    {
+        let log = SegmentLog::open_tiered(dir.path(), cfg.clone(), tier2.clone()).expect("open");
+        for s in 0..3u8 {
+            let name = format!("s{s}");
+            log.create(&name).await.expect("create");
+            let mut all = Vec::new();
+            for i in 0..4u8 {
+                let data = vec![s * 10 + i; 5000];
+                log.append(&name, &data, &AppendOptions::default())
+                    .await
+                    .expect("append");
+                all.extend_from_slice(&data);
+            }
+            expect.push((name, all));
+        }
+        log.close().expect("close");
+    }
+    // File 0 (old: not replayed on open) holds s0's first appends.
+    let file0 = dir.path().join("wal").join(format!("{:016x}.log", 0));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file0)
+        .expect("open file 0");
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 2000).expect("read");
+    f.write_all_at(&[b[0] ^ 0x40], 2000).expect("flip");
+    drop(f);
+
+    let log = SegmentLog::open_tiered(dir.path(), cfg, tier2).expect("reopen");
+    let mut stats = MoveStats::default();
+    // Chunks of at most one append: each segment takes several rounds of moves.
+    let e = log
+        .move_to_tier2(8 << 10, &mut stats)
+        .await
+        .expect_err("s0's first frame is corrupt");
+    assert!(matches!(e, LogError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains(&format!("{:016x}.log", 0)), "{e}");
+    assert_eq!((stats.chunks_written, stats.bytes_moved), (8, 40_000));
+    assert_eq!(log.tier2_backlog(), 20_000, "s0's data stays in the log");
+    for (name, data) in &expect[1..] {
+        assert_eq!(&read_all(&log, name).await, data);
+    }
+    let e = log
+        .read("s0", 0, 100, Duration::ZERO)
+        .await
+        .expect_err("corrupt data is not served");
+    assert!(matches!(e, LogError::Corrupt { .. }), "{e}");
+}

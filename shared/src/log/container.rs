@@ -304,13 +304,22 @@ const CONCURRENT_MOVES: usize = 4;
 /// Log extents of one data id to move into one chunk, in order, and their files.
 type Run = (u64, Vec<Extent>, Vec<Option<Arc<File>>>);
 
+/// Why a chunk's move failed.
+enum MoveFailure {
+    /// The log could not give the run's data (a corrupt frame, a missing file): only
+    /// that data id is held back, in the log.
+    Unreadable(u64, LogError),
+    /// Tier-2 or the metadata store failed: the pass stops.
+    Failed(LogError),
+}
+
 /// Reads one run of log extents (off the runtime's threads), writes it to Tier-2 as a
 /// new chunk, and returns the chunk, not yet recorded.
 async fn store_chunk(
     inner: Arc<Inner>,
     tier2: Arc<dyn Tier2>,
     (data_id, run, files): Run,
-) -> Result<(u64, Chunk)> {
+) -> std::result::Result<(u64, Chunk), MoveFailure> {
     let data_offset = run.first().map_or(0, |e| e.data_offset);
     let len: u64 = run.iter().map(|e| e.len).sum();
     let (data, crc) = tokio::task::spawn_blocking(move || {
@@ -323,17 +332,25 @@ async fn store_chunk(
         Ok::<_, LogError>((data.freeze(), crc))
     })
     .await
-    .map_err(|e| LogError::Tier2(format!("reading a chunk's data failed: {e}")))??;
+    .map_err(|e| {
+        MoveFailure::Failed(LogError::Tier2(format!(
+            "reading a chunk's data failed: {e}"
+        )))
+    })?
+    .map_err(|e| MoveFailure::Unreadable(data_id, e))?;
     let chunk = Chunk {
         data_offset,
         len,
         crc,
         name: chunk_name(data_id, data_offset).into(),
     };
-    tier2
-        .put(&chunk.name, data)
-        .await
-        .map_err(|e| t2err(tier2.as_ref(), &format!("writing chunk {}", chunk.name), e))?;
+    tier2.put(&chunk.name, data).await.map_err(|e| {
+        MoveFailure::Failed(t2err(
+            tier2.as_ref(),
+            &format!("writing chunk {}", chunk.name),
+            e,
+        ))
+    })?;
     Ok((data_id, chunk))
 }
 
@@ -1004,13 +1021,19 @@ impl SegmentLog {
         };
         let trees = self.inner.meta.dump_trees()?;
         // Move what the log holds now; data appended meanwhile waits for the next pass.
+        // Data the log cannot give (a corrupt frame) stays there, and the pass reports
+        // it at the end; the other data ids move on.
+        let written_before = stats.chunks_written;
         let mut examined = 0;
+        let mut unreadable = HashSet::new();
+        let mut outcome = Ok(());
         while examined < budget {
             let runs: Vec<Run> = {
                 let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
                 d.index
                     .movable(max_chunk_bytes)
                     .into_iter()
+                    .filter(|(id, _)| !unreadable.contains(id))
                     .map(|(id, run)| {
                         let files = run
                             .iter()
@@ -1027,14 +1050,21 @@ impl SegmentLog {
                 .iter()
                 .flat_map(|(_, run, _)| run.iter().map(|e| e.len))
                 .sum::<u64>();
-            self.move_runs(tier2, runs, stats).await?;
+            for (data_id, e) in self.move_runs(tier2, runs, stats).await? {
+                unreadable.insert(data_id);
+                match outcome {
+                    Ok(()) => outcome = Err(e),
+                    Err(_) => tracing::warn!(error = %e, "data could not be moved to Tier-2"),
+                }
+            }
         }
         let mut encoded_trees = Vec::new();
         ciborium::into_writer(&trees, &mut encoded_trees)
             .map_err(|e| LogError::Tier2(format!("encoding metadata: {e}")))?;
         let at = (seq, crc32c::crc32c(&encoded_trees));
-        if state.manifest_at == Some(at) && stats.chunks_written == 0 && garbage.is_empty() {
-            return Ok(());
+        let moved = stats.chunks_written > written_before;
+        if state.manifest_at == Some(at) && !moved && garbage.is_empty() {
+            return outcome;
         }
         let chunks = {
             let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
@@ -1055,7 +1085,7 @@ impl SegmentLog {
             .map_err(|e| t2err(tier2.as_ref(), "writing the manifest", e))?;
         state.manifest_at = Some(at);
         stats.manifest_written = true;
-        Ok(())
+        outcome
     }
 
     /// Deletes chunk objects that no record names (a crash came between writing one and
@@ -1097,16 +1127,18 @@ impl SegmentLog {
     /// [`CONCURRENT_MOVES`] at once, and switches reads over to each chunk once it is
     /// stored. One at a time, a standalone node moved about 300 MB/s (read, write and
     /// fsync in turn), less than it takes in (`trib bench write`, 10 KB events), and
-    /// the data it moved had long left the cache. After a failure the runs under way
-    /// still finish (and are kept), the rest wait for the next pass to try again.
+    /// the data it moved had long left the cache. Returns the data ids whose data the
+    /// log could not give, and why; the others move on. After any other failure the
+    /// runs under way still finish (and are kept), the rest wait for the next pass.
     async fn move_runs(
         &self,
         tier2: &Arc<dyn Tier2>,
         runs: Vec<Run>,
         stats: &mut MoveStats,
-    ) -> Result<()> {
+    ) -> Result<Vec<(u64, LogError)>> {
         let mut runs = runs.into_iter();
         let mut moving = tokio::task::JoinSet::new();
+        let mut unreadable = Vec::new();
         let mut failed = None;
         loop {
             while moving.len() < CONCURRENT_MOVES && failed.is_none() {
@@ -1119,17 +1151,25 @@ impl SegmentLog {
                 break;
             };
             let stored = joined
-                .map_err(|e| LogError::Tier2(format!("a chunk move failed: {e}")))
+                .map_err(|e| {
+                    MoveFailure::Failed(LogError::Tier2(format!("a chunk move failed: {e}")))
+                })
                 .and_then(|r| r)
-                .and_then(|(data_id, chunk)| self.record_chunk(data_id, chunk, stats));
-            match (stored, &failed) {
-                (Ok(()), _) => {}
-                (Err(e), None) => failed = Some(e),
+                .and_then(|(data_id, chunk)| {
+                    self.record_chunk(data_id, chunk, stats)
+                        .map_err(MoveFailure::Failed)
+                });
+            match stored {
+                Ok(()) => {}
+                Err(MoveFailure::Unreadable(data_id, e)) => unreadable.push((data_id, e)),
+                Err(MoveFailure::Failed(e)) if failed.is_none() => failed = Some(e),
                 // The pass reports the first failure; the others are only logged.
-                (Err(e), Some(_)) => tracing::warn!(error = %e, "moving a chunk to Tier-2 failed"),
+                Err(MoveFailure::Failed(e)) => {
+                    tracing::warn!(error = %e, "moving a chunk to Tier-2 failed")
+                }
             }
         }
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(unreadable), Err)
     }
 
     /// Records a chunk Tier-2 holds durably and switches reads over to it.
