@@ -354,7 +354,7 @@ async fn store_chunk(
     Ok((data_id, chunk))
 }
 
-/// What one [`SegmentLog::move_to_tier2`] pass did.
+/// What [`SegmentLog::move_to_tier2`] passes did (each adds to it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MoveStats {
     /// Chunks written to Tier-2.
