@@ -21,6 +21,22 @@ fn config() -> LogConfig {
     }
 }
 
+/// The test configuration with no cache: every read goes to the files.
+fn uncached() -> LogConfig {
+    LogConfig {
+        cache_bytes: 0,
+        ..config()
+    }
+}
+
+/// A log directory, a Tier-2 directory, and a file-system Tier-2 on the latter.
+fn fs_tier2() -> (tempfile::TempDir, tempfile::TempDir, Arc<dyn Tier2>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t2dir = tempfile::tempdir().expect("tempdir");
+    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
+    (dir, t2dir, tier2)
+}
+
 fn count(dir: &Path, matches: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -52,9 +68,7 @@ async fn read_all(log: &SegmentLog, seg: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn data_moves_to_tier2_and_reads_do_not_change() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t2dir = tempfile::tempdir().expect("tempdir");
-    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
+    let (dir, t2dir, tier2) = fs_tier2();
     let wal = dir.path().join("wal");
     let mut expect: Vec<Vec<u8>> = vec![Vec::new(); 3];
     {
@@ -123,13 +137,8 @@ async fn data_moves_to_tier2_and_reads_do_not_change() {
 
 #[tokio::test]
 async fn merge_spans_tiers_and_corrupt_chunks_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t2dir = tempfile::tempdir().expect("tempdir");
-    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
-    let cfg = LogConfig {
-        cache_bytes: 0,
-        ..config()
-    };
+    let (dir, t2dir, tier2) = fs_tier2();
+    let cfg = uncached();
     let log = SegmentLog::open_tiered(dir.path(), cfg, tier2).expect("open");
     log.create("t").await.expect("create");
     log.create("x").await.expect("create");
@@ -263,13 +272,8 @@ async fn a_chunk_that_fails_to_move_leaves_the_others_moved() {
 /// read as before.
 #[tokio::test]
 async fn an_unreadable_frame_holds_back_only_its_segment() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t2dir = tempfile::tempdir().expect("tempdir");
-    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
-    let cfg = LogConfig {
-        cache_bytes: 0,
-        ..config()
-    };
+    let (dir, _t2dir, tier2) = fs_tier2();
+    let cfg = uncached();
     let mut expect = Vec::new();
     {
         let log = SegmentLog::open_tiered(dir.path(), cfg.clone(), tier2.clone()).expect("open");

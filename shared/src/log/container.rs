@@ -206,9 +206,14 @@ impl Inner {
 
     /// The data of one log frame, from the cache or the file (CRC checked).
     fn frame_data(&self, e: &Extent, file: Option<Arc<File>>) -> Result<Bytes> {
-        if let Some(d) = self.cached_frame(e) {
-            return Ok(d);
+        match self.cached_frame(e) {
+            Some(d) => Ok(d),
+            None => self.read_frame(e, file),
         }
+    }
+
+    /// The data of one log frame, read from its file (CRC checked) and cached.
+    fn read_frame(&self, e: &Extent, file: Option<Arc<File>>) -> Result<Bytes> {
         let key = CacheKey::Frame(e.file_id, e.frame_pos);
         let path = file_path(&self.wal_dir, e.file_id);
         let file = file.ok_or_else(|| LogError::MissingFile {
@@ -229,7 +234,7 @@ impl Inner {
 
     /// The data of one log frame for a move: from the cache, else read with direct I/O
     /// (through `direct`, the files opened that way so far), else as
-    /// [`Inner::frame_data`] reads it. A move reads its data once: through the page
+    /// [`Inner::read_frame`] reads it. A move reads its data once: through the page
     /// cache, that took about a sixth of a standalone node's CPU under `trib bench
     /// write` (perf: the kernel's `_copy_to_iter` and page allocation).
     fn frame_data_to_move(
@@ -253,7 +258,7 @@ impl Inner {
             }
             // Whatever went wrong, the ordinary read finds it again and says what.
         }
-        self.frame_data(e, file)
+        self.read_frame(e, file)
     }
 
     /// A durable attribute (for the pending table: see [`AttributeBase`]). Takes the

@@ -66,7 +66,7 @@ impl DirectFile {
     /// its capacity (that would move it off the boundary).
     pub fn buffer(&self, len: usize) -> (Vec<u8>, usize) {
         let mut buf = Vec::with_capacity(self.tail.len() + len + 2 * BLOCK);
-        let start = (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
+        let start = to_block_boundary(&buf);
         buf.resize(start, 0);
         buf.extend_from_slice(&self.tail);
         (buf, start)
@@ -152,9 +152,14 @@ fn open_with(path: &Path, options: &mut OpenOptions) -> io::Result<Option<File>>
 /// on a block boundary.
 pub fn aligned(len: usize) -> (Vec<u8>, usize) {
     let mut buf = Vec::with_capacity(len + BLOCK);
-    let start = (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
+    let start = to_block_boundary(&buf);
     buf.resize(start + len, 0);
     (buf, start)
+}
+
+/// How far into `buf`'s allocation its first block boundary is.
+fn to_block_boundary(buf: &[u8]) -> usize {
+    (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK
 }
 
 /// Bytes [`write_blocks`] copies into its aligned buffer at a time.
