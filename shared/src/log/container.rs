@@ -25,7 +25,7 @@ use super::files::{
 use super::format::{Op, FILE_HEADER_LEN};
 use super::fsync::FsyncHistogram;
 use super::index::{chunk_name, is_chunk_name, Chunk, DataIndex, Extent, Source};
-use super::manifest::{now_ms, ChunkRecord, Manifest, RestoreReport, MANIFEST};
+use super::manifest::{now_ms, parse_delta_name, ChunkRecord, ManifestWriter, RestoreReport};
 use super::meta::{Checkpoint, Meta};
 use super::table::{AppendOptions, AttributeBase, AttributeId, AttributeUpdate, Release, Table};
 use super::tier2::Tier2;
@@ -193,8 +193,9 @@ pub(crate) type ChunkFetch = tokio::sync::OnceCell<std::result::Result<Bytes, St
 pub(crate) struct MoverState {
     /// Chunk objects no record names (left by a crash) were looked for and deleted.
     swept: bool,
-    /// The batch and metadata checksum the last manifest was written at.
+    /// The batch and metadata checksum the last manifest object was written at.
     manifest_at: Option<(u64, u32)>,
+    manifests: ManifestWriter,
 }
 
 impl Inner {
@@ -369,8 +370,10 @@ pub struct MoveStats {
     /// Chunks deleted from Tier-2 because no segment needs them (or, on the first pass,
     /// because no record names them).
     pub chunks_deleted: u64,
-    /// The manifest was rewritten.
+    /// A manifest object was written (see [`crate::log::manifest`]).
     pub manifest_written: bool,
+    /// Bytes of manifest objects written.
+    pub manifest_bytes: u64,
 }
 
 /// Chunks fetched ahead of a sequential reader, at most.
@@ -977,7 +980,7 @@ impl SegmentLog {
         let tier2 = self.tier2()?.clone();
         let mut state = self.inner.mover.lock().await;
         if !state.swept {
-            stats.chunks_deleted += self.sweep(tier2.as_ref()).await?;
+            stats.chunks_deleted += self.sweep(tier2.as_ref(), &mut state.manifests).await?;
             state.swept = true;
         }
         // Garbage first, then the snapshot: every chunk taken here was freed by an
@@ -1055,7 +1058,10 @@ impl SegmentLog {
                 .iter()
                 .flat_map(|(_, run, _)| run.iter().map(|e| e.len))
                 .sum::<u64>();
-            for (data_id, e) in self.move_runs(tier2, runs, stats).await? {
+            for (data_id, e) in self
+                .move_runs(tier2, runs, stats, &mut state.manifests)
+                .await?
+            {
                 unreadable.insert(data_id);
                 match outcome {
                     Ok(()) => outcome = Err(e),
@@ -1071,7 +1077,8 @@ impl SegmentLog {
         if state.manifest_at == Some(at) && !moved && garbage.is_empty() {
             return outcome;
         }
-        let chunks = {
+        let removed = garbage.iter().map(|(id, c)| (*id, c.data_offset)).collect();
+        let all_chunks = || {
             let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
             d.index
                 .chunks()
@@ -1083,19 +1090,26 @@ impl SegmentLog {
                 })
                 .collect()
         };
-        let manifest = Manifest::new(taken_at_ms, table, chunks, trees);
-        tier2
-            .put(MANIFEST, manifest.encode()?.into())
-            .await
-            .map_err(|e| t2err(tier2.as_ref(), "writing the manifest", e))?;
+        stats.manifest_bytes += state
+            .manifests
+            .write(
+                tier2.as_ref(),
+                taken_at_ms,
+                table,
+                trees,
+                removed,
+                all_chunks,
+            )
+            .await?;
         state.manifest_at = Some(at);
         stats.manifest_written = true;
         outcome
     }
 
     /// Deletes chunk objects that no record names (a crash came between writing one and
-    /// recording it); returns how many.
-    async fn sweep(&self, tier2: &dyn Tier2) -> Result<u64> {
+    /// recording it); returns how many. Manifest deltas of an earlier process are left
+    /// to `manifests`, to delete once this process has written a full manifest.
+    async fn sweep(&self, tier2: &dyn Tier2, manifests: &mut ManifestWriter) -> Result<u64> {
         let objects = tier2
             .list()
             .await
@@ -1113,10 +1127,10 @@ impl SegmentLog {
                 .collect()
         };
         let mut deleted = 0;
-        for name in objects {
-            if is_chunk_name(&name) && !known.contains(name.as_str()) {
+        for name in &objects {
+            if is_chunk_name(name) && !known.contains(name.as_str()) {
                 tier2
-                    .delete(&name)
+                    .delete(name)
                     .await
                     .map_err(|e| t2err(tier2, &format!("deleting orphan chunk {name}"), e))?;
                 deleted += 1;
@@ -1125,6 +1139,11 @@ impl SegmentLog {
         if deleted > 0 {
             tracing::info!(deleted, tier2 = %tier2.describe(), "deleted chunks left by a crash");
         }
+        manifests.supersede(
+            objects
+                .into_iter()
+                .filter(|n| parse_delta_name(n).is_some()),
+        );
         Ok(deleted)
     }
 
@@ -1140,6 +1159,7 @@ impl SegmentLog {
         tier2: &Arc<dyn Tier2>,
         runs: Vec<Run>,
         stats: &mut MoveStats,
+        manifests: &mut ManifestWriter,
     ) -> Result<Vec<(u64, LogError)>> {
         let mut runs = runs.into_iter();
         let mut moving = tokio::task::JoinSet::new();
@@ -1161,7 +1181,7 @@ impl SegmentLog {
                 })
                 .and_then(|r| r)
                 .and_then(|(data_id, chunk)| {
-                    self.record_chunk(data_id, chunk, stats)
+                    self.record_chunk(data_id, chunk, stats, manifests)
                         .map_err(MoveFailure::Failed)
                 });
             match stored {
@@ -1178,7 +1198,13 @@ impl SegmentLog {
     }
 
     /// Records a chunk Tier-2 holds durably and switches reads over to it.
-    fn record_chunk(&self, data_id: u64, chunk: Chunk, stats: &mut MoveStats) -> Result<()> {
+    fn record_chunk(
+        &self,
+        data_id: u64,
+        chunk: Chunk,
+        stats: &mut MoveStats,
+        manifests: &mut ManifestWriter,
+    ) -> Result<()> {
         let len = chunk.len;
         self.inner.meta.put_chunk(data_id, &chunk)?;
         let emptied = {
@@ -1195,6 +1221,7 @@ impl SegmentLog {
             Some(files) => {
                 stats.chunks_written += 1;
                 stats.bytes_moved += len;
+                manifests.added(data_id, &chunk);
                 self.inner.delete_files(files)
             }
             // Truncated or deleted while it was being written.

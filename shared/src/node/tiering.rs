@@ -26,6 +26,7 @@ pub struct TierMetrics {
     chunks_written: AtomicU64,
     chunks_deleted: AtomicU64,
     manifests: AtomicU64,
+    manifest_bytes: AtomicU64,
     errors: AtomicU64,
     restored_at_ms: AtomicU64,
 }
@@ -79,8 +80,14 @@ impl TierMetrics {
         metric(
             "tributary_tier2_manifests_written_total",
             "counter",
-            "Manifests written to Tier-2.",
+            "Manifest objects (full manifests and deltas) written to Tier-2.",
             get(&self.manifests),
+        );
+        metric(
+            "tributary_tier2_manifest_bytes_total",
+            "counter",
+            "Bytes of manifest objects written to Tier-2.",
+            get(&self.manifest_bytes),
         );
         metric(
             "tributary_tier2_errors_total",
@@ -138,6 +145,7 @@ pub(crate) fn spawn(
             add(&metrics.chunks_written, stats.chunks_written);
             add(&metrics.chunks_deleted, stats.chunks_deleted);
             add(&metrics.manifests, u64::from(stats.manifest_written));
+            add(&metrics.manifest_bytes, stats.manifest_bytes);
             match result {
                 Ok(()) => {
                     if failing {
