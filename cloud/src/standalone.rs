@@ -95,10 +95,8 @@ pub async fn run(cfg: NodeConfig, tier2: Tier2Settings) -> anyhow::Result<()> {
 mod tests {
     use std::path::Path;
 
-    use tributary::log::LogConfig;
-
     use super::*;
-    use crate::config::parse;
+    use crate::config::{parse, CloudSettings};
 
     #[test]
     fn the_shipped_example_is_valid() {
@@ -109,7 +107,7 @@ mod tests {
         .expect("example config");
         assert_eq!(s.node.quic_listen, Some(DEFAULT_QUIC_LISTEN));
         assert_eq!(s.node.http_listen, Some(DEFAULT_HTTP_LISTEN));
-        assert_eq!(s.node.log, LogConfig::default());
-        assert_eq!(s.tier2, Tier2Settings::default());
+        assert_eq!(s.node.log, CloudSettings::default().node.log);
+        assert_eq!(s.tier2, CloudSettings::default().tier2);
     }
 }
