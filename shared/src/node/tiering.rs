@@ -113,7 +113,10 @@ impl TierMetrics {
 /// Runs tiering passes until aborted (or the log is gone): every `flush_interval`,
 /// and sooner whenever the backlog reaches [`early_pass_at`], so that a node taking
 /// data faster than one interval's worth moves it while it comes in instead of
-/// refusing appends at the backlog limit. After a failure, passes wait the interval.
+/// refusing appends at the backlog limit. After a failed pass, an early one waits
+/// until that much has come in on top of what the failed pass left: a pass that
+/// could not move one segment (a corrupt log frame) still moves the others as they
+/// come in, and a Tier-2 that is down is not retried in a loop.
 pub(crate) fn spawn(
     log: Weak<SegmentLog>,
     tiering: &Tiering,
@@ -130,10 +133,13 @@ pub(crate) fn spawn(
             return;
         };
         let mut failing = false;
+        // What the last pass left in the log if it failed (0 after a pass that moved
+        // everything).
+        let mut left = 0u64;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
-                () = backlog.reaches(early), if !failing => {}
+                () = backlog.reaches(left.saturating_add(early)) => {}
             }
             let Some(log) = log.upgrade() else { return };
             let mut stats = MoveStats::default();
@@ -146,6 +152,10 @@ pub(crate) fn spawn(
             add(&metrics.chunks_deleted, stats.chunks_deleted);
             add(&metrics.manifests, u64::from(stats.manifest_written));
             add(&metrics.manifest_bytes, stats.manifest_bytes);
+            left = match result {
+                Ok(()) => 0,
+                Err(_) => backlog.bytes(),
+            };
             match result {
                 Ok(()) => {
                     if failing {
@@ -159,7 +169,7 @@ pub(crate) fn spawn(
                 Err(e) => {
                     metrics.errors.fetch_add(1, Ordering::Relaxed);
                     if !failing {
-                        tracing::warn!(error = %e, "moving data to Tier-2 failed; retrying every {interval:?}");
+                        tracing::warn!(error = %e, "moving data to Tier-2 failed; retrying every {interval:?}, and sooner as data comes in");
                     }
                     failing = true;
                 }
@@ -173,4 +183,91 @@ pub(crate) fn spawn(
 /// early for less than a full chunk).
 fn early_pass_at(chunk_bytes: u64, backlog_limit: u64) -> u64 {
     (backlog_limit / 4).max(chunk_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::log::{AppendOptions, FsTier2, LogConfig};
+
+    async fn append(log: &SegmentLog, seg: &str, n: u8) {
+        for i in 0..n {
+            log.append(seg, &[i; 5000], &AppendOptions::default())
+                .await
+                .expect("append");
+        }
+    }
+
+    /// Waits up to 10 s for `done`.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn early_passes_go_on_past_a_segment_that_cannot_move() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t2dir = tempfile::tempdir().expect("tempdir");
+        let backend: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
+        let config = LogConfig {
+            max_file_bytes: 16 << 10,
+            cache_bytes: 0,
+            max_tier2_backlog_bytes: 128 << 10,
+            ..LogConfig::default()
+        };
+        {
+            let log =
+                SegmentLog::open_tiered(dir.path(), config.clone(), backend.clone()).expect("open");
+            log.create("s0").await.expect("create");
+            log.create("s1").await.expect("create");
+            append(&log, "s0", 8).await;
+            log.close().expect("close");
+        }
+        // A flipped byte in s0's first frame, in a file not replayed on open.
+        let file0 = dir.path().join("wal").join(format!("{:016x}.log", 0));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file0)
+            .expect("open file 0");
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 2000).expect("read");
+        f.write_all_at(&[b[0] ^ 0x40], 2000).expect("flip");
+        drop(f);
+
+        let log =
+            Arc::new(SegmentLog::open_tiered(dir.path(), config, backend.clone()).expect("reopen"));
+        let tiering = Tiering {
+            backend,
+            // Only early passes happen during the test.
+            flush_interval: Duration::from_secs(3600),
+            chunk_bytes: 4 << 10,
+        };
+        let metrics = Arc::new(TierMetrics::default());
+        let errors = || metrics.errors.load(Ordering::Relaxed);
+        let task = spawn(Arc::downgrade(&log), &tiering, metrics.clone());
+        // Early passes start at 32 KiB, a quarter of the limit: the first at once, on
+        // s0's 40,000 bytes, which it cannot move.
+        until("the first pass", || errors() == 1).await;
+        assert_eq!(log.tier2_backlog(), 40_000);
+        // The next starts once 32 KiB more have come in: it fails on s0 again, and
+        // moves s1.
+        append(&log, "s1", 7).await;
+        until("the second pass", || errors() == 2).await;
+        assert_eq!(log.tier2_backlog(), 40_000);
+        append(&log, "s1", 6).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(errors(), 2, "no pass below 40,000 + 32 KiB");
+        assert_eq!(log.tier2_backlog(), 70_000);
+        append(&log, "s1", 1).await;
+        until("the third pass", || errors() == 3).await;
+        assert_eq!(log.tier2_backlog(), 40_000);
+        assert_eq!(metrics.bytes_moved.load(Ordering::Relaxed), 70_000);
+        task.abort();
+    }
 }
