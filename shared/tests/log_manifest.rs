@@ -1,8 +1,8 @@
 //! The Tier-2 manifest as full manifests and deltas (filesystem backend): a pass writes
 //! a delta of what it changed, a full manifest comes back once the deltas outgrow it
 //! or a new process writes its first, replaced deltas are deleted, and a node that
-//! lost its disk restores everything the last delta covers, or, when a delta is
-//! missing, stops at the one before it.
+//! lost its disk restores everything the last delta covers, and refuses to restore
+//! while a delta that later ones need is missing.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -172,7 +172,7 @@ async fn passes_write_deltas_and_a_restore_applies_them() {
 }
 
 #[tokio::test]
-async fn a_restore_stops_at_a_missing_delta() {
+async fn a_restore_refuses_a_missing_delta_and_deletes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t2dir = tempfile::tempdir().expect("tempdir");
     let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(t2dir.path()).expect("tier2"));
@@ -189,22 +189,29 @@ async fn a_restore_stops_at_a_missing_delta() {
     pass(&log).await;
     let d = deltas(t2dir.path());
     assert_eq!(d.len(), 2, "{d:?}");
-    // The first delta is lost: the second cannot be applied without it (and is not
-    // even read).
-    std::fs::remove_file(t2dir.path().join(&d[0])).expect("remove delta");
-    std::fs::write(t2dir.path().join(&d[1]), b"not read").expect("spoil delta");
-    let chunks_before = names(t2dir.path(), "c-").len();
-
     log.close().expect("close");
     std::fs::remove_dir_all(dir.path()).expect("lose the disk");
+
+    // The first delta is lost: the second needs it.
+    std::fs::remove_file(t2dir.path().join(&d[0])).expect("remove delta");
+    let chunks_before = names(t2dir.path(), "c-");
+    let e = SegmentLog::restore_from_tier2(dir.path(), tier2.as_ref())
+        .await
+        .expect_err("a delta is missing");
+    assert!(e.to_string().contains(&d[0]), "{e}");
+    assert!(e.to_string().contains(&d[1]), "{e}");
+    assert_eq!(names(t2dir.path(), "c-"), chunks_before, "nothing deleted");
+    assert!(!dir.path().exists(), "nothing restored");
+
+    // Deleting the later one accepts the loss: the restore goes back to the full
+    // manifest, and the chunks only the deltas named are deleted.
+    std::fs::remove_file(t2dir.path().join(&d[1])).expect("remove delta");
     let report = SegmentLog::restore_from_tier2(dir.path(), tier2.as_ref())
         .await
         .expect("restore")
         .expect("a manifest");
     assert!(report.missing.is_empty(), "{report}");
-    // Chunks the full manifest does not list are gone, with the data only they held.
     assert!(report.orphans_deleted > 0, "{report}");
-    assert!(names(t2dir.path(), "c-").len() < chunks_before);
     let log = SegmentLog::open_tiered(dir.path(), config(), tier2.clone()).expect("open");
     for (s, all) in expect.iter().enumerate() {
         let got = read_all(&log, &format!("s{s}")).await;

@@ -272,7 +272,7 @@ async fn a_chunk_that_fails_to_move_leaves_the_others_moved() {
 /// read as before.
 #[tokio::test]
 async fn an_unreadable_frame_holds_back_only_its_segment() {
-    let (dir, _t2dir, tier2) = fs_tier2();
+    let (dir, t2dir, tier2) = fs_tier2();
     let cfg = uncached();
     let mut expect = Vec::new();
     {
@@ -324,4 +324,16 @@ async fn an_unreadable_frame_holds_back_only_its_segment() {
         .await
         .expect_err("corrupt data is not served");
     assert!(matches!(e, LogError::Corrupt { .. }), "{e}");
+
+    // Chunks freed meanwhile are deleted all the same: the pass wrote its manifest.
+    log.delete("s1").await.expect("delete");
+    let before = chunks(t2dir.path());
+    let mut stats = MoveStats::default();
+    let e = log
+        .move_to_tier2(8 << 10, &mut stats)
+        .await
+        .expect_err("s0 is still corrupt");
+    assert!(matches!(e, LogError::Corrupt { .. }), "{e}");
+    assert_eq!(stats.chunks_deleted, 4, "{stats:?}");
+    assert_eq!(chunks(t2dir.path()), before - 4);
 }

@@ -987,12 +987,26 @@ impl SegmentLog {
         // operation the snapshot includes, so the manifest written below needs none.
         let garbage = std::mem::take(&mut *lock(&self.inner.garbage));
         let result = self.move_pass(&tier2, &mut state, max_chunk_bytes, stats, &garbage);
-        if let Err(e) = result.await {
+        let unmoved = match result.await {
+            Ok(unmoved) => unmoved,
+            Err(e) => {
+                lock(&self.inner.garbage).extend(garbage);
+                return Err(e);
+            }
+        };
+        // A manifest object that no longer needs the garbage is written. Records go
+        // first (durably), then objects: a crash in between leaves objects no record
+        // names, which the first pass after a start deletes; the other way round it
+        // could leave a record naming a deleted object.
+        if let Err(e) =
+            (self.inner.meta).remove_chunks(garbage.iter().map(|(id, c)| (*id, c.data_offset)))
+        {
             lock(&self.inner.garbage).extend(garbage);
             return Err(e);
         }
         let mut garbage = garbage.into_iter();
         while let Some((data_id, c)) = garbage.next() {
+            lock(&self.inner.cache).forget(CacheKey::Chunk(data_id, c.data_offset));
             if let Err(e) = tier2.delete(&c.name).await {
                 // The rest waits for the next pass.
                 let mut g = lock(&self.inner.garbage);
@@ -1004,15 +1018,14 @@ impl SegmentLog {
                     e,
                 ));
             }
-            self.inner.meta.remove_chunk(data_id, c.data_offset)?;
-            lock(&self.inner.cache).forget(CacheKey::Chunk(data_id, c.data_offset));
             stats.chunks_deleted += 1;
         }
-        Ok(())
+        unmoved.map_or(Ok(()), Err)
     }
 
-    /// Snapshot, move everything durable in the log, write the manifest if anything
-    /// changed since the last one.
+    /// Snapshot, move everything durable in the log, write a manifest object if
+    /// anything changed since the last one. `Ok(Some(e))`: that done, some data could
+    /// not be moved (the log could not give it), and why.
     async fn move_pass(
         &self,
         tier2: &Arc<dyn Tier2>,
@@ -1020,7 +1033,7 @@ impl SegmentLog {
         max_chunk_bytes: u64,
         stats: &mut MoveStats,
         garbage: &[(u64, Chunk)],
-    ) -> Result<()> {
+    ) -> Result<Option<LogError>> {
         let taken_at_ms = now_ms();
         let (table, seq, budget) = {
             let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
@@ -1031,10 +1044,9 @@ impl SegmentLog {
         // Move what the log holds now; data appended meanwhile waits for the next pass.
         // Data the log cannot give (a corrupt frame) stays there, and the pass reports
         // it at the end; the other data ids move on.
-        let written_before = stats.chunks_written;
         let mut examined = 0;
         let mut unreadable = HashSet::new();
-        let mut outcome = Ok(());
+        let mut unmoved = None;
         while examined < budget {
             let runs: Vec<Run> = {
                 let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
@@ -1063,9 +1075,9 @@ impl SegmentLog {
                 .await?
             {
                 unreadable.insert(data_id);
-                match outcome {
-                    Ok(()) => outcome = Err(e),
-                    Err(_) => tracing::warn!(error = %e, "data could not be moved to Tier-2"),
+                match unmoved {
+                    None => unmoved = Some(e),
+                    Some(_) => tracing::warn!(error = %e, "data could not be moved to Tier-2"),
                 }
             }
         }
@@ -1073,9 +1085,8 @@ impl SegmentLog {
         ciborium::into_writer(&trees, &mut encoded_trees)
             .map_err(|e| LogError::Tier2(format!("encoding metadata: {e}")))?;
         let at = (seq, crc32c::crc32c(&encoded_trees));
-        let moved = stats.chunks_written > written_before;
-        if state.manifest_at == Some(at) && !moved && garbage.is_empty() {
-            return outcome;
+        if state.manifest_at == Some(at) && !state.manifests.has_added() && garbage.is_empty() {
+            return Ok(unmoved);
         }
         let removed = garbage.iter().map(|(id, c)| (*id, c.data_offset)).collect();
         let all_chunks = || {
@@ -1103,7 +1114,7 @@ impl SegmentLog {
             .await?;
         state.manifest_at = Some(at);
         stats.manifest_written = true;
-        outcome
+        Ok(unmoved)
     }
 
     /// Deletes chunk objects that no record names (a crash came between writing one and

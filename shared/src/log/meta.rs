@@ -153,11 +153,15 @@ impl Meta {
         Ok(())
     }
 
-    /// Forgets a deleted chunk.
-    pub fn remove_chunk(&self, data_id: u64, data_offset: u64) -> Result<()> {
-        self.db
-            .remove(chunk_key(data_id, data_offset))
-            .map_err(|e| self.err(e))?;
+    /// Forgets chunks (by data id and offset), durably: their objects may be deleted
+    /// once this returns.
+    pub fn remove_chunks(&self, chunks: impl IntoIterator<Item = (u64, u64)>) -> Result<()> {
+        for (data_id, data_offset) in chunks {
+            self.db
+                .remove(chunk_key(data_id, data_offset))
+                .map_err(|e| self.err(e))?;
+        }
+        self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
     }
 

@@ -113,10 +113,10 @@ impl TierMetrics {
 /// Runs tiering passes until aborted (or the log is gone): every `flush_interval`,
 /// and sooner whenever the backlog reaches [`early_pass_at`], so that a node taking
 /// data faster than one interval's worth moves it while it comes in instead of
-/// refusing appends at the backlog limit. After a failed pass, an early one waits
-/// until that much has come in on top of what the failed pass left: a pass that
-/// could not move one segment (a corrupt log frame) still moves the others as they
-/// come in, and a Tier-2 that is down is not retried in a loop.
+/// refusing appends at the backlog limit. After a failed pass, the early one counts
+/// from what the failed pass left: a pass that could not move one segment (a corrupt
+/// log frame) still moves the others as they come in, and a Tier-2 that is down is
+/// not retried in a loop.
 pub(crate) fn spawn(
     log: Weak<SegmentLog>,
     tiering: &Tiering,
@@ -126,10 +126,10 @@ pub(crate) fn spawn(
     let chunk_bytes = tiering.chunk_bytes;
     let tier2 = tiering.backend.describe();
     tokio::spawn(async move {
-        let Some((backlog, early)) = log.upgrade().map(|l| {
-            let early = early_pass_at(chunk_bytes, l.config().max_tier2_backlog_bytes);
-            (l.backlog(), early)
-        }) else {
+        let Some((backlog, limit)) = log
+            .upgrade()
+            .map(|l| (l.backlog(), l.config().max_tier2_backlog_bytes))
+        else {
             return;
         };
         let mut failing = false;
@@ -139,7 +139,7 @@ pub(crate) fn spawn(
         loop {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
-                () = backlog.reaches(left.saturating_add(early)) => {}
+                () = backlog.reaches(early_pass_at(left, chunk_bytes, limit)) => {}
             }
             let Some(log) = log.upgrade() else { return };
             let mut stats = MoveStats::default();
@@ -178,11 +178,15 @@ pub(crate) fn spawn(
     })
 }
 
-/// Backlog at which a pass starts before its interval is up: a quarter of the limit
-/// at which appends are refused, and never less than a chunk (no pass is started
-/// early for less than a full chunk).
-fn early_pass_at(chunk_bytes: u64, backlog_limit: u64) -> u64 {
-    (backlog_limit / 4).max(chunk_bytes)
+/// Backlog at which a pass starts before its interval is up, after a pass that left
+/// `left` bytes it could not move (0 after one that moved everything): a quarter of
+/// the limit at which appends are refused on top of that, at most the limit, and
+/// never less than a chunk on top (no pass starts early for less than a chunk, and
+/// one that could move nothing is not repeated before that much has come in).
+fn early_pass_at(left: u64, chunk_bytes: u64, backlog_limit: u64) -> u64 {
+    left.saturating_add(backlog_limit / 4)
+        .min(backlog_limit)
+        .max(left.saturating_add(chunk_bytes))
 }
 
 #[cfg(test)]
@@ -207,6 +211,17 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[test]
+    fn early_passes_count_from_what_a_failed_pass_left() {
+        const MIB: u64 = 1 << 20;
+        let at = |left, chunk, limit| early_pass_at(left * MIB, chunk * MIB, limit * MIB) / MIB;
+        assert_eq!(at(0, 16, 1024), 256, "a quarter of the limit");
+        assert_eq!(at(0, 16, 32), 16, "at least a chunk");
+        assert_eq!(at(300, 16, 1024), 556);
+        assert_eq!(at(900, 16, 1024), 1024, "at most the limit");
+        assert_eq!(at(1020, 16, 1024), 1036, "a chunk more: only the interval");
     }
 
     #[tokio::test]
