@@ -532,6 +532,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_version_1_manifest_reads_as_one_without_deltas() {
+        #[derive(Serialize)]
+        struct V1 {
+            version: u32,
+            taken_at_ms: u64,
+            table: Table,
+            chunks: Vec<ChunkRecord>,
+            trees: Trees,
+        }
+        let chunk = ChunkRecord {
+            data_id: 3,
+            data_offset: 0,
+            len: 10,
+            crc: 7,
+        };
+        let v1 = V1 {
+            version: 1,
+            taken_at_ms: 5,
+            table: Table::default(),
+            chunks: vec![chunk],
+            trees: Trees::default(),
+        };
+        let m = Manifest::decode(&encode(&v1).expect("encode"), "t").expect("decode");
+        assert_eq!((m.version, m.epoch, m.chunks.len()), (1, 0, 1));
+        let future = Manifest {
+            version: VERSION + 1,
+            ..m
+        };
+        let e = Manifest::decode(&encode(&future).expect("encode"), "t").expect_err("newer");
+        assert!(e.to_string().contains("version 3"), "{e}");
+    }
+
+    #[test]
+    fn delta_names_parse_back() {
+        assert_eq!(parse_delta_name(&delta_name(0xabc, 7)), Some((0xabc, 7)));
+        assert_eq!(parse_delta_name("manifest"), None);
+        assert_eq!(parse_delta_name("manifest-abc-1"), None);
+        assert_eq!(
+            parse_delta_name("c-0000000000000001-0000000000000000"),
+            None
+        );
+    }
+
+    #[test]
     fn covered_suffix_stops_at_a_gap() {
         let chunks = [(0, 10), (10, 10), (30, 10)];
         assert_eq!(covered_suffix(&chunks, 0, 20), 20);
