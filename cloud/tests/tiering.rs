@@ -457,7 +457,9 @@ fn restarts_from_tier2_alone(backend: Backend, dir: &Path) {
     let node = setup.start("node2.log");
     let log = node.log();
     assert!(
-        log.contains("restored 1 segments") && log.contains("from the Tier-2 manifest"),
+        log.contains("restored 1 segments")
+            && log.contains("from the Tier-2 manifest")
+            && log.contains("of its deltas"),
         "{log}"
     );
     assert!(setup.metric("tributary_tier2_restored_snapshot_seconds") > 0);

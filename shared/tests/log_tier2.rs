@@ -396,7 +396,12 @@ async fn pass(log: &SegmentLog) -> MoveStats {
 }
 
 /// Loses the log's disk and restores it from Tier-2 alone.
-async fn lose_disk_and_restore(log: SegmentLog, dir: &Path, tier2: &Arc<dyn Tier2>) -> SegmentLog {
+async fn lose_disk_and_restore(
+    log: SegmentLog,
+    dir: &Path,
+    tier2: &Arc<dyn Tier2>,
+    deltas: u32,
+) -> SegmentLog {
     log.close().expect("close");
     std::fs::remove_dir_all(dir).expect("lose the disk");
     let report = SegmentLog::restore_from_tier2(dir, tier2.as_ref())
@@ -405,6 +410,7 @@ async fn lose_disk_and_restore(log: SegmentLog, dir: &Path, tier2: &Arc<dyn Tier
         .expect("a manifest");
     assert!(report.missing.is_empty(), "{report}");
     assert_eq!(report.segments, 3, "{report}");
+    assert_eq!(report.deltas, deltas, "{report}");
     SegmentLog::open_tiered(dir, config(), tier2.clone()).expect("open restored")
 }
 
@@ -452,7 +458,7 @@ async fn passes_write_deltas_and_a_restore_applies_them() {
 
     // A node that lost its disk gets everything back: the full manifest and both
     // deltas.
-    let log = lose_disk_and_restore(log, dir.path(), &tier2).await;
+    let log = lose_disk_and_restore(log, dir.path(), &tier2, 2).await;
     for (s, want) in expect.iter().enumerate() {
         assert_eq!(&read_all(&log, &format!("s{s}")).await, want, "s{s}");
     }
@@ -482,7 +488,7 @@ async fn passes_write_deltas_and_a_restore_applies_them() {
     assert_eq!(compacted.manifest_bytes, full(t2dir.path()).len() as u64);
     assert!(deltas(t2dir.path()).is_empty());
 
-    let log = lose_disk_and_restore(log, dir.path(), &tier2).await;
+    let log = lose_disk_and_restore(log, dir.path(), &tier2, 0).await;
     for (s, want) in expect.iter().enumerate() {
         assert_eq!(&read_all(&log, &format!("s{s}")).await, want, "s{s}");
     }
@@ -525,6 +531,7 @@ async fn a_restore_refuses_a_missing_delta_and_deletes_nothing() {
         .expect("a manifest");
     assert!(report.missing.is_empty(), "{report}");
     assert!(report.orphans_deleted > 0, "{report}");
+    assert_eq!(report.deltas, 0, "{report}");
     let log = SegmentLog::open_tiered(dir.path(), config(), tier2.clone()).expect("open");
     for (s, all) in expect.iter().enumerate() {
         let got = read_all(&log, &format!("s{s}")).await;

@@ -164,9 +164,9 @@ impl Manifest {
             .collect();
         let mut applied = 0;
         let last = numbers.last().copied().unwrap_or(0);
+        let where_ = tier2.describe();
         for number in numbers {
             let name = delta_name(self.epoch, number);
-            let where_ = tier2.describe();
             let missing = |n: u32| {
                 LogError::Tier2(format!(
                     "manifest delta {} is missing from {where_}, and later ones (up to {}) \
@@ -357,6 +357,8 @@ pub struct RestoreReport {
     pub missing: Vec<MissingData>,
     /// Chunk objects no manifest listed (written after it), deleted.
     pub orphans_deleted: usize,
+    /// Deltas applied on the full manifest.
+    pub deltas: u32,
 }
 
 impl std::fmt::Display for RestoreReport {
@@ -364,12 +366,13 @@ impl std::fmt::Display for RestoreReport {
         let ago = now_ms().saturating_sub(self.taken_at_ms) / 1000;
         write!(
             f,
-            "restored {} segments ({} bytes) from the Tier-2 manifest in {}, taken at Unix \
-             time {}.{:03} ({ago} s ago): data durable before then is back; data appended \
-             after it was only on the lost disk",
+            "restored {} segments ({} bytes) from the Tier-2 manifest in {} plus {} of its \
+             deltas, taken at Unix time {}.{:03} ({ago} s ago): data durable before then is \
+             back; data appended after it was only on the lost disk",
             self.segments,
             self.bytes,
             self.tier2,
+            self.deltas,
             self.taken_at_ms / 1000,
             self.taken_at_ms % 1000,
         )?;
@@ -426,7 +429,7 @@ pub(crate) async fn restore(dir: &Path, tier2: &dyn Tier2) -> Result<Option<Rest
         .map_err(|e| t2err("listing objects", e))?
         .into_iter()
         .collect();
-    m.apply_deltas(&objects, tier2).await?;
+    let deltas = m.apply_deltas(&objects, tier2).await?;
 
     // The chunks that are there, by data id.
     let mut by_data: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
@@ -456,6 +459,7 @@ pub(crate) async fn restore(dir: &Path, tier2: &dyn Tier2) -> Result<Option<Rest
         bytes: 0,
         missing: Vec::new(),
         orphans_deleted: 0,
+        deltas,
     };
     let mut truncations = Vec::new();
     for s in m.table.segments() {
