@@ -998,9 +998,8 @@ impl SegmentLog {
         // first (durably), then objects: a crash in between leaves objects no record
         // names, which the first pass after a start deletes; the other way round it
         // could leave a record naming a deleted object.
-        if let Err(e) =
-            (self.inner.meta).remove_chunks(garbage.iter().map(|(id, c)| (*id, c.data_offset)))
-        {
+        let records = garbage.iter().map(|(id, c)| (*id, c.data_offset));
+        if let Err(e) = self.inner.meta.remove_chunks(records) {
             lock(&self.inner.garbage).extend(garbage);
             return Err(e);
         }

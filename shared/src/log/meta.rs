@@ -156,12 +156,16 @@ impl Meta {
     /// Forgets chunks (by data id and offset), durably: their objects may be deleted
     /// once this returns.
     pub fn remove_chunks(&self, chunks: impl IntoIterator<Item = (u64, u64)>) -> Result<()> {
+        let mut removed = false;
         for (data_id, data_offset) in chunks {
             self.db
                 .remove(chunk_key(data_id, data_offset))
                 .map_err(|e| self.err(e))?;
+            removed = true;
         }
-        self.db.flush().map_err(|e| self.err(e))?;
+        if removed {
+            self.db.flush().map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 
