@@ -61,16 +61,58 @@ impl Default for CloudSettings {
 }
 
 /// Memory the cloud node's log keeps for recently written data unless `[log]
-/// cache_mb` says otherwise. Tier-2 passes start once a quarter of `max_backlog_mb`
+/// cache_mb` says otherwise, on a machine with at least 8 times as much (see
+/// [`default_cache_bytes`]). Tier-2 passes start once a quarter of `max_backlog_mb`
 /// (256 MiB) waits, and move it oldest first: a cache that still holds it spares the
 /// disk from reading it back. With 64 MiB, a standalone node under `trib bench write`
 /// read 380–400 MB/s back from its own disk; with 320 MiB, 0–120 MB/s, and took about
 /// 12 % more (see ARCHITECTURE.md, Tier-2).
 pub const DEFAULT_CACHE_MB: usize = 320;
 
+/// The cache of a node whose config does not set one: [`DEFAULT_CACHE_MB`], but no
+/// more than an eighth of the memory the node may use (`MemTotal`, or a lower cgroup
+/// limit: a container or a systemd `MemoryMax`), and at least 16 MiB. A full cache
+/// stays full, so on a 1 GiB VM 320 MiB would be a third of the machine.
+pub fn default_cache_bytes(memory_bytes: Option<u64>) -> usize {
+    let eighth = memory_bytes.map_or(u64::MAX, |m| m / 8);
+    let bytes = ((DEFAULT_CACHE_MB as u64) << 20).min(eighth).max(16 << 20);
+    usize::try_from(bytes).unwrap_or(DEFAULT_CACHE_MB << 20)
+}
+
+/// The memory this process may use: the machine's, or its cgroup's limit if lower.
+/// `None` if neither can be read.
+pub fn usable_memory() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let total = read("/proc/meminfo").and_then(|m| {
+        let kb = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+        let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb.saturating_mul(1024))
+    });
+    let limit = read("/proc/self/cgroup").and_then(|c| {
+        c.lines().find_map(|line| {
+            // "0::/path" (v2) or "4:memory:/path" (v1); an unlimited group says "max"
+            // (v2) or a number near 2^63 (v1), which the machine's total undercuts.
+            let mut f = line.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            let file = match controllers {
+                "" => format!("/sys/fs/cgroup{path}/memory.max"),
+                c if c.split(',').any(|c| c == "memory") => {
+                    format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+                }
+                _ => return None,
+            };
+            read(&file)?.trim().parse::<u64>().ok()
+        })
+    });
+    match (total, limit) {
+        (Some(t), Some(l)) => Some(t.min(l)),
+        (t, l) => t.or(l),
+    }
+}
+
 fn cloud_log() -> LogConfig {
     LogConfig {
-        cache_bytes: DEFAULT_CACHE_MB << 20,
+        cache_bytes: default_cache_bytes(usable_memory()),
         ..LogConfig::default()
     }
 }
@@ -354,7 +396,22 @@ mod tests {
         assert_eq!(s.tier2.backend, Backend::Fs(None));
         // A node started without a file gets what an empty file gives.
         assert_eq!(s, CloudSettings::default());
-        assert_eq!(s.node.log.cache_bytes, DEFAULT_CACHE_MB << 20);
+        assert_eq!(s.node.log.cache_bytes, default_cache_bytes(usable_memory()));
+    }
+
+    #[test]
+    fn the_default_cache_is_at_most_an_eighth_of_memory() {
+        const MIB: u64 = 1 << 20;
+        let mb = |m: Option<u64>| default_cache_bytes(m.map(|m| m * MIB)) as u64 / MIB;
+        assert_eq!(mb(None), 320);
+        assert_eq!(mb(Some(64 << 10)), 320);
+        assert_eq!(mb(Some(2048)), 256);
+        assert_eq!(mb(Some(1024)), 128);
+        assert_eq!(mb(Some(64)), 16, "at least 16 MiB");
+        assert!(
+            usable_memory().is_some_and(|m| m > 0),
+            "this machine's memory"
+        );
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub fn defaults() -> Defaults {
 
 /// Memory the edge's log keeps for recently written data unless `[log] cache_mb` says
 /// otherwise: enough for replication and local readers at the tail, small enough for a
-/// gateway (the cloud's default is 320 MiB).
+/// gateway (the cloud's default is up to 320 MiB).
 pub const DEFAULT_CACHE_MB: usize = 4;
 
 /// The edge's log settings where `[log]` is silent.
