@@ -73,6 +73,7 @@ pub async fn run(cfg: NodeConfig, tier2: Tier2Settings) -> anyhow::Result<()> {
         data_dir = %node.data_dir().display(),
         server_name = %node.server_name(),
         tier2 = %tier2_at,
+        cache_mb = cfg.log.cache_bytes >> 20,
         client_profile = %node
             .profile_path()
             .map_or_else(|| "none ([tls] configured)".into(), |p| p.display().to_string()),
