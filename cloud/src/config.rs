@@ -50,13 +50,8 @@ pub struct CloudSettings {
 impl Default for CloudSettings {
     /// The settings of an empty file.
     fn default() -> Self {
-        let tier2 = Tier2Settings::default();
-        let mut node = NodeSettings {
-            log: cloud_log(),
-            ..NodeSettings::default()
-        };
-        node.log.max_tier2_backlog_bytes = tier2.max_backlog_bytes;
-        CloudSettings { node, tier2 }
+        parse("", Path::new("/"))
+            .unwrap_or_else(|errors| unreachable!("an empty file is valid: {errors:?}"))
     }
 }
 
@@ -65,7 +60,7 @@ impl Default for CloudSettings {
 /// [`default_cache_bytes`]). Tier-2 passes start once a quarter of `max_backlog_mb`
 /// (256 MiB) waits, and move it oldest first: a cache that still holds it spares the
 /// disk from reading it back. With 64 MiB, a standalone node under `trib bench write`
-/// read 380–400 MB/s back from its own disk; with 320 MiB, 0–120 MB/s, and took about
+/// read 380–400 MB/s back from its own disk; with 320 MiB, 0–124 MB/s, and took about
 /// 12 % more (see ARCHITECTURE.md, Tier-2).
 pub const DEFAULT_CACHE_MB: usize = 320;
 
@@ -88,21 +83,32 @@ pub fn usable_memory() -> Option<u64> {
         let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
         Some(kb.saturating_mul(1024))
     });
+    // "0::/path" (v2) or "4:memory:/path" (v1). The group's ancestors count too (a
+    // limit on a systemd slice), and in a container whose group is the mount's root
+    // only the root's file exists. An unlimited group says "max" (v2) or a number near
+    // 2^63 (v1), which the machine's total undercuts.
     let limit = read("/proc/self/cgroup").and_then(|c| {
-        c.lines().find_map(|line| {
-            // "0::/path" (v2) or "4:memory:/path" (v1); an unlimited group says "max"
-            // (v2) or a number near 2^63 (v1), which the machine's total undercuts.
-            let mut f = line.splitn(3, ':');
-            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-            let file = match controllers {
-                "" => format!("/sys/fs/cgroup{path}/memory.max"),
-                c if c.split(',').any(|c| c == "memory") => {
-                    format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
-                }
-                _ => return None,
-            };
-            read(&file)?.trim().parse::<u64>().ok()
-        })
+        c.lines()
+            .filter_map(|line| {
+                let mut f = line.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                let (root, file) = match controllers {
+                    "" => ("/sys/fs/cgroup", "memory.max"),
+                    c if c.split(',').any(|c| c == "memory") => {
+                        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+                    }
+                    _ => return None,
+                };
+                Path::new(path)
+                    .ancestors()
+                    .filter_map(|group| {
+                        let group = group.to_string_lossy();
+                        let at = format!("{root}{}/{file}", group.trim_end_matches('/'));
+                        read(&at)?.trim().parse::<u64>().ok()
+                    })
+                    .min()
+            })
+            .min()
     });
     match (total, limit) {
         (Some(t), Some(l)) => Some(t.min(l)),
@@ -394,8 +400,6 @@ mod tests {
         let s = parse("", Path::new("/etc/t")).expect("valid");
         assert_eq!(s.tier2, Tier2Settings::default());
         assert_eq!(s.tier2.backend, Backend::Fs(None));
-        // A node started without a file gets what an empty file gives.
-        assert_eq!(s, CloudSettings::default());
         assert_eq!(s.node.log.cache_bytes, default_cache_bytes(usable_memory()));
     }
 

@@ -189,12 +189,24 @@ async fn merge_spans_tiers_and_corrupt_chunks_are_refused() {
 
 /// A filesystem Tier-2 that refuses the first chunk written to it.
 #[derive(Debug)]
-struct RefusesOneChunk {
+/// A file-system Tier-2 that refuses the first object whose name starts with `prefix`.
+struct RefusesOnce {
     fs: FsTier2,
+    prefix: &'static str,
     refused: std::sync::atomic::AtomicBool,
 }
 
-impl Tier2 for RefusesOneChunk {
+impl RefusesOnce {
+    fn new(dir: &Path, prefix: &'static str) -> RefusesOnce {
+        RefusesOnce {
+            fs: FsTier2::new(dir).expect("tier2"),
+            prefix,
+            refused: false.into(),
+        }
+    }
+}
+
+impl Tier2 for RefusesOnce {
     fn describe(&self) -> String {
         self.fs.describe()
     }
@@ -202,7 +214,7 @@ impl Tier2 for RefusesOneChunk {
         self.fs.supports_append()
     }
     fn put<'a>(&'a self, name: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), Tier2Error>> {
-        let first = name.starts_with("c-") && !self.refused.swap(true, Ordering::SeqCst);
+        let first = name.starts_with(self.prefix) && !self.refused.swap(true, Ordering::SeqCst);
         match first {
             true => Box::pin(async { Err(Tier2Error("refused on purpose".into())) }),
             false => self.fs.put(name, data),
@@ -226,10 +238,7 @@ impl Tier2 for RefusesOneChunk {
 async fn a_chunk_that_fails_to_move_leaves_the_others_moved() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t2dir = tempfile::tempdir().expect("tempdir");
-    let tier2 = Arc::new(RefusesOneChunk {
-        fs: FsTier2::new(t2dir.path()).expect("tier2"),
-        refused: false.into(),
-    });
+    let tier2 = Arc::new(RefusesOnce::new(t2dir.path(), "c-"));
     let log = SegmentLog::open_tiered(dir.path(), config(), tier2).expect("open");
     let mut expect = Vec::new();
     for s in 0..3u8 {
@@ -537,6 +546,95 @@ async fn a_restore_refuses_a_missing_delta_and_deletes_nothing() {
         let got = read_all(&log, &format!("s{s}")).await;
         assert_eq!(got.len(), 100 * 96, "s{s}: as of the full manifest");
         assert_eq!(&got[..], &all[..got.len()], "s{s}");
+    }
+    log.close().expect("close");
+}
+
+#[tokio::test]
+async fn a_refused_delta_is_written_on_the_next_pass_and_64_deltas_bring_a_full_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t2dir = tempfile::tempdir().expect("tempdir");
+    let tier2: Arc<dyn Tier2> = Arc::new(RefusesOnce::new(t2dir.path(), "manifest-"));
+    let log = three_segments(dir.path(), &tier2).await;
+    let mut expect: Vec<Vec<u8>> = vec![Vec::new(); 3];
+    // One chunk per append: a full manifest of 2,100 chunks, far larger than a delta.
+    let append = |round: usize| {
+        let log = &log;
+        async move {
+            let mut added = Vec::new();
+            for s in 0..3 {
+                let data = vec![(round * 3 + s) as u8; 1000];
+                log.append(&format!("s{s}"), &data, &AppendOptions::default())
+                    .await
+                    .expect("append");
+                added.push(data);
+            }
+            added
+        }
+    };
+    for round in 0..700 {
+        for (e, d) in expect.iter_mut().zip(append(round).await) {
+            e.extend_from_slice(&d);
+        }
+    }
+    pass(&log).await;
+    let before = full(t2dir.path());
+
+    // The first delta is refused: the pass says so, and the next one writes it, with
+    // the chunks the refused one named, under the same number, though nothing new
+    // waits.
+    for (e, d) in expect.iter_mut().zip(append(700).await) {
+        e.extend_from_slice(&d);
+    }
+    let mut stats = MoveStats::default();
+    let e = log
+        .move_to_tier2(CHUNK, &mut stats)
+        .await
+        .expect_err("the delta is refused");
+    assert!(e.to_string().contains("refused on purpose"), "{e}");
+    assert_eq!(stats.chunks_written, 3);
+    assert!(deltas(t2dir.path()).is_empty());
+    let retry = pass(&log).await;
+    assert_eq!(retry.chunks_written, 0);
+    let d = deltas(t2dir.path());
+    assert!(d.len() == 1 && d[0].ends_with("-00000001"), "{d:?}");
+    // A node restored from a copy of Tier-2 now has everything.
+    let copy = tempfile::tempdir().expect("tempdir");
+    for name in names(t2dir.path(), "") {
+        std::fs::copy(t2dir.path().join(&name), copy.path().join(&name)).expect("copy");
+    }
+    let copy_tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(copy.path()).expect("tier2"));
+    let restored = tempfile::tempdir().expect("tempdir");
+    let report = SegmentLog::restore_from_tier2(restored.path(), copy_tier2.as_ref())
+        .await
+        .expect("restore")
+        .expect("a manifest");
+    assert_eq!(report.deltas, 1, "{report}");
+    let other = SegmentLog::open_tiered(restored.path(), config(), copy_tier2).expect("open");
+    for (s, want) in expect.iter().enumerate() {
+        assert_eq!(&read_all(&other, &format!("s{s}")).await, want, "s{s}");
+    }
+    other.close().expect("close");
+
+    // Up to 64 deltas on one full manifest, then a full one again.
+    for round in 701..764 {
+        for (e, d) in expect.iter_mut().zip(append(round).await) {
+            e.extend_from_slice(&d);
+        }
+        pass(&log).await;
+    }
+    assert_eq!(deltas(t2dir.path()).len(), 64);
+    assert_eq!(full(t2dir.path()), before);
+    for (e, d) in expect.iter_mut().zip(append(764).await) {
+        e.extend_from_slice(&d);
+    }
+    pass(&log).await;
+    assert_ne!(full(t2dir.path()), before);
+    assert!(deltas(t2dir.path()).is_empty());
+
+    let log = lose_disk_and_restore(log, dir.path(), &tier2, 0).await;
+    for (s, want) in expect.iter().enumerate() {
+        assert_eq!(&read_all(&log, &format!("s{s}")).await, want, "s{s}");
     }
     log.close().expect("close");
 }

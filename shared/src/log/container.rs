@@ -986,7 +986,8 @@ impl SegmentLog {
         // Garbage first, then the snapshot: every chunk taken here was freed by an
         // operation the snapshot includes, so the manifest written below needs none.
         let garbage = std::mem::take(&mut *lock(&self.inner.garbage));
-        let result = self.move_pass(&tier2, &mut state, max_chunk_bytes, stats, &garbage);
+        let freed: Vec<(u64, u64)> = garbage.iter().map(|(id, c)| (*id, c.data_offset)).collect();
+        let result = self.move_pass(&tier2, &mut state, max_chunk_bytes, stats, &freed);
         let unmoved = match result.await {
             Ok(unmoved) => unmoved,
             Err(e) => {
@@ -998,8 +999,7 @@ impl SegmentLog {
         // first (durably), then objects: a crash in between leaves objects no record
         // names, which the first pass after a start deletes; the other way round it
         // could leave a record naming a deleted object.
-        let records = garbage.iter().map(|(id, c)| (*id, c.data_offset));
-        if let Err(e) = self.inner.meta.remove_chunks(records) {
+        if let Err(e) = self.inner.meta.remove_chunks(freed) {
             lock(&self.inner.garbage).extend(garbage);
             return Err(e);
         }
@@ -1023,15 +1023,16 @@ impl SegmentLog {
     }
 
     /// Snapshot, move everything durable in the log, write a manifest object if
-    /// anything changed since the last one. `Ok(Some(e))`: that done, some data could
-    /// not be moved (the log could not give it), and why.
+    /// anything changed since the last one; it names `freed` (garbage chunks taken
+    /// before the snapshot, by data id and offset) as removed. `Ok(Some(e))`: that
+    /// done, some data could not be moved (the log could not give it), and why.
     async fn move_pass(
         &self,
         tier2: &Arc<dyn Tier2>,
         state: &mut MoverState,
         max_chunk_bytes: u64,
         stats: &mut MoveStats,
-        garbage: &[(u64, Chunk)],
+        freed: &[(u64, u64)],
     ) -> Result<Option<LogError>> {
         let taken_at_ms = now_ms();
         let (table, seq, budget) = {
@@ -1084,10 +1085,9 @@ impl SegmentLog {
         ciborium::into_writer(&trees, &mut encoded_trees)
             .map_err(|e| LogError::Tier2(format!("encoding metadata: {e}")))?;
         let at = (seq, crc32c::crc32c(&encoded_trees));
-        if state.manifest_at == Some(at) && !state.manifests.has_added() && garbage.is_empty() {
+        if state.manifest_at == Some(at) && !state.manifests.has_added() && freed.is_empty() {
             return Ok(unmoved);
         }
-        let removed = garbage.iter().map(|(id, c)| (*id, c.data_offset)).collect();
         let all_chunks = || {
             let d = self.inner.durable.read().unwrap_or_else(|e| e.into_inner());
             d.index
@@ -1107,7 +1107,7 @@ impl SegmentLog {
                 taken_at_ms,
                 table,
                 trees,
-                removed,
+                freed.to_vec(),
                 all_chunks,
             )
             .await?;

@@ -16,8 +16,8 @@
 //! pass, after [`MAX_DELTAS`] deltas, and once the deltas since the last one add up to
 //! its size; then the deltas it replaces are deleted. Why: the chunk list grows with
 //! the data kept (about 46 bytes a chunk, 50 MB for a million), and every pass
-//! rewrote all of it; now a pass writes what it changed, and a full list at most every
-//! [`MAX_DELTAS`] passes (on 40,000 chunks, a pass adding 300 wrote 1.76 MB, now 25 KB).
+//! rewrote all of it; now a pass writes what it changed, and a full list after at most
+//! [`MAX_DELTAS`] deltas (on 40,000 chunks, a pass adding 300 wrote 1.76 MB, now 25 KB).
 //!
 //! [`restore`] reads the full manifest and applies its deltas in order (a missing
 //! one before others is refused: restoring without it would lose what they name),
@@ -276,19 +276,29 @@ impl ManifestWriter {
                     taken_at_ms,
                     table,
                     trees,
-                    added: self.added.clone(),
+                    added: std::mem::take(&mut self.added),
                     removed,
                 };
-                let bytes = encode(&delta)?;
-                let len = bytes.len() as u64;
                 let name = delta_name(epoch, number);
-                tier2
-                    .put(&name, bytes.into())
-                    .await
-                    .map_err(|e| t2err("writing the manifest delta", e))?;
+                let written = match encode(&delta) {
+                    Ok(bytes) => {
+                        let len = bytes.len() as u64;
+                        let put = tier2.put(&name, bytes.into()).await;
+                        put.map(|()| len)
+                            .map_err(|e| t2err("writing the manifest delta", e))
+                    }
+                    Err(e) => Err(e),
+                };
+                let len = match written {
+                    Ok(len) => len,
+                    Err(e) => {
+                        // The next object must still list them.
+                        self.added = delta.added;
+                        return Err(e);
+                    }
+                };
                 self.deltas = number;
                 self.delta_bytes += len;
-                self.added.clear();
                 self.superseded.push(name);
                 Ok(len)
             }

@@ -2,8 +2,8 @@
 //!
 //! A backend stores named, immutable objects: data **chunks**, each written once,
 //! whole, and recorded in the metadata store only after the backend says it is
-//! durable, and the **manifest** (see [`crate::log::Manifest`]), replaced whole after
-//! every move. That works on every backend, S3 included, which cannot append to an
+//! durable, and the **manifest**: a full one, replaced whole now and then, and deltas
+//! on it, each written once (see [`crate::log::manifest`]). That works on every backend, S3 included, which cannot append to an
 //! object; a backend that can append says so in [`Tier2::supports_append`], for layouts
 //! that may use it later.
 //!
