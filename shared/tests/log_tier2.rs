@@ -70,6 +70,21 @@ async fn read_all(log: &SegmentLog, seg: &str) -> Vec<u8> {
     out
 }
 
+/// Checks that `s0`, `s1`, … read back as `expect` says.
+async fn check_all(log: &SegmentLog, expect: &[Vec<u8>]) {
+    for (s, want) in expect.iter().enumerate() {
+        assert_eq!(&read_all(log, &format!("s{s}")).await, want, "s{s}");
+    }
+}
+
+/// Restores the container `dir` from `tier2` alone.
+async fn restore(dir: &Path, tier2: &dyn Tier2) -> tributary::log::RestoreReport {
+    SegmentLog::restore_from_tier2(dir, tier2)
+        .await
+        .expect("restore")
+        .expect("a manifest")
+}
+
 #[tokio::test]
 async fn data_moves_to_tier2_and_reads_do_not_change() {
     let (dir, t2dir, tier2) = fs_tier2();
@@ -103,9 +118,7 @@ async fn data_moves_to_tier2_and_reads_do_not_change() {
             "moved files should be deleted ({files_before} -> {files_after})"
         );
         assert_eq!(chunks(t2dir.path()) as u64, stats.chunks_written);
-        for (s, want) in expect.iter().enumerate() {
-            assert_eq!(&read_all(&log, &format!("s{s}")).await, want);
-        }
+        check_all(&log, &expect).await;
         // New data lands in the log again, after the tiered part.
         log.append("s0", b"tail", &AppendOptions::default())
             .await
@@ -115,9 +128,7 @@ async fn data_moves_to_tier2_and_reads_do_not_change() {
     }
     // Restart: chunk locations come back from the metadata store.
     let log = SegmentLog::open_tiered(dir.path(), config(), tier2.clone()).expect("reopen");
-    for (s, want) in expect.iter().enumerate() {
-        assert_eq!(&read_all(&log, &format!("s{s}")).await, want);
-    }
+    check_all(&log, &expect).await;
     // Truncation makes chunks garbage; the next pass deletes them.
     let before = chunks(t2dir.path());
     let len = log.info("s1").expect("info").length;
@@ -375,7 +386,7 @@ fn full(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("manifest")).expect("the full manifest")
 }
 
-/// Appends `n` records of 100 bytes to each of `s0..s2`, as `expect` records.
+/// Appends `n` records of 96 bytes to each of `s0..s2`, as `expect` records.
 async fn append(log: &SegmentLog, expect: &mut [Vec<u8>], round: usize, n: usize) {
     for i in 0..n {
         for (s, e) in expect.iter_mut().enumerate() {
@@ -385,6 +396,18 @@ async fn append(log: &SegmentLog, expect: &mut [Vec<u8>], round: usize, n: usize
                 .expect("append");
             e.extend_from_slice(&data);
         }
+    }
+}
+
+/// Appends one record of 1,000 bytes (with `CHUNK`, a chunk) to each of `s0..s2`, as
+/// `expect` records.
+async fn append_chunk(log: &SegmentLog, expect: &mut [Vec<u8>], round: usize) {
+    for (s, e) in expect.iter_mut().enumerate() {
+        let data = vec![(round * 3 + s) as u8; 1000];
+        log.append(&format!("s{s}"), &data, &AppendOptions::default())
+            .await
+            .expect("append");
+        e.extend_from_slice(&data);
     }
 }
 
@@ -413,10 +436,7 @@ async fn lose_disk_and_restore(
 ) -> SegmentLog {
     log.close().expect("close");
     std::fs::remove_dir_all(dir).expect("lose the disk");
-    let report = SegmentLog::restore_from_tier2(dir, tier2.as_ref())
-        .await
-        .expect("restore")
-        .expect("a manifest");
+    let report = restore(dir, tier2.as_ref()).await;
     assert!(report.missing.is_empty(), "{report}");
     assert_eq!(report.segments, 3, "{report}");
     assert_eq!(report.deltas, deltas, "{report}");
@@ -468,9 +488,7 @@ async fn passes_write_deltas_and_a_restore_applies_them() {
     // A node that lost its disk gets everything back: the full manifest and both
     // deltas.
     let log = lose_disk_and_restore(log, dir.path(), &tier2, 2).await;
-    for (s, want) in expect.iter().enumerate() {
-        assert_eq!(&read_all(&log, &format!("s{s}")).await, want, "s{s}");
-    }
+    check_all(&log, &expect).await;
     assert_eq!(log.info("s1").expect("info").start, cut);
 
     // The restored node's first pass writes a full manifest of its own and deletes the
@@ -498,9 +516,7 @@ async fn passes_write_deltas_and_a_restore_applies_them() {
     assert!(deltas(t2dir.path()).is_empty());
 
     let log = lose_disk_and_restore(log, dir.path(), &tier2, 0).await;
-    for (s, want) in expect.iter().enumerate() {
-        assert_eq!(&read_all(&log, &format!("s{s}")).await, want, "s{s}");
-    }
+    check_all(&log, &expect).await;
     log.close().expect("close");
 }
 
@@ -534,10 +550,7 @@ async fn a_restore_refuses_a_missing_delta_and_deletes_nothing() {
     // Deleting the later one accepts the loss: the restore goes back to the full
     // manifest, and the chunks only the deltas named are deleted.
     std::fs::remove_file(t2dir.path().join(&d[1])).expect("remove delta");
-    let report = SegmentLog::restore_from_tier2(dir.path(), tier2.as_ref())
-        .await
-        .expect("restore")
-        .expect("a manifest");
+    let report = restore(dir.path(), tier2.as_ref()).await;
     assert!(report.missing.is_empty(), "{report}");
     assert!(report.orphans_deleted > 0, "{report}");
     assert_eq!(report.deltas, 0, "{report}");
@@ -557,25 +570,9 @@ async fn a_refused_delta_is_written_on_the_next_pass_and_64_deltas_bring_a_full_
     let tier2: Arc<dyn Tier2> = Arc::new(RefusesOnce::new(t2dir.path(), "manifest-"));
     let log = three_segments(dir.path(), &tier2).await;
     let mut expect: Vec<Vec<u8>> = vec![Vec::new(); 3];
-    // One chunk per append: a full manifest of 2,100 chunks, far larger than a delta.
-    let append = |round: usize| {
-        let log = &log;
-        async move {
-            let mut added = Vec::new();
-            for s in 0..3 {
-                let data = vec![(round * 3 + s) as u8; 1000];
-                log.append(&format!("s{s}"), &data, &AppendOptions::default())
-                    .await
-                    .expect("append");
-                added.push(data);
-            }
-            added
-        }
-    };
+    // A full manifest of 2,100 chunks, far larger than a delta.
     for round in 0..700 {
-        for (e, d) in expect.iter_mut().zip(append(round).await) {
-            e.extend_from_slice(&d);
-        }
+        append_chunk(&log, &mut expect, round).await;
     }
     pass(&log).await;
     let before = full(t2dir.path());
@@ -583,9 +580,7 @@ async fn a_refused_delta_is_written_on_the_next_pass_and_64_deltas_bring_a_full_
     // The first delta is refused: the pass says so, and the next one writes it, with
     // the chunks the refused one named, under the same number, though nothing new
     // waits.
-    for (e, d) in expect.iter_mut().zip(append(700).await) {
-        e.extend_from_slice(&d);
-    }
+    append_chunk(&log, &mut expect, 700).await;
     let mut stats = MoveStats::default();
     let e = log
         .move_to_tier2(CHUNK, &mut stats)
@@ -605,36 +600,25 @@ async fn a_refused_delta_is_written_on_the_next_pass_and_64_deltas_bring_a_full_
     }
     let copy_tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(copy.path()).expect("tier2"));
     let restored = tempfile::tempdir().expect("tempdir");
-    let report = SegmentLog::restore_from_tier2(restored.path(), copy_tier2.as_ref())
-        .await
-        .expect("restore")
-        .expect("a manifest");
+    let report = restore(restored.path(), copy_tier2.as_ref()).await;
     assert_eq!(report.deltas, 1, "{report}");
     let other = SegmentLog::open_tiered(restored.path(), config(), copy_tier2).expect("open");
-    for (s, want) in expect.iter().enumerate() {
-        assert_eq!(&read_all(&other, &format!("s{s}")).await, want, "s{s}");
-    }
+    check_all(&other, &expect).await;
     other.close().expect("close");
 
     // Up to 64 deltas on one full manifest, then a full one again.
     for round in 701..764 {
-        for (e, d) in expect.iter_mut().zip(append(round).await) {
-            e.extend_from_slice(&d);
-        }
+        append_chunk(&log, &mut expect, round).await;
         pass(&log).await;
     }
     assert_eq!(deltas(t2dir.path()).len(), 64);
     assert_eq!(full(t2dir.path()), before);
-    for (e, d) in expect.iter_mut().zip(append(764).await) {
-        e.extend_from_slice(&d);
-    }
+    append_chunk(&log, &mut expect, 764).await;
     pass(&log).await;
     assert_ne!(full(t2dir.path()), before);
     assert!(deltas(t2dir.path()).is_empty());
 
     let log = lose_disk_and_restore(log, dir.path(), &tier2, 0).await;
-    for (s, want) in expect.iter().enumerate() {
-        assert_eq!(&read_all(&log, &format!("s{s}")).await, want, "s{s}");
-    }
+    check_all(&log, &expect).await;
     log.close().expect("close");
 }

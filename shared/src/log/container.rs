@@ -25,7 +25,9 @@ use super::files::{
 use super::format::{Op, FILE_HEADER_LEN};
 use super::fsync::FsyncHistogram;
 use super::index::{chunk_name, is_chunk_name, Chunk, DataIndex, Extent, Source};
-use super::manifest::{now_ms, parse_delta_name, ChunkRecord, ManifestWriter, RestoreReport};
+use super::manifest::{
+    now_ms, parse_delta_name, ChunkRecord, ManifestWriter, RestoreReport, Snapshot,
+};
 use super::meta::{Checkpoint, Meta};
 use super::table::{AppendOptions, AttributeBase, AttributeId, AttributeUpdate, Release, Table};
 use super::tier2::Tier2;
@@ -193,8 +195,6 @@ pub(crate) type ChunkFetch = tokio::sync::OnceCell<std::result::Result<Bytes, St
 pub(crate) struct MoverState {
     /// Chunk objects no record names (left by a crash) were looked for and deleted.
     swept: bool,
-    /// The batch and metadata checksum the last manifest object was written at.
-    manifest_at: Option<(u64, u32)>,
     manifests: ManifestWriter,
 }
 
@@ -1085,7 +1085,7 @@ impl SegmentLog {
         ciborium::into_writer(&trees, &mut encoded_trees)
             .map_err(|e| LogError::Tier2(format!("encoding metadata: {e}")))?;
         let at = (seq, crc32c::crc32c(&encoded_trees));
-        if state.manifest_at == Some(at) && !state.manifests.has_added() && freed.is_empty() {
+        if state.manifests.is_current(at) && freed.is_empty() {
             return Ok(unmoved);
         }
         let all_chunks = || {
@@ -1100,18 +1100,16 @@ impl SegmentLog {
                 })
                 .collect()
         };
+        let snapshot = Snapshot {
+            taken_at_ms,
+            at,
+            table,
+            trees,
+        };
         stats.manifest_bytes += state
             .manifests
-            .write(
-                tier2.as_ref(),
-                taken_at_ms,
-                table,
-                trees,
-                freed.to_vec(),
-                all_chunks,
-            )
+            .write(tier2.as_ref(), snapshot, freed.to_vec(), all_chunks)
             .await?;
-        state.manifest_at = Some(at);
         stats.manifest_written = true;
         Ok(unmoved)
     }

@@ -211,9 +211,20 @@ impl Manifest {
     }
 }
 
+/// What a pass saw when it began, as each manifest object records it.
+pub(crate) struct Snapshot {
+    pub taken_at_ms: u64,
+    /// The last durable batch and the metadata trees' checksum.
+    pub at: (u64, u32),
+    pub table: Table,
+    pub trees: Trees,
+}
+
 /// What the mover knows of the manifest objects it wrote, to write the next one.
 #[derive(Debug, Default)]
 pub(crate) struct ManifestWriter {
+    /// The snapshot's `at` of the last object written.
+    written_at: Option<(u64, u32)>,
     /// The epoch of the last full manifest this process wrote (`None` before the
     /// first), the deltas written on it and their bytes, and its own bytes.
     epoch: Option<u64>,
@@ -237,9 +248,10 @@ impl ManifestWriter {
         });
     }
 
-    /// Whether chunks were recorded since the last manifest object was written.
-    pub fn has_added(&self) -> bool {
-        !self.added.is_empty()
+    /// Whether the last object written still holds: its snapshot was taken at `at`,
+    /// and no chunk was recorded since (one that a failed write named, too).
+    pub fn is_current(&self, at: (u64, u32)) -> bool {
+        self.written_at == Some(at) && self.added.is_empty()
     }
 
     /// Delta objects found in Tier-2 (of an earlier process): they go once this
@@ -254,9 +266,7 @@ impl ManifestWriter {
     pub async fn write(
         &mut self,
         tier2: &dyn Tier2,
-        taken_at_ms: u64,
-        table: Table,
-        trees: Trees,
+        snapshot: Snapshot,
         removed: Vec<(u64, u64)>,
         all_chunks: impl FnOnce() -> Vec<ChunkRecord>,
     ) -> Result<u64> {
@@ -273,9 +283,9 @@ impl ManifestWriter {
                     version: VERSION,
                     epoch,
                     number,
-                    taken_at_ms,
-                    table,
-                    trees,
+                    taken_at_ms: snapshot.taken_at_ms,
+                    table: snapshot.table,
+                    trees: snapshot.trees,
                     added: std::mem::take(&mut self.added),
                     removed,
                 };
@@ -297,6 +307,7 @@ impl ManifestWriter {
                         return Err(e);
                     }
                 };
+                self.written_at = Some(snapshot.at);
                 self.deltas = number;
                 self.delta_bytes += len;
                 self.superseded.push(name);
@@ -306,10 +317,10 @@ impl ManifestWriter {
                 let epoch = crate::stream::random_id() as u64 | 1;
                 let manifest = Manifest {
                     version: VERSION,
-                    taken_at_ms,
-                    table,
+                    taken_at_ms: snapshot.taken_at_ms,
+                    table: snapshot.table,
                     chunks: all_chunks(),
-                    trees,
+                    trees: snapshot.trees,
                     epoch,
                 };
                 let bytes = encode(&manifest)?;
@@ -319,6 +330,7 @@ impl ManifestWriter {
                     .await
                     .map_err(|e| t2err("writing the manifest", e))?;
                 *self = ManifestWriter {
+                    written_at: Some(snapshot.at),
                     epoch: Some(epoch),
                     full_bytes: len,
                     superseded: std::mem::take(&mut self.superseded),
