@@ -178,6 +178,53 @@ fn torn_tail_is_cut_and_the_rest_survives() {
     assert!(got.ends_with(b"after"));
 }
 
+/// Tears the last frame of the last file, as a failed write does; returns where the
+/// frames of that file ended.
+fn tear_last_frame(path: &Path) {
+    let bytes = std::fs::read(path).expect("read");
+    let len = bytes.iter().rposition(|b| *b != 0).expect("frames") as u64 + 1;
+    let f = OpenOptions::new().write(true).open(path).expect("open");
+    f.set_len(len - (EVENT as u64) / 2).expect("truncate");
+}
+
+#[test]
+fn a_failed_write_before_a_roll_that_wrote_nothing_is_a_torn_tail() {
+    // The writer rolls to the next file while the full file's last batch is being
+    // written; when that write fails (a full disk, a power loss), the new file holds
+    // its header, part of one, or nothing. Each is recovered without an operator.
+    let torn_headers: [&dyn Fn(u64) -> Vec<u8>; 3] = [
+        &|id| tributary::log::format::encode_file_header(id).to_vec(),
+        &|id| tributary::log::format::encode_file_header(id)[..10].to_vec(),
+        &|_| Vec::new(),
+    ];
+    for header in torn_headers {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = build(dir.path());
+        let (id, path) = last_file(dir.path());
+        tear_last_frame(&path);
+        let next = wal(dir.path(), id + 1);
+        std::fs::write(&next, header(id + 1)).expect("the rolled-to file");
+        let log = SegmentLog::open(dir.path(), config()).expect("recovered");
+        assert!(!next.exists(), "the empty rolled-to file is removed");
+        let got = read_all(&log).expect("read");
+        assert_eq!(
+            got,
+            data[..data.len() - EVENT],
+            "exactly the torn append is gone"
+        );
+        // Appends go on (into a new file after a roll), and survive a reopen.
+        for _ in 0..40 {
+            rt().block_on(log.append("s", &[7u8; EVENT], &AppendOptions::default()))
+                .expect("append after recovery");
+        }
+        log.close().expect("close");
+        let log = SegmentLog::open(dir.path(), config()).expect("reopen");
+        let got = read_all(&log).expect("read");
+        assert_eq!(got.len(), data.len() - EVENT + 40 * EVENT);
+        assert!(got.ends_with(&[7u8; EVENT]));
+    }
+}
+
 #[test]
 fn truncated_old_file_is_reported_on_read() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -19,8 +19,8 @@ use super::config::LogConfig;
 use super::direct::open_direct_read;
 use super::error::{LogError, Result};
 use super::files::{
-    create_file, file_path, later_batch_follows, list_files, open_file, read_frame_data,
-    read_frame_data_direct, scan_file, sync_dir,
+    create_file, file_path, holds_no_frame, later_batch_follows, list_files, open_file,
+    read_frame_data, read_frame_data_direct, scan_file, sync_dir,
 };
 use super::format::{Op, FILE_HEADER_LEN};
 use super::fsync::FsyncHistogram;
@@ -1491,13 +1491,33 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
         }
         last_len = scan.valid_end;
         if let Some((pos, reason)) = scan.bad_tail {
-            if !is_last || later_batch_follows(&file, &path, pos + 1, last_seq + 2)? {
+            // The files after this one were made by a roll while its last batch was
+            // being written (the writer rolls before that batch is durable); if that
+            // write failed (a full disk, a crash), they hold no frame, and this file's
+            // bad tail is the log's torn end.
+            let mut rolled_empty = Vec::new();
+            for later in &replay[i + 1..] {
+                if !holds_no_frame(wal_dir, *later)? {
+                    rolled_empty.clear();
+                    break;
+                }
+                rolled_empty.push(*later);
+            }
+            let at_the_end = is_last || rolled_empty.len() == replay.len() - i - 1;
+            if !at_the_end || later_batch_follows(&file, &path, pos + 1, last_seq + 2)? {
                 return Err(LogError::Corrupt {
                     path,
                     offset: pos,
                     reason,
                 });
             }
+            for later in rolled_empty {
+                let p = file_path(wal_dir, later);
+                tracing::warn!(file = %p.display(), "removing a log file rolled to while the write before it failed (disk full, or a crash); it holds no frame");
+                std::fs::remove_file(&p).map_err(|e| LogError::io(&p, e))?;
+                sync_dir(wal_dir)?;
+            }
+            replay.truncate(i + 1);
             tracing::warn!(file = %path.display(), offset = pos, %reason, "cutting a torn tail left by a crash");
             file.set_len(pos)
                 .and_then(|_| file.sync_all())

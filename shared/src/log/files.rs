@@ -225,6 +225,25 @@ pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
     })
 }
 
+/// Whether log file `id` holds no frame: its creation was cut off (a short or missing
+/// header, nothing after it), or it is its header and at most zero padding. A file a
+/// roll creates is written to only after every batch of the file before it is durable,
+/// so while it holds no frame, a bad tail of the file before it can be a torn write.
+pub fn holds_no_frame(wal_dir: &Path, id: u64) -> Result<bool> {
+    let path = file_path(wal_dir, id);
+    let len = std::fs::metadata(&path)
+        .map_err(|e| LogError::io(&path, e))?
+        .len();
+    match open_file(wal_dir, id) {
+        Ok(f) => {
+            let scan = scan_file(&f, &path, id)?;
+            Ok(scan.frames.is_empty() && scan.bad_tail.is_none())
+        }
+        Err(LogError::Corrupt { .. }) => Ok(len <= FILE_HEADER_LEN),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a valid frame from a batch numbered `min_seq` or later starts anywhere in
 /// `[from, end of file)`. Such a frame was written after the batch holding the bad frame
 /// at `from - 1` was fsync'ed, so that bad frame is corruption, not a torn write.
