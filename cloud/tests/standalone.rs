@@ -164,7 +164,8 @@ fn standalone_with_tls_from_the_config_file() {
         &config,
         "data_dir = \"data\"\n[quic]\nlisten = \"127.0.0.1:0\"\n\
          [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\
-         server_name = \"node.test\"\n[log]\ncache_mb = 1\n",
+         server_name = \"node.test\"\n[log]\ncache_mb = 1\n\
+         [[grant]]\nidentity = \"alice\"\nadmin = true\n",
     )
     .expect("write config");
     let config_arg = config.to_str().expect("utf-8 path");

@@ -728,7 +728,7 @@ mod tests {
         assert_eq!(c.watch.len(), 1);
         assert_eq!(c.pipe[0].max_bytes, 16 << 20);
         assert_eq!(c.replicate[0].max_bytes_per_s, Some(2 << 20));
-        assert_eq!(c.cloud.map(|c| c.endpoints.len()), Some(2));
+        assert_eq!(c.cloud.map(|c| c.endpoints.len()), Some(1));
     }
 
     #[test]
@@ -816,10 +816,24 @@ mod tests {
         }
         let e = errors("[[stream]]\nname = \"a/b\"\n[[replicate]]\nstream = \"a/b\"\n");
         assert!(e[0].contains("needs a [cloud] section"), "{e:?}");
-        let e = errors("[[grant]]\nidentity = \"edge\"\nstreams = [\"a\", \"a/*\"]\n");
-        assert_eq!(e.len(), 1, "{e:?}");
+        let e = errors(
+            "[[grant]]\nidentity = \"edge\"\nstreams = [\"a\", \"a/*-{identity}\"]\n\
+             allow = [\"read\", \"wrte\"]\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
         assert!(
             e[0].starts_with("line 3: grant[0].streams[0]: \"a\" is not"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("line 4: grant[0].allow[1]: \"wrte\" is not one of create, write"),
+            "{e:?}"
+        );
+        // Least privilege: a grant says what it allows.
+        let e = errors("[[grant]]\nidentity = \"edge\"\nstreams = [\"a/b\"]\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("line 1: grant[0].allow: a grant says"),
             "{e:?}"
         );
     }

@@ -149,11 +149,44 @@ pub fn check(text: &str, base: &Path) -> Result<Vec<(String, EdgeConfig)>, Vec<C
             })),
         }
     }
+    errors.extend(shared_mirrors(&ok));
     if errors.is_empty() {
         Ok(ok)
     } else {
         Err(errors)
     }
+}
+
+/// Two gateways replicating into one cloud stream: a mirror has one source, so the
+/// cloud would refuse all but the first to connect (and, before it recorded sources,
+/// mixed their bytes). A cloud is known by its certificate's name (`server_name`).
+fn shared_mirrors(gateways: &[(String, EdgeConfig)]) -> Vec<ConfigError> {
+    let mut feeds: std::collections::BTreeMap<(&str, String), (&str, String)> = Default::default();
+    let mut errors = Vec::new();
+    for (id, c) in gateways {
+        let Some(cloud) = &c.cloud else { continue };
+        for (i, r) in c.replicate.iter().enumerate() {
+            let local = c.streams[r.stream].name();
+            let key = (cloud.server_name.as_str(), r.to());
+            match feeds.get(&key) {
+                Some((first, first_local)) => errors.push(ConfigError {
+                    line: None,
+                    key: format!("gateway.{id}: replicate[{i}].to"),
+                    message: format!(
+                        "{id}'s {local} and {first}'s {first_local} both replicate to {} in \
+                         the cloud {}: a cloud stream mirrors one gateway's stream; give each \
+                         its own (e.g. to = \"{}-{{gateway}}\") and read them together as a \
+                         stream set",
+                        key.1, key.0, key.1
+                    ),
+                }),
+                None => {
+                    feeds.insert(key, (id, local));
+                }
+            }
+        }
+    }
+    errors
 }
 
 fn merge(into: &mut toml::Table, over: toml::Table) {
@@ -202,6 +235,7 @@ key = "/etc/tributary/{gateway}.key"
 name = "site/sensors"
 [[defaults.replicate]]
 stream = "site/sensors"
+to = "site/sensors-{gateway}"
 priority = 10
 
 [gateway.pi-1]
@@ -268,6 +302,28 @@ name = "site/video"
     }
 
     #[test]
+    fn the_fleet_file_shipped_before_mirror_sources_is_refused() {
+        // Every gateway replicated its site/sensors into factory-3/sensors.
+        let e: Vec<String> = check(
+            include_str!("../tests/data/fleet-factory-3-before-sources.toml"),
+            Path::new("/etc"),
+        )
+        .expect_err("three gateways into one cloud stream")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            e,
+            ["line-4", "pi-17"].map(|g| format!(
+                "gateway.{g}: replicate[0].to: {g}'s site/sensors and camera-3's site/sensors \
+                 both replicate to factory-3/sensors in the cloud cloud.factory-3.example.net: \
+                 a cloud stream mirrors one gateway's stream; give each its own (e.g. to = \
+                 \"factory-3/sensors-{{gateway}}\") and read them together as a stream set"
+            ))
+        );
+    }
+
+    #[test]
     fn errors_name_the_gateway_and_key() {
         let bad = format!(
             "{FLEET}\n[gateway.pi-3]\n[[gateway.pi-3.sensor]]\nid = \"x\"\ndriver = \"sht3x\"\nstream = \"site/nope\"\nbus = \"/dev/i2c-1\"\n"
@@ -280,6 +336,18 @@ name = "site/video"
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].starts_with("gateway.pi-3: sensor[0].stream: \"site/nope\" is not a configured"),
+            "{e:?}"
+        );
+        // Two gateways into one cloud stream (the old shipped fleet file did this).
+        let shared = FLEET.replace("to = \"site/sensors-{gateway}\"", "to = \"f/sensors\"");
+        let e: Vec<String> = check(&shared, Path::new("/etc"))
+            .expect_err("one cloud stream, two gateways")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("gateway.pi-2: replicate[0].to: pi-2's site/sensors and pi-1's site/sensors both replicate to f/sensors"),
             "{e:?}"
         );
         let e = Fleet::parse("[gateway.a]\n[colour]\n").expect_err("unknown key");

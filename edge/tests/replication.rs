@@ -49,7 +49,8 @@ fn edge_body(
     )
 }
 
-const EDGE_GRANT: &str = "[[grant]]\nidentity = \"edge-1\"\nstreams = [\"site/*\"]\n";
+const EDGE_GRANT: &str =
+    "[[grant]]\nidentity = \"edge-1\"\nstreams = [\"site/*\"]\nallow = [\"mirror\"]\n";
 
 /// Every byte of a segment.
 async fn segment_bytes(c: &Client, name: &str) -> Vec<u8> {
@@ -137,7 +138,7 @@ fn events_of(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// What every test here starts from: a temp dir, the cloud's network namespace, a PKI
-/// with the identities "admin" and "edge-1", and the cloud (not started) granting
+/// with the identities "admin", "edge-1" and "edge-2", and the cloud (not started) granting
 /// `grants`. Destructured in field order, the cloud is dropped (killed) first.
 struct World {
     dir: tempfile::TempDir,
@@ -149,7 +150,7 @@ struct World {
 fn world(grants: &str) -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = Arc::new(Netns::create());
-    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1"]);
+    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1", "edge-2"]);
     let cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, grants);
     World {
         dir,
@@ -304,7 +305,7 @@ async fn an_edge_without_a_grant_or_from_a_foreign_ca_writes_nothing() {
         net: _net,
         pki,
         mut cloud,
-    } = world("[[grant]]\nidentity = \"edge-1\"\nstreams = [\"other/*\"]\n");
+    } = world("[[grant]]\nidentity = \"edge-1\"\nstreams = [\"other/*\"]\nallow = [\"mirror\"]\n");
     let foreign = Pki::make(&dir.path().join("foreign"), &["edge-1"]);
     cloud.start().await;
 
@@ -328,16 +329,7 @@ async fn an_edge_without_a_grant_or_from_a_foreign_ca_writes_nothing() {
         }),
     ] {
         let mut edge = start_edge(dir.path(), &name.replace(' ', "-"), &body).await;
-        let e = edge.client().await;
-        let mut w = EventWriter::new(&e, SCOPE, STREAM, WriterConfig::default())
-            .await
-            .expect("writer");
-        for i in 0..100 {
-            w.write(b"k", format!("event {i}").as_bytes())
-                .await
-                .expect("write");
-        }
-        w.flush().await.expect("flush");
+        write_events(&edge, 0, 100).await;
         let s = wait_status(&edge, 30, &format!("{name}: refusal shown"), |s| {
             s.replication[0].last_error.is_some() && s.replication[0].lag_bytes > 0
         })
@@ -357,6 +349,90 @@ async fn an_edge_without_a_grant_or_from_a_foreign_ca_writes_nothing() {
         );
         assert_eq!(edge.terminate().code(), Some(0), "{}", edge.tail());
     }
+}
+
+/// Writes `n` events numbered from `from` to the edge's stream, and waits until they
+/// are stored.
+async fn write_events(edge: &Edge, from: usize, n: usize) {
+    let e = edge.client().await;
+    let mut w = EventWriter::new(&e, SCOPE, STREAM, WriterConfig::default())
+        .await
+        .expect("writer");
+    for i in from..from + n {
+        w.write(b"k", format!("event {i}").as_bytes())
+            .await
+            .expect("write");
+    }
+    w.flush().await.expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_mirroring_into_another_gateways_cloud_stream_is_refused() {
+    // Both gateways may mirror into site/* (one grant for all, by pattern): only the
+    // mirror's recorded source keeps them apart.
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world("[[grant]]\nidentity = \"edge-*\"\nstreams = [\"site/*\"]\nallow = [\"mirror\"]\n");
+    cloud.start().await;
+    let a = start_edge(
+        dir.path(),
+        "a",
+        &edge_body(1, None, &pki, "edge-1", cloud.quic, ""),
+    )
+    .await;
+    write_events(&a, 0, 200).await;
+    wait_status(&a, 60, "edge-1 replicated", |s| {
+        s.streams[0].bytes > 0 && s.replication[0].replicated_bytes == s.streams[0].bytes
+    })
+    .await;
+    let admin = cloud.admin(&pki).await;
+    let (_, before) = assert_mirrored(&a.client().await, &admin).await;
+
+    // Another gateway, and the same gateway with a new data dir, into the same cloud
+    // stream: each refused, naming who feeds it.
+    for (name, identity, why) in [
+        (
+            "b",
+            "edge-2",
+            "give each edge stream a cloud stream of its own",
+        ),
+        ("a-again", "edge-1", "created anew"),
+    ] {
+        let mut other = start_edge(
+            dir.path(),
+            name,
+            &edge_body(1, None, &pki, identity, cloud.quic, ""),
+        )
+        .await;
+        write_events(&other, 0, 300).await;
+        let s = wait_status(&other, 30, &format!("{name}: refusal shown"), |s| {
+            s.replication[0].last_error.is_some() && s.replication[0].lag_bytes > 0
+        })
+        .await;
+        let err = s.replication[0].last_error.clone().unwrap_or_default();
+        assert!(
+            err.contains("site/sensors mirrors edge-1's site/sensors")
+                && err.contains(&format!("{identity}'s site/sensors"))
+                && err.contains(why),
+            "{name}: {err}"
+        );
+        assert!(!s.replication[0].connected, "{name}: {s:?}");
+        assert_eq!(other.terminate().code(), Some(0), "{}", other.tail());
+    }
+
+    // Nothing was written into edge-1's mirror, which goes on.
+    let (_, after) = assert_mirrored(&a.client().await, &admin).await;
+    assert_eq!(before, after, "edge-1's mirror is untouched");
+    write_events(&a, 200, 100).await;
+    wait_status(&a, 60, "edge-1 goes on", |s| {
+        s.replication[0].replicated_bytes == s.streams[0].bytes
+    })
+    .await;
+    let (_, segments) = assert_mirrored(&a.client().await, &admin).await;
+    assert_eq!(segments.values().flat_map(|b| events_of(b)).count(), 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,11 +4,10 @@
 mod common;
 
 use bytes::Bytes;
-use std::collections::BTreeMap;
 
 use common::{connect, fixed, serve_with, Node};
-use tributary::service::{Access, ClientError, Grant};
-use tributary::stream::{segment_name, SegmentId, StreamMeta};
+use tributary::service::{Access, ClientError, Grant, Verb};
+use tributary::stream::{segment_name, SegmentId, SourceStream, StreamMeta};
 use tributary::tls::{client_config, CertAuthority, DevPki, Identity};
 use tributary::wire::ErrorCode;
 
@@ -16,6 +15,14 @@ fn seg0() -> SegmentId {
     SegmentId {
         number: 0,
         epoch: 0,
+    }
+}
+
+/// The edge stream `site/s` with id `uid`.
+fn source(uid: u128) -> SourceStream {
+    SourceStream {
+        stream: "site/s".into(),
+        uid,
     }
 }
 
@@ -31,7 +38,7 @@ async fn mirror_frames_are_stored_once_at_their_offsets() {
     let node = Node::start().await;
     let c = node.client().await;
     let meta = c
-        .mirror_stream("m", "s", fixed(1), vec![], vec![])
+        .mirror_stream("m", "s", &source(1), fixed(1), vec![], vec![])
         .await
         .expect("mirror");
     assert!(meta.mirror);
@@ -122,7 +129,7 @@ async fn mirror_frames_are_stored_once_at_their_offsets() {
         .expect_err("not a mirror");
     assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
     let e = c
-        .mirror_stream("m", "plain", fixed(1), vec![], vec![])
+        .mirror_stream("m", "plain", &source(1), fixed(1), vec![], vec![])
         .await
         .expect_err("not a mirror");
     assert!(e.to_string().contains("not a mirror"), "{e}");
@@ -139,7 +146,7 @@ async fn a_mirror_replays_its_sources_scales_once_their_segments_are_complete() 
     let merged = src.scale(&split, &[all]).expect("merge");
     let history = src.scale_history();
 
-    c.mirror_stream("m", "s", fixed(1), vec![], vec![])
+    c.mirror_stream("m", "s", &source(1), fixed(1), vec![], vec![])
         .await
         .expect("mirror");
     let name0 = segment_name("m", "s", seg0());
@@ -154,6 +161,7 @@ async fn a_mirror_replays_its_sources_scales_once_their_segments_are_complete() 
         .mirror_stream(
             "m",
             "s",
+            &source(1),
             fixed(1),
             history[..1].to_vec(),
             vec![(seg0(), 20)],
@@ -167,6 +175,7 @@ async fn a_mirror_replays_its_sources_scales_once_their_segments_are_complete() 
         .mirror_stream(
             "m",
             "s",
+            &source(1),
             fixed(1),
             history[..1].to_vec(),
             vec![(seg0(), 10)],
@@ -181,7 +190,7 @@ async fn a_mirror_replays_its_sources_scales_once_their_segments_are_complete() 
     // Replaying again is harmless; the next scale needs its own segments' lengths.
     let lengths = vec![(seg0(), 10), (split[0], 0), (split[1], 0)];
     let m = c
-        .mirror_stream("m", "s", fixed(1), history.clone(), lengths)
+        .mirror_stream("m", "s", &source(1), fixed(1), history.clone(), lengths)
         .await
         .expect("second scale");
     assert_eq!(m.epoch, 2);
@@ -210,22 +219,19 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
         }
     };
     let edge = issue("edge-1", &ca, &pki.client.ca);
-    let access = Access::granted(BTreeMap::from([
-        (
-            "admin".to_string(),
-            Grant {
-                admin: true,
-                streams: vec![],
-            },
-        ),
-        (
-            "edge-1".to_string(),
-            Grant {
-                admin: false,
-                streams: vec!["site/*".into()],
-            },
-        ),
-    ]));
+    let access = Access::granted(vec![
+        Grant {
+            identity: "admin".into(),
+            admin: true,
+            ..Grant::default()
+        },
+        Grant {
+            identity: "edge-1".into(),
+            admin: false,
+            streams: vec!["site/*".into()],
+            allow: vec![Verb::Mirror],
+        },
+    ]);
     let (server, _controller) = serve_with(
         &dir.path().join("data"),
         &pki,
@@ -240,11 +246,11 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
             .await
             .expect("edge-1 connects");
 
-    e1.mirror_stream("site", "temps", fixed(1), vec![], vec![])
+    e1.mirror_stream("site", "temps", &source(1), fixed(1), vec![], vec![])
         .await
         .expect("granted");
     let e = e1
-        .mirror_stream("other", "temps", fixed(1), vec![], vec![])
+        .mirror_stream("other", "temps", &source(1), fixed(1), vec![], vec![])
         .await
         .expect_err("not granted");
     assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
@@ -267,4 +273,90 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
     assert!(r.is_err(), "a foreign CA's certificate was accepted");
     assert_eq!(admin.list_scopes().await.expect("admin"), vec!["site"]);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_mirror_has_one_source_and_refuses_every_other() {
+    let node = Node::start().await;
+    // The dev PKI's client ("test-client") feeds the mirror; gateway-b is another edge
+    // the same CA signed (no grants: every identity may do everything else).
+    let a = node.client().await;
+    let ca = CertAuthority::load(&node.dir.path().join("pki"))
+        .expect("ca")
+        .expect("ca exists");
+    let cert = ca.issue_client("gateway-b").expect("issue");
+    let b_id = Identity {
+        ca: node.pki.client.ca.clone(),
+        cert: node.dir.path().join("b.pem"),
+        key: node.dir.path().join("b.key"),
+    };
+    cert.write(&b_id.cert, &b_id.key).expect("write");
+    let b = tributary::service::Client::connect(
+        node.addr,
+        "localhost",
+        client_config(&b_id).expect("tls"),
+    )
+    .await
+    .expect("gateway-b connects");
+
+    a.mirror_stream("f", "sensors", &source(1), fixed(1), vec![], vec![])
+        .await
+        .expect("the first source claims the mirror");
+    let name = segment_name("f", "sensors", seg0());
+    let mut s = a.mirror_session(&name).await.expect("session");
+    let mut acks = s.take_acks().expect("acks");
+    s.send(0, &[Bytes::from_static(b"gateway a's bytes")])
+        .await
+        .expect("send");
+    acks.next().await.expect("ack").expect("ack");
+
+    // Another gateway's stream of the same name: refused, naming the owner.
+    let e = b
+        .mirror_stream("f", "sensors", &source(1), fixed(1), vec![], vec![])
+        .await
+        .expect_err("another identity");
+    assert_eq!(code(&e), Some(ErrorCode::Conflict), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("test-client's site/s"), "{msg}");
+    assert!(msg.contains("gateway-b's site/s"), "{msg}");
+    assert!(
+        msg.contains("{gateway}"),
+        "the hint names the safe form: {msg}"
+    );
+    // ... and so is a mirror session of its own, which MirrorStream never gave it.
+    let e = b.mirror_session(&name).await.expect_err("not the owner");
+    assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+    assert!(e.to_string().contains("test-client"), "{e}");
+    // The same identity with another local stream, or the same stream created anew
+    // (a new data dir: a new stream id), is not the source either.
+    let other = SourceStream {
+        stream: "site/other".into(),
+        uid: 1,
+    };
+    let e = a
+        .mirror_stream("f", "sensors", &other, fixed(1), vec![], vec![])
+        .await
+        .expect_err("another local stream");
+    assert_eq!(code(&e), Some(ErrorCode::Conflict), "{e}");
+    let e = a
+        .mirror_stream("f", "sensors", &source(2), fixed(1), vec![], vec![])
+        .await
+        .expect_err("a re-created stream");
+    assert!(e.to_string().contains("created anew"), "{e}");
+
+    // Nothing was written: the mirror holds gateway a's bytes, and its source is a.
+    let (got, _) = a
+        .read(&name, 0, 1 << 20, std::time::Duration::ZERO)
+        .await
+        .expect("read");
+    assert_eq!(&got[..], b"gateway a's bytes");
+    let meta = a.describe_stream("f", "sensors").await.expect("describe");
+    let owner = meta.source.expect("a source is recorded");
+    assert_eq!(
+        (owner.identity.as_str(), owner.stream),
+        ("test-client", source(1))
+    );
+    // The owner goes on where it was.
+    let s = a.mirror_session(&name).await.expect("session");
+    assert_eq!(s.length, 17);
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tributary::log::{LogError, SegmentLog};
 use tributary::service::Client;
-use tributary::stream::{segment_name, SegmentId};
+use tributary::stream::{segment_name, SegmentId, SourceStream};
 use tributary::wire::ReplicationLag;
 
 use self::config::{CloudSpec, ReplicateSpec};
@@ -382,6 +382,17 @@ async fn mirror(client: &Client, local: &Arc<LocalStream>, r: &Arc<Replica>) -> 
     let mut done: BTreeSet<SegmentId> = BTreeSet::new();
     let mut running: BTreeSet<SegmentId> = BTreeSet::new();
     let mut copiers = tokio::task::JoinSet::new();
+    let source = match local
+        .controller()
+        .stream_uid(&spec.scope, &spec.stream)
+        .await
+    {
+        Ok(uid) => SourceStream {
+            stream: spec.name(),
+            uid,
+        },
+        Err(e) => return e.into(),
+    };
     loop {
         let step = async {
             let meta = local
@@ -404,6 +415,7 @@ async fn mirror(client: &Client, local: &Arc<LocalStream>, r: &Arc<Replica>) -> 
                 .mirror_stream(
                     &r.spec.to_scope,
                     &r.spec.to_stream,
+                    &source,
                     meta.config,
                     scales,
                     lengths,

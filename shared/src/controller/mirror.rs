@@ -7,21 +7,28 @@
 
 use crate::log::LogError;
 use crate::stream::{
-    segment_name, segment_stream, validate_scoped_name, KeyRange, ScaleRecord, SegmentId,
-    StreamConfig, StreamMeta,
+    segment_name, segment_stream, validate_scoped_name, KeyRange, MirrorSource, ScaleRecord,
+    SegmentId, StreamConfig, StreamMeta,
 };
 
 use super::{Controller, ControllerError, Result};
 
 impl Controller {
-    /// Makes `scope/stream` the mirror of a source stream configured with `config`:
-    /// creates it (and its scope) if missing, then replays each scale of `scales` it
-    /// does not have yet, in order. A scale is replayed only if every segment it seals
-    /// holds exactly its length in `lengths`. Returns the mirror's metadata.
+    /// Makes `scope/stream` the mirror of `source`, an edge stream configured with
+    /// `config`: creates it (and its scope) if missing, then replays each scale of
+    /// `scales` it does not have yet, in order. A scale is replayed only if every
+    /// segment it seals holds exactly its length in `lengths`. Returns the mirror's
+    /// metadata.
+    ///
+    /// A mirror has one source, recorded when it is created (or, for a mirror made
+    /// before sources were recorded, by the first source after): any other edge
+    /// stream, of another edge or of a re-created data dir, is refused with
+    /// [`ControllerError::MirrorOwned`] and changes nothing.
     pub async fn mirror_stream(
         &self,
         scope: &str,
         stream: &str,
+        source: &MirrorSource,
         config: StreamConfig,
         scales: &[ScaleRecord],
         lengths: &[(SegmentId, u64)],
@@ -34,7 +41,35 @@ impl Controller {
         let name = format!("{scope}/{stream}");
         let diverged = |why: String| ControllerError::Mirror(format!("{name}: {why}"));
         let mut meta = match self.describe(scope, stream) {
-            Ok(m) if m.mirror => m,
+            Ok(mut m) if m.mirror => {
+                match &m.source {
+                    Some(owner) if **owner == *source => {}
+                    Some(owner) => {
+                        let hint = if owner.identity == source.identity
+                            && owner.stream.stream == source.stream.stream
+                        {
+                            ": the edge's stream was created anew (a new data dir?), and its \
+                             bytes are not the ones this mirror holds; replicate it to a new \
+                             cloud stream, or delete this one (README: re-creating a gateway)"
+                        } else {
+                            ": give each edge stream a cloud stream of its own (in a fleet \
+                             file, e.g. to = \"scope/sensors-{gateway}\") and read them \
+                             together as a stream set"
+                        };
+                        return Err(ControllerError::MirrorOwned {
+                            stream: name.clone(),
+                            owner: owner.clone(),
+                            refused: Box::new(source.clone()),
+                            hint,
+                        });
+                    }
+                    None => {
+                        m.source = Some(Box::new(source.clone()));
+                        self.persist(scope, stream, &m)?;
+                    }
+                }
+                m
+            }
             Ok(_) => {
                 return Err(diverged(
                     "the stream exists and is not a mirror; delete it or replicate elsewhere"
@@ -45,6 +80,7 @@ impl Controller {
                 validate_scoped_name(stream)?;
                 let mut m = StreamMeta::new(config)?;
                 m.mirror = true;
+                m.source = Some(Box::new(source.clone()));
                 self.persist(scope, stream, &m)?;
                 self.reconcile(scope, stream, &m).await?;
                 m
@@ -95,8 +131,15 @@ impl Controller {
 
     /// Whether the segment `name` belongs to a mirror stream.
     pub fn is_mirror_segment(&self, name: &str) -> bool {
+        self.mirror_of(name).is_some()
+    }
+
+    /// If the segment `name` belongs to a mirror stream: who feeds it (`Some(None)`
+    /// for a mirror not claimed yet).
+    pub fn mirror_of(&self, name: &str) -> Option<Option<Box<MirrorSource>>> {
         segment_stream(name)
             .and_then(|(scope, stream)| self.describe(scope, stream).ok())
-            .is_some_and(|m| m.mirror)
+            .filter(|m| m.mirror)
+            .map(|m| m.source)
     }
 }

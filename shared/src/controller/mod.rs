@@ -71,6 +71,18 @@ pub enum ControllerError {
     /// a mirror.
     #[error("{0}")]
     Mirror(String),
+    /// Another edge stream feeds this mirror; nothing was written.
+    #[error("{stream} mirrors {owner}; {refused} may not mirror into it{hint}")]
+    MirrorOwned {
+        /// The mirror, `scope/stream`.
+        stream: String,
+        /// Who feeds it.
+        owner: Box<crate::stream::MirrorSource>,
+        /// Who was refused.
+        refused: Box<crate::stream::MirrorSource>,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// Reading a large event's data failed; nothing was stored.
     #[error("reading the event's data: {0}")]
     Input(#[source] std::io::Error),
@@ -273,6 +285,18 @@ impl Controller {
             Some(v) => decode(&v),
             None => Err(ControllerError::NoSuchStream(format!("{scope}/{stream}"))),
         }
+    }
+
+    /// The id of `scope/stream` ([`StreamMeta::uid`]), made and stored now if the
+    /// stream was created before streams had ids.
+    pub async fn stream_uid(&self, scope: &str, stream: &str) -> Result<u128> {
+        let _change = self.changes.lock().await;
+        let mut meta = self.describe(scope, stream)?;
+        if meta.uid == 0 {
+            meta.uid = StreamMeta::new(meta.config)?.uid;
+            self.persist(scope, stream, &meta)?;
+        }
+        Ok(meta.uid)
     }
 
     fn persist(&self, scope: &str, stream: &str, meta: &StreamMeta) -> Result<()> {

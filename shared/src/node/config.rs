@@ -23,12 +23,13 @@
 //! [policies]       # automatic scaling and retention
 //! tick_secs = 10
 //! scale_window_secs = 120
-//! [[grant]]        # who may do what, by client certificate common name; without any
-//! identity = "ops" # [[grant]], every client the CA signed may do everything
-//! admin = true
+//! [[grant]]        # who may do what, by client certificate common name (see
+//! identity = "ops" # `service::access`); with a [tls] identity, what is not granted is
+//! admin = true     # refused; without [tls], every client the dev CA signed may do all
 //! [[grant]]
-//! identity = "edge-pi-17"
-//! streams = ["factory/*", "site/temps"]
+//! identity = "gateway-*"
+//! streams = ["factory-3/*-{identity}"]
+//! allow = ["mirror"]
 //! ```
 
 use std::fmt;
@@ -40,12 +41,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::Spanned;
 
-use std::collections::BTreeMap;
-
 use crate::controller::PolicySettings;
 use crate::log::LogConfig;
 use crate::profile::line_of;
-use crate::service::{Access, Grant};
+use crate::service::{Access, Grant, Verb};
 use crate::stream::validate_scoped_name;
 
 /// Default name clients expect in the server certificate.
@@ -271,6 +270,7 @@ pub struct RawGrant {
     identity: Option<Spanned<String>>,
     admin: Option<bool>,
     streams: Option<Vec<Spanned<String>>>,
+    allow: Option<Vec<Spanned<String>>>,
 }
 
 /// `[policies]` as written.
@@ -347,11 +347,16 @@ impl<'a> Validator<'a> {
             .http
             .and_then(|h| h.listen)
             .and_then(|a| self.addr("http.listen", &a));
+        let own_tls = raw.tls.is_some();
         let tls = raw.tls.and_then(|t| self.tls(t));
         let log = self.log(raw.log.unwrap_or_default(), log);
         let policies = self.policies(raw.policies.unwrap_or_default());
+        // Least privilege: a node with an identity of its own, for remote clients,
+        // refuses what is not granted. Only the development PKI, whose CA signs for
+        // this machine's user alone, lets every client it signed do everything.
         let access = match raw.grant {
             Some(grants) => self.grants(grants),
+            None if own_tls => Access::granted(Vec::new()),
             None => Access::open(),
         };
         NodeSettings {
@@ -366,7 +371,7 @@ impl<'a> Validator<'a> {
     }
 
     fn grants(&mut self, raw: Vec<Spanned<RawGrant>>) -> Access {
-        let mut grants = BTreeMap::new();
+        let mut grants = Vec::new();
         for (i, g) in raw.into_iter().enumerate() {
             let at = g.span().start;
             let g = g.into_inner();
@@ -375,7 +380,8 @@ impl<'a> Validator<'a> {
                 self.error::<()>(
                     &key("identity"),
                     at,
-                    "missing: the client certificate's common name".into(),
+                    "missing: the client certificate's common name (or a pattern: \"gateway-*\")"
+                        .into(),
                 );
                 continue;
             };
@@ -389,9 +395,10 @@ impl<'a> Validator<'a> {
             }
             let mut streams = Vec::new();
             for (j, p) in g.streams.unwrap_or_default().into_iter().enumerate() {
-                let ok = p.get_ref().split_once('/').is_some_and(|(scope, stream)| {
-                    validate_scoped_name(scope).is_ok()
-                        && (stream == "*" || validate_scoped_name(stream).is_ok())
+                // `*` and `{identity}` stand for name characters.
+                let plain = p.get_ref().replace("{identity}", "x").replace('*', "x");
+                let ok = plain.split_once('/').is_some_and(|(scope, stream)| {
+                    validate_scoped_name(scope).is_ok() && validate_scoped_name(stream).is_ok()
                 });
                 if ok {
                     streams.push(p.into_inner());
@@ -399,21 +406,51 @@ impl<'a> Validator<'a> {
                     self.error::<()>(
                         &format!("grant[{i}].streams[{j}]"),
                         p.span().start,
-                        format!("{:?} is not SCOPE/STREAM or SCOPE/*", p.get_ref()),
+                        format!(
+                            "{:?} is not SCOPE/STREAM (either may hold * and {{identity}})",
+                            p.get_ref()
+                        ),
                     );
                 }
             }
-            let grant = Grant {
-                admin: g.admin.unwrap_or(false),
-                streams,
-            };
-            if grants.insert(identity.get_ref().clone(), grant).is_some() {
+            let mut allow = Vec::new();
+            for (j, v) in g.allow.iter().flatten().enumerate() {
+                match Verb::parse(v.get_ref()) {
+                    Some(verb) => allow.push(verb),
+                    None => {
+                        self.error::<()>(
+                            &format!("grant[{i}].allow[{j}]"),
+                            v.span().start,
+                            format!(
+                                "{:?} is not one of {}",
+                                v.get_ref(),
+                                Verb::ALL.map(Verb::name).join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            let admin = g.admin.unwrap_or(false);
+            if !admin && (streams.is_empty() || g.allow.is_none()) {
                 self.error::<()>(
-                    &key("identity"),
-                    identity.span().start,
-                    format!("{:?} has another [[grant]] already", identity.get_ref()),
+                    &key(if streams.is_empty() {
+                        "streams"
+                    } else {
+                        "allow"
+                    }),
+                    at,
+                    "a grant says what it allows on which streams: streams = [\"SCOPE/STREAM\"] \
+                     and allow = [\"create\", \"write\", \"mirror\", \"read\"] (any of them), \
+                     or admin = true"
+                        .into(),
                 );
             }
+            grants.push(Grant {
+                identity: identity.into_inner(),
+                admin,
+                streams,
+                allow,
+            });
         }
         Access::granted(grants)
     }

@@ -173,6 +173,12 @@ impl Node {
             }
         };
         let tls = context(server_config(&identity), || "server TLS".into())?;
+        if cfg.access.refuses_all() {
+            tracing::warn!(
+                "no [[grant]] with a [tls] identity: every client is refused; add grants \
+                 (see config/cloud-standalone.toml)"
+            );
+        }
         let server = context(
             SegmentServer::start(cfg.quic_listen, tls, controller.clone(), cfg.access.clone()),
             || format!("listening on {} (QUIC)", cfg.quic_listen),

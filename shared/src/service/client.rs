@@ -7,7 +7,8 @@ use bytes::Bytes;
 
 use crate::log::AttributeUpdate;
 use crate::stream::{
-    KeyRange, ReaderReport, ScaleRecord, SegmentId, StreamConfig, StreamCut, StreamMeta,
+    KeyRange, ReaderReport, ScaleRecord, SegmentId, SourceStream, StreamConfig, StreamCut,
+    StreamMeta,
 };
 use crate::wire::{
     encode_control, read_frame, write_data_frame, DataHeader, ErrorCode, Frame, GroupInfo,
@@ -381,13 +382,16 @@ impl Client {
         }
     }
 
-    /// Makes `scope/stream` the mirror of a source stream configured with `config`
-    /// and replays the scales of `scales` it does not have yet; each segment they seal
-    /// must hold its length in `lengths`. Returns the mirror's metadata.
+    /// Makes `scope/stream` the mirror of `source`, this client's stream configured
+    /// with `config`, and replays the scales of `scales` it does not have yet; each
+    /// segment they seal must hold its length in `lengths`. Returns the mirror's
+    /// metadata. A mirror fed by another source (another identity, or another stream
+    /// id) is refused with [`ErrorCode::Conflict`](crate::wire::ErrorCode::Conflict).
     pub async fn mirror_stream(
         &self,
         scope: &str,
         stream: &str,
+        source: &SourceStream,
         config: StreamConfig,
         scales: Vec<ScaleRecord>,
         lengths: Vec<(SegmentId, u64)>,
@@ -395,6 +399,7 @@ impl Client {
         let req = Request::MirrorStream {
             scope: scope.into(),
             stream: stream.into(),
+            source: Some(source.clone()),
             config,
             scales,
             lengths,
@@ -686,7 +691,7 @@ impl Client {
 
 fn stream_meta(r: Response) -> Result<StreamMeta, Response> {
     match r {
-        Response::Stream(m) => Ok(m),
+        Response::Stream(m) => Ok(*m),
         other => Err(other),
     }
 }

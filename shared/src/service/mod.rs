@@ -10,7 +10,7 @@ mod server;
 mod udp;
 mod writer;
 
-pub use access::{Access, Grant};
+pub use access::{Access, Grant, Verb};
 pub use client::{
     Ack, AckStream, AppendSession, Client, ClientError, MirrorAck, MirrorAcks, MirrorSession,
 };

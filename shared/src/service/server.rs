@@ -16,7 +16,7 @@ use crate::log::{
 };
 use crate::node::http::label_value;
 use crate::service::access::Access;
-use crate::stream::is_large_event_segment;
+use crate::stream::{is_large_event_segment, MirrorSource};
 use crate::wire::{
     encode_control, read_data_frame, read_frame, write_data_frame, DataHeader, ErrorCode,
     ReplicationLag, Request, Response, SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
@@ -424,11 +424,13 @@ async fn serve_stream(
                     format!("{segment} belongs to a mirror stream: only its edge's replication writes to it"),
                 )
             }
-            Request::SetupMirror { segment } if !shared.controller.is_mirror_segment(&segment) => {
-                error(
-                    ErrorCode::Unauthorized,
-                    format!("{segment} is not a segment of a mirror stream (MirrorStream makes one)"),
-                )
+            Request::SetupMirror { segment } if !mirror_fed_by(shared, &segment, identity) => {
+                let why = match shared.controller.mirror_of(&segment) {
+                    None => format!("{segment} is not a segment of a mirror stream (MirrorStream makes one)"),
+                    Some(None) => format!("{segment}: its mirror stream has no source yet (MirrorStream claims it)"),
+                    Some(Some(owner)) => format!("{segment} belongs to the mirror of {owner}; {identity:?} may not write to it"),
+                };
+                error(ErrorCode::Unauthorized, why)
             }
             Request::SetupAppend { segment, writer_id } => {
                 let kind = SessionKind::Append { writer_id };
@@ -478,7 +480,7 @@ async fn serve_stream(
             ),
             other => match segment_control(shared, temps, &other).await {
                 Some(r) => r,
-                None => stream_control(&shared.controller, other).await,
+                None => stream_control(&shared.controller, identity, other).await,
             },
         }
     };
@@ -500,8 +502,14 @@ async fn drained(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
 }
 
-/// Requests on the controller's scopes, streams and reader groups.
-async fn stream_control(c: &Controller, req: Request) -> Response {
+/// Whether `identity` feeds the mirror stream of `segment` (its recorded source).
+fn mirror_fed_by(shared: &Shared, segment: &str, identity: &str) -> bool {
+    matches!(shared.controller.mirror_of(segment), Some(Some(owner)) if owner.identity == identity)
+}
+
+/// Requests on the controller's scopes, streams and reader groups; `identity` is the
+/// client's.
+async fn stream_control(c: &Controller, identity: &str, req: Request) -> Response {
     use crate::controller::ControllerError;
     let answer = |r: Result<Response, ControllerError>| match r {
         Ok(r) => r,
@@ -519,7 +527,7 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
         } => answer(
             c.create_stream(&scope, &stream, config)
                 .await
-                .map(Response::Stream),
+                .map(|m| Response::Stream(Box::new(m))),
         ),
         Request::UpdateStream {
             scope,
@@ -528,13 +536,13 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
         } => answer(
             c.update_stream(&scope, &stream, config)
                 .await
-                .map(Response::Stream),
+                .map(|m| Response::Stream(Box::new(m))),
         ),
         Request::ListStreams { scope } => answer(c.list_streams(&scope).map(Response::Names)),
         Request::DescribeStream { scope, stream } => answer(
             c.describe_settled(&scope, &stream)
                 .await
-                .map(Response::Stream),
+                .map(|m| Response::Stream(Box::new(m))),
         ),
         Request::ScaleStream {
             scope,
@@ -593,13 +601,25 @@ async fn stream_control(c: &Controller, req: Request) -> Response {
         Request::MirrorStream {
             scope,
             stream,
+            source: Some(source),
             config,
             scales,
             lengths,
-        } => answer(
-            c.mirror_stream(&scope, &stream, config, &scales, &lengths)
-                .await
-                .map(Response::Stream),
+        } => {
+            let source = MirrorSource {
+                identity: identity.to_string(),
+                stream: source,
+            };
+            answer(
+                c.mirror_stream(&scope, &stream, &source, config, &scales, &lengths)
+                    .await
+                    .map(|m| Response::Stream(Box::new(m))),
+            )
+        }
+        Request::MirrorStream { source: None, .. } => error(
+            ErrorCode::InvalidArgument,
+            "this edge does not say which of its streams it mirrors (it predates mirror \
+             sources): upgrade it",
         ),
         Request::Hello { .. }
         | Request::SetupAppend { .. }

@@ -15,7 +15,8 @@ pub use group::{GroupState, ReaderReport};
 pub(crate) use model::random_id;
 pub use model::{
     is_large_event_segment, key_point, large_event_segment_name, segment_name, segment_stream,
-    validate_scoped_name, KeyRange, RetentionPolicy, ScaleRecord, ScalingPolicy, SegmentId,
-    SegmentRecord, StreamConfig, StreamCut, StreamError, StreamMeta, KEY_SPACE, LARGE_EVENT_PREFIX,
+    validate_scoped_name, KeyRange, MirrorSource, RetentionPolicy, ScaleRecord, ScalingPolicy,
+    SegmentId, SegmentRecord, SourceStream, StreamConfig, StreamCut, StreamError, StreamMeta,
+    KEY_SPACE, LARGE_EVENT_PREFIX,
 };
 pub use scaling::{scale_decision, LoadSample, ScaleDecision};

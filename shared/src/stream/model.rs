@@ -350,7 +350,48 @@ pub struct StreamMeta {
     /// changes it (it scales as its source did, never by itself or a client).
     #[serde(default)]
     pub mirror: bool,
+    /// Who feeds a mirror stream: set by the first edge stream that mirrors into it,
+    /// after which only that edge stream may (`None`: not a mirror, or a mirror made
+    /// before sources were recorded, which the next edge to mirror into it claims).
+    #[serde(default)]
+    pub source: Option<Box<MirrorSource>>,
+    /// This stream's id, random, made when it was created (0: created before ids
+    /// were; [`crate::controller::Controller::stream_uid`] gives it one). An edge
+    /// stream's id names it to the mirror it feeds, so a re-created data dir (a new
+    /// stream of the same name) is never taken for the stream the mirror copied.
+    #[serde(default)]
+    pub uid: u128,
     next_number: u32,
+}
+
+/// An edge stream as its edge names it to the cloud: `scope/stream` on the edge and
+/// the stream's id ([`StreamMeta::uid`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStream {
+    /// `scope/stream` on the edge.
+    pub stream: String,
+    /// The edge stream's id.
+    pub uid: u128,
+}
+
+/// The one edge stream a mirror copies: the edge's identity (its certificate's
+/// common name) and the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorSource {
+    /// The edge's identity.
+    pub identity: String,
+    /// The edge stream.
+    pub stream: SourceStream,
+}
+
+impl std::fmt::Display for MirrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}'s {} (stream id {:032x})",
+            self.identity, self.stream.stream, self.stream.uid
+        )
+    }
 }
 
 /// One scale of a stream's history: in `epoch`, `sealed` were sealed and `created`
@@ -395,6 +436,8 @@ impl StreamMeta {
             sealed: false,
             head: StreamCut::default(),
             mirror: false,
+            source: None,
+            uid: random_id(),
             next_number,
         })
     }

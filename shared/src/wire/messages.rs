@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::controller::ControllerError;
 use crate::log::{AttributeUpdate, LogError};
 use crate::stream::{
-    KeyRange, ReaderReport, ScaleRecord, SegmentId, StreamConfig, StreamCut, StreamError,
-    StreamMeta,
+    KeyRange, ReaderReport, ScaleRecord, SegmentId, SourceStream, StreamConfig, StreamCut,
+    StreamError, StreamMeta,
 };
 
 /// Client to server.
@@ -242,11 +242,17 @@ pub enum Request {
     /// scale history: creates it (and the scope) if missing, then replays the scales it
     /// does not have yet. A scale seals segments only if each holds exactly its length
     /// in `lengths` (all of its source's data). The reply is [`Response::Stream`].
+    /// A mirror has one source: the connection's identity and `source`; any other is
+    /// refused with [`ErrorCode::Conflict`] naming the one that feeds it.
     MirrorStream {
         /// Scope.
         scope: String,
         /// Stream.
         stream: String,
+        /// The edge stream copied (missing from edges older than mirror sources:
+        /// refused).
+        #[serde(default)]
+        source: Option<SourceStream>,
         /// The source stream's configuration.
         config: StreamConfig,
         /// The source's scales to replay, oldest first.
@@ -361,7 +367,7 @@ pub enum Response {
     /// Names (scopes or streams), sorted.
     Names(Vec<String>),
     /// A stream's metadata.
-    Stream(StreamMeta),
+    Stream(Box<StreamMeta>),
     /// Segments.
     Segments(Vec<SegmentId>),
     /// A stream cut.
@@ -512,7 +518,7 @@ impl From<&ControllerError> for ErrorCode {
             ControllerError::NotSealed(_) => ErrorCode::NotSealed,
             ControllerError::NoSuchGroup(_) => ErrorCode::NoSuchGroup,
             ControllerError::GroupExists(_) => ErrorCode::GroupExists,
-            ControllerError::Mirror(_) => ErrorCode::Conflict,
+            ControllerError::Mirror(_) | ControllerError::MirrorOwned { .. } => ErrorCode::Conflict,
             ControllerError::InvalidEvent(_) | ControllerError::Input(_) => {
                 ErrorCode::InvalidArgument
             }
