@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncBufReadExt;
 use tributary::reading::Reading;
 use tributary::service::{Client, EventReader, EventWriter, ReadEvent, ReaderConfig, WriterConfig};
-use tributary::stream::StreamCut;
+use tributary::stream::{GroupCut, StreamCut};
 use tributary::wire::StartFrom;
 
 use crate::connect::scoped;
@@ -35,10 +35,13 @@ pub struct WriteArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ReadArgs {
-    /// SCOPE/STREAM.
+    /// SCOPE/STREAM, or a stream set: SCOPE/NAMES where NAMES are stream names and
+    /// patterns, comma-separated (`factory-3/sensors-*` reads every gateway's
+    /// `sensors-…` stream, taking in new ones as they appear).
     stream: String,
-    /// Where to start: head, tail, or a stream cut (NUMBER.EPOCH:OFFSET,...). With
-    /// --group, only used when the group is created.
+    /// Where to start: head, tail, or a position: a stream cut (NUMBER.EPOCH:OFFSET,...)
+    /// for one stream, STREAM=CUT;STREAM=CUT for a set (streams it leaves out start at
+    /// their head). With --group, only used when the group is created.
     #[arg(long, default_value = "head")]
     from: String,
     /// Read as a member of this reader group (created if missing), sharing the
@@ -52,15 +55,15 @@ pub struct ReadArgs {
     /// still arriving keeps the read going). Default: tail until Ctrl-C.
     #[arg(long)]
     timeout: Option<f64>,
-    /// One JSON object per event: key, segment, offset, payload (or, with --out,
+    /// One JSON object per event: stream, key, segment, offset, payload (or, with --out,
     /// path and bytes). A sensor reading (CBOR, `tributary::reading`) is shown
     /// decoded as `reading`, other binary payloads as `payload_hex`. Without --json,
     /// readings print as one line each: `sensor name=value unit ...`.
     #[arg(long)]
     json: bool,
     /// Write each event's payload, byte for byte, to its own file in this directory
-    /// (created if missing), named SEGMENT-OFFSET.event (e.g. 0.0-1234.event), and
-    /// print the paths, one per line.
+    /// (created if missing), named SEGMENT-OFFSET.event (e.g. 0.0-1234.event; for a
+    /// stream set, STREAM-SEGMENT-OFFSET.event), and print the paths, one per line.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
@@ -151,17 +154,26 @@ async fn write_files(mut w: EventWriter, key: &[u8], files: &[PathBuf]) -> Resul
     Ok(())
 }
 
-fn start_from(s: &str) -> Result<StartFrom> {
+/// Whether `streams` names more than one stream (a list or a pattern).
+fn is_set(streams: &str) -> bool {
+    streams.contains([',', '*'])
+}
+
+fn start_from(s: &str, streams: &str) -> Result<StartFrom> {
     Ok(match s {
         "head" => StartFrom::Head,
         "tail" => StartFrom::Tail,
-        cut => StartFrom::Cut(cut.parse::<StreamCut>()?),
+        cut if cut.contains('=') => StartFrom::Cut(cut.parse::<GroupCut>()?),
+        cut if !is_set(streams) => StartFrom::Cut(GroupCut {
+            streams: [(streams.to_string(), cut.parse::<StreamCut>()?)].into(),
+        }),
+        _ => bail!("--from of a stream set names each stream: STREAM=CUT;STREAM=CUT"),
     })
 }
 
 pub async fn read(c: &Client, args: ReadArgs) -> Result<()> {
     let (scope, stream) = scoped(&args.stream)?;
-    let from = start_from(&args.from)?;
+    let from = start_from(&args.from, stream)?;
     let idle = match args.timeout {
         Some(t) => {
             Some(Duration::try_from_secs_f64(t).map_err(|_| anyhow!("--timeout must be >= 0"))?)
@@ -242,9 +254,10 @@ async fn read_events(
         last = Instant::now();
         count += 1;
         let written = if let Some(dir) = &args.out {
-            let path = save(dir, &e)?;
+            let path = save(dir, &e, is_set(scoped(&args.stream)?.1))?;
             if args.json {
                 let obj = serde_json::json!({
+                    "stream": &*e.stream,
                     "key": String::from_utf8_lossy(&e.key),
                     "segment": format!("{}.{}", e.segment.number, e.segment.epoch),
                     "offset": e.offset,
@@ -257,6 +270,7 @@ async fn read_events(
             }
         } else if args.json {
             let mut obj = serde_json::json!({
+                "stream": &*e.stream,
                 "key": String::from_utf8_lossy(&e.key),
                 "segment": format!("{}.{}", e.segment.number, e.segment.epoch),
                 "offset": e.offset,
@@ -300,13 +314,17 @@ async fn read_events(
     Ok(())
 }
 
-/// Writes an event's payload to `DIR/SEGMENT-OFFSET.event` (through a temporary name,
-/// so a file by that name is always whole); returns the path.
-fn save(dir: &Path, e: &ReadEvent) -> Result<PathBuf> {
-    let name = format!(
+/// Writes an event's payload to `DIR/SEGMENT-OFFSET.event` (`STREAM-SEGMENT-OFFSET` when
+/// reading a stream set; through a temporary name, so a file by that name is always
+/// whole); returns the path.
+fn save(dir: &Path, e: &ReadEvent, with_stream: bool) -> Result<PathBuf> {
+    let mut name = format!(
         "{}.{}-{}.event",
         e.segment.number, e.segment.epoch, e.offset
     );
+    if with_stream {
+        name = format!("{}-{name}", e.stream);
+    }
     let path = dir.join(&name);
     let partial = dir.join(format!(".{name}.partial"));
     std::fs::write(&partial, &e.payload)

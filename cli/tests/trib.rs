@@ -203,6 +203,85 @@ async fn scopes_streams_write_with_a_writer_id_and_read_back() {
     drop(s.server);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_set_is_read_as_one_group() {
+    let s = Server::start().await;
+    let p = &s.profile;
+    ok(&trib(p, &["scope", "create", "f"], "").await);
+    for stream in ["sensors-a", "sensors-b", "video"] {
+        ok(&trib(p, &["stream", "create", &format!("f/{stream}")], "").await);
+        let lines: String = (1..=3).map(|i| format!("{stream} {i}\n")).collect();
+        ok(&trib(p, &["write", &format!("f/{stream}"), "--key", "k"], &lines).await);
+    }
+    let (out, _) = ok(&trib(p, &["read", "f/sensors-*", "--timeout", "1", "--json"], "").await);
+    let mut per_stream: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in out.lines() {
+        let e: serde_json::Value = serde_json::from_str(l).expect("json");
+        per_stream
+            .entry(e["stream"].as_str().expect("stream").to_string())
+            .or_default()
+            .push(e["payload"].as_str().expect("payload").to_string());
+    }
+    let want = |s: &str| (1..=3).map(|i| format!("{s} {i}")).collect::<Vec<_>>();
+    assert_eq!(
+        per_stream,
+        [
+            ("sensors-a", want("sensors-a")),
+            ("sensors-b", want("sensors-b"))
+        ]
+        .map(|(s, v)| (s.to_string(), v))
+        .into(),
+        "every matching stream, each in order, and nothing else"
+    );
+    // A named set, read as a group in two goes: the second resumes.
+    let g = ["read", "f/sensors-a,video", "--group", "g", "--max", "4"];
+    let (out, _) = ok(&trib(p, &[&g[..], &["--timeout", "2"]].concat(), "").await);
+    assert_eq!(out.lines().count(), 4);
+    let (rest, _) = ok(&trib(
+        p,
+        &[
+            "read",
+            "f/sensors-a,video",
+            "--group",
+            "g",
+            "--timeout",
+            "1",
+        ],
+        "",
+    )
+    .await);
+    assert_eq!(rest.lines().count(), 2, "{out}\n--\n{rest}");
+    // A set's --from names its streams.
+    let e = failed(
+        &trib(
+            p,
+            &["read", "f/sensors-*", "--from", "0.0:0", "--timeout", "1"],
+            "",
+        )
+        .await,
+    );
+    assert!(e.contains("STREAM=CUT"), "{e}");
+    let (out, _) = ok(&trib(
+        p,
+        &[
+            "read",
+            "f/sensors-*",
+            "--from",
+            "sensors-a=0.0:54",
+            "--timeout",
+            "1",
+        ],
+        "",
+    )
+    .await);
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "sensors-a from its end, sensors-b from its head: {out}"
+    );
+    drop(s.server);
+}
+
 /// `len` pseudo-random bytes (xorshift).
 fn payload(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

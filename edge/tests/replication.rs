@@ -18,6 +18,8 @@ use tributary::service::{Client, EventWriter, WriterConfig};
 use tributary::stream::{segment_name, StreamMeta};
 
 const SCOPE: &str = "site";
+/// An event read back: its routing key and payload.
+type KeyAndPayload = (Vec<u8>, Vec<u8>);
 const STREAM: &str = "sensors";
 
 /// The edge's config body: one stream, an optional MQTT source, replication as
@@ -138,7 +140,7 @@ fn events_of(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// What every test here starts from: a temp dir, the cloud's network namespace, a PKI
-/// with the identities "admin", "edge-1" and "edge-2", and the cloud (not started) granting
+/// with the identities "admin" and "edge-1" to "edge-3", and the cloud (not started) granting
 /// `grants`. Destructured in field order, the cloud is dropped (killed) first.
 struct World {
     dir: tempfile::TempDir,
@@ -150,7 +152,10 @@ struct World {
 fn world(grants: &str) -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = Arc::new(Netns::create());
-    let pki = Pki::make(&dir.path().join("pki"), &["admin", "edge-1", "edge-2"]);
+    let pki = Pki::make(
+        &dir.path().join("pki"),
+        &["admin", "edge-1", "edge-2", "edge-3"],
+    );
     let cloud = Cloud::new(&dir.path().join("cloud"), &net, &pki, grants);
     World {
         dir,
@@ -348,6 +353,111 @@ async fn an_edge_without_a_grant_or_from_a_foreign_ca_writes_nothing() {
             "{name}: something was written"
         );
         assert_eq!(edge.terminate().code(), Some(0), "{}", edge.tail());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_is_read_as_one_stream_set_each_gateways_messages_once_in_order() {
+    // Three gateways, each with its own broker and certificate, each mirroring into a
+    // cloud stream of its own (one grant for all: "{identity}"), each SIGKILLed three
+    // times; one reader group over "sensors-*", made before any of them existed.
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world(
+        "[[grant]]\nidentity = \"edge-*\"\nstreams = [\"site/sensors-{identity}\"]\n\
+         allow = [\"mirror\"]\n",
+    );
+    cloud.start().await;
+    let admin = cloud.admin(&pki).await;
+    admin.create_scope(SCOPE).await.expect("scope");
+    admin
+        .create_reader_group(
+            SCOPE,
+            "fleet",
+            "sensors-*",
+            tributary::wire::StartFrom::Head,
+        )
+        .await
+        .expect("a group over a pattern that matches nothing yet");
+    let names = ["edge-1", "edge-2", "edge-3"];
+    let mut brokers = Vec::new();
+    let mut edges = Vec::new();
+    for name in names {
+        let bdir = dir.path().join(format!("broker-{name}"));
+        std::fs::create_dir_all(&bdir).expect("dir");
+        let broker = Broker::start(&bdir);
+        let to = format!("to = \"{SCOPE}/sensors-{name}\"\n");
+        let body = edge_body(2, Some(broker.port), &pki, name, cloud.quic, &to);
+        edges.push(start_edge(dir.path(), name, &body).await);
+        brokers.push(broker);
+    }
+    let (keys, per_key) = (4, 300);
+    let publishers: Vec<_> = brokers
+        .iter()
+        .map(|b| publisher(b.port, keys, per_key, Duration::from_millis(300)))
+        .collect();
+    // The group's reader reads while the gateways replicate and die.
+    let reader = {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            use tributary::service::{EventReader, ReaderConfig};
+            let mut r = EventReader::join(&admin, SCOPE, "fleet", "r", ReaderConfig::default())
+                .await
+                .expect("join");
+            let mut got: BTreeMap<String, Vec<KeyAndPayload>> = BTreeMap::new();
+            let want = 3 * keys * per_key;
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while got.values().map(Vec::len).sum::<usize>() < want && Instant::now() < deadline {
+                if let Some(e) = r.next(Duration::from_secs(1)).await.expect("read") {
+                    got.entry(e.stream.to_string())
+                        .or_default()
+                        .push((e.key.to_vec(), e.payload.to_vec()));
+                }
+            }
+            // Nothing more arrives: no duplicate after the last expected event.
+            if let Some(e) = r.next(Duration::from_secs(3)).await.expect("read") {
+                panic!("an event more than expected: {e:?}");
+            }
+            got
+        })
+    };
+    for cycle in 0..9 {
+        tokio::time::sleep(Duration::from_millis(
+            rand::thread_rng().gen_range(400..1500),
+        ))
+        .await;
+        let edge = &mut edges[cycle % 3];
+        edge.kill();
+        tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..500))).await;
+        edge.start();
+        edge.ready().await;
+    }
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    let got = reader.await.expect("reader");
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["sensors-edge-1", "sensors-edge-2", "sensors-edge-3"],
+        "the group took in every gateway's stream"
+    );
+    for (stream, events) in &got {
+        eprintln!("{stream}: {} events", events.len());
+        // Each gateway's messages once, in order per key (two segments per stream).
+        assert_exactly_once_in_order(events, keys, per_key);
+    }
+    // The group's position covers every stream of the set.
+    let pos = admin
+        .group_position(SCOPE, "fleet", None)
+        .await
+        .expect("position");
+    assert_eq!(pos.streams.len(), 3, "{pos}");
+    for edge in &edges {
+        let s = edge.status().await.expect("status");
+        assert_eq!(s.streams[0].events, (keys * per_key) as u64, "{s:?}");
     }
 }
 

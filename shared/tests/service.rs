@@ -213,7 +213,7 @@ async fn garbage_and_oversized_frames_get_errors_while_others_go_on() {
         }
     };
     let hello = ask(encode_control(&Request::Hello {
-        versions: vec![1],
+        versions: vec![tributary::wire::PROTOCOL_VERSION],
         client: "raw".into(),
     })
     .to_vec())

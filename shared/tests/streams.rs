@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tributary::controller::PolicySettings;
 use tributary::service::{Client, EventReader, EventWriter, ReaderConfig, WriterConfig};
-use tributary::stream::{KeyRange, RetentionPolicy, ScalingPolicy, StreamConfig, StreamCut};
+use tributary::stream::{GroupCut, KeyRange, RetentionPolicy, ScalingPolicy, StreamConfig};
 use tributary::tls::DevPki;
 use tributary::wire::StartFrom;
 
@@ -278,7 +278,7 @@ async fn a_checkpoint_survives_a_restart_and_a_new_group_resumes_from_it() {
         .expect("checkpoint after restart");
     assert_eq!(saved, cut);
     // The cut's text form round-trips (what `trib read --from` takes).
-    let parsed: StreamCut = cut.to_string().parse().expect("parse cut");
+    let parsed: GroupCut = cut.to_string().parse().expect("parse cut");
     assert_eq!(parsed, cut);
     c.create_reader_group("s", "g2", "t", StartFrom::Cut(parsed))
         .await

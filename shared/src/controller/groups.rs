@@ -2,22 +2,76 @@
 //! runs under one lock, so concurrent syncs of one group never lose each other's
 //! changes; liveness (when each reader last synced) is kept in memory only: after a
 //! restart every reader gets a fresh timeout.
+//!
+//! A group reads a stream set (see [`crate::stream::group`]): at each sync, streams of
+//! the scope that match one of its patterns and are not in it yet join it from their
+//! head, and streams deleted since leave it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use serde::Deserialize;
+
 use super::{meta_err, Controller, ControllerError, Result};
-use crate::stream::{validate_scoped_name, GroupState, ReaderReport, SegmentId, StreamCut};
+use crate::stream::{
+    name_matches, parse_stream_set, validate_scoped_name, GroupCut, GroupSegment, GroupState,
+    Metas, ReaderReport, SegmentId, StreamCut,
+};
 use crate::wire::{GroupInfo, StartFrom};
 
 fn group_key(scope: &str, group: &str) -> String {
     format!("{scope}/{group}")
 }
 
+/// A group as stored before stream sets (one stream, positions by segment id).
+#[derive(Deserialize)]
+struct OneStreamGroup {
+    stream: String,
+    positions: BTreeMap<SegmentId, u64>,
+    owners: BTreeMap<SegmentId, String>,
+    finished: BTreeMap<SegmentId, u64>,
+    readers: std::collections::BTreeSet<String>,
+    checkpoints: BTreeMap<String, StreamCut>,
+}
+
+impl From<OneStreamGroup> for GroupState {
+    fn from(g: OneStreamGroup) -> GroupState {
+        let seg = |id: SegmentId| GroupSegment {
+            stream: g.stream.clone(),
+            id,
+        };
+        let one = |cut: StreamCut| GroupCut {
+            streams: BTreeMap::from([(g.stream.clone(), cut)]),
+        };
+        GroupState {
+            streams: g.stream.clone(),
+            members: [g.stream.clone()].into(),
+            positions: g.positions.iter().map(|(id, o)| (seg(*id), *o)).collect(),
+            owners: g
+                .owners
+                .iter()
+                .map(|(id, r)| (seg(*id), r.clone()))
+                .collect(),
+            finished: g.finished.iter().map(|(id, o)| (seg(*id), *o)).collect(),
+            readers: g.readers.clone(),
+            checkpoints: g
+                .checkpoints
+                .iter()
+                .map(|(n, c)| (n.clone(), one(c.clone())))
+                .collect(),
+        }
+    }
+}
+
 impl Controller {
     fn load_group(&self, scope: &str, group: &str) -> Result<GroupState> {
         match self.groups.get(group_key(scope, group)).map_err(meta_err)? {
-            Some(v) => ciborium::from_reader(&v[..])
+            Some(v) => ciborium::from_reader::<GroupState, _>(&v[..])
+                .or_else(|e| {
+                    ciborium::from_reader::<OneStreamGroup, _>(&v[..])
+                        .map(GroupState::from)
+                        .map_err(|_| e)
+                })
                 .map_err(|e| meta_err(format!("unreadable reader group metadata: {e}"))),
             None => Err(ControllerError::NoSuchGroup(format!(
                 "reader group {scope}/{group} does not exist"
@@ -35,33 +89,102 @@ impl Controller {
         Ok(())
     }
 
-    /// Creates a reader group on `scope/stream` starting at `from`, unless it exists
-    /// already for the same stream.
+    /// The streams of `scope` in the set `parts`: every name (which must exist) and
+    /// every stream a pattern matches.
+    fn resolve_set(&self, scope: &str, parts: &[String]) -> Result<Vec<String>> {
+        let mut out = std::collections::BTreeSet::new();
+        let patterns: Vec<&String> = parts.iter().filter(|p| p.contains('*')).collect();
+        for p in parts.iter().filter(|p| !p.contains('*')) {
+            self.describe(scope, p)?;
+            out.insert(p.clone());
+        }
+        if !patterns.is_empty() {
+            for s in self.list_streams(scope)? {
+                if patterns.iter().any(|p| name_matches(p, &s)) {
+                    out.insert(s);
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Brings `state`'s streams up to date (streams a pattern matches now join from
+    /// their head, deleted ones leave) and returns their metadata.
+    fn group_metas(&self, scope: &str, state: &mut GroupState) -> Result<Metas> {
+        let parts = parse_stream_set(&state.streams)?;
+        if parts.iter().any(|p| p.contains('*')) {
+            for s in self.resolve_set(scope, &parts)? {
+                if !state.members.contains(&s) {
+                    let head = self.describe(scope, &s)?.head_cut();
+                    tracing::info!(%scope, stream = %s, set = %state.streams, "a stream joins a reader group's set");
+                    state.add_stream(&s, &head);
+                }
+            }
+        }
+        let mut metas = Metas::new();
+        for s in state.members.clone() {
+            match self.describe(scope, &s) {
+                Ok(m) => {
+                    metas.insert(s, m);
+                }
+                Err(ControllerError::NoSuchStream(_)) => state.remove_stream(&s),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(metas)
+    }
+
+    /// Creates a reader group on the stream set `streams` of `scope` (names and
+    /// patterns, comma-separated) starting at `from`, unless it exists already for the
+    /// same set. Named streams must exist; a pattern may match none yet.
     pub fn create_reader_group(
         &self,
         scope: &str,
         group: &str,
-        stream: &str,
+        streams: &str,
         from: &StartFrom,
     ) -> Result<()> {
         validate_scoped_name(group)?;
-        let meta = self.describe(scope, stream)?;
+        let parts = parse_stream_set(streams)?;
+        let members = self.resolve_set(scope, &parts)?;
         let _guard = self.live.lock().map_err(meta_err)?;
         match self.load_group(scope, group) {
-            Ok(g) if g.stream == stream => return Ok(()),
-            Ok(_) => return Err(ControllerError::GroupExists(group_key(scope, group))),
+            Ok(g) if g.streams == streams => return Ok(()),
+            Ok(g) => {
+                return Err(ControllerError::GroupExists(format!(
+                    "{} (it reads {})",
+                    group_key(scope, group),
+                    g.streams
+                )))
+            }
             Err(ControllerError::NoSuchGroup(_)) => {}
             Err(e) => return Err(e),
         }
-        let start = match from {
-            StartFrom::Head => meta.head_cut(),
-            StartFrom::Tail => self.tail_cut(scope, stream)?,
-            StartFrom::Cut(cut) => {
-                meta.validate_cut(cut)?;
-                cut.clone()
+        let mut start = GroupCut::default();
+        if let StartFrom::Cut(cut) = from {
+            if let Some(s) = cut.streams.keys().find(|s| !members.contains(s)) {
+                return Err(crate::stream::StreamError::InvalidCut(format!(
+                    "the cut names stream {s}, which is not in {streams}"
+                ))
+                .into());
             }
-        };
-        self.store_group(scope, group, &GroupState::new(stream, &start))
+        }
+        for s in &members {
+            let meta = self.describe(scope, s)?;
+            let cut = match from {
+                StartFrom::Head => meta.head_cut(),
+                StartFrom::Tail => self.tail_cut(scope, s)?,
+                StartFrom::Cut(cut) => match cut.streams.get(s) {
+                    Some(c) => {
+                        meta.validate_cut(c)?;
+                        c.clone()
+                    }
+                    None => meta.head_cut(),
+                },
+            };
+            start.streams.insert(s.clone(), cut);
+        }
+        self.store_group(scope, group, &GroupState::new(streams, &start))
     }
 
     /// Deletes a reader group.
@@ -86,10 +209,10 @@ impl Controller {
         reader: &str,
         report: &ReaderReport,
         leave: bool,
-    ) -> Result<Vec<(SegmentId, u64)>> {
+    ) -> Result<Vec<(GroupSegment, u64)>> {
         let mut live = self.live.lock().map_err(meta_err)?;
         let mut state = self.load_group(scope, group)?;
-        let meta = self.describe(scope, &state.stream)?;
+        let metas = self.group_metas(scope, &mut state)?;
         let now = Instant::now();
         let seen = live
             .entry(group_key(scope, group))
@@ -104,16 +227,16 @@ impl Controller {
             .collect();
         for r in dead {
             tracing::info!(%scope, %group, reader = %r, "reader timed out; its segments go to the others");
-            state.leave(&r, &ReaderReport::default(), &meta);
+            state.leave(&r, &ReaderReport::default(), &metas);
             seen.remove(&r);
         }
         let held = if leave {
-            state.leave(reader, report, &meta);
+            state.leave(reader, report, &metas);
             seen.remove(reader);
             Vec::new()
         } else {
             seen.insert(reader.to_string(), now);
-            state.sync(reader, report, &meta)
+            state.sync(reader, report, &metas)
         };
         self.store_group(scope, group, &state)?;
         Ok(held)
@@ -121,22 +244,24 @@ impl Controller {
 
     /// Saves the group's current position (what its readers have reported as
     /// delivered) as checkpoint `name`, and returns it.
-    pub fn checkpoint(&self, scope: &str, group: &str, name: &str) -> Result<StreamCut> {
+    pub fn checkpoint(&self, scope: &str, group: &str, name: &str) -> Result<GroupCut> {
         let _guard = self.live.lock().map_err(meta_err)?;
         let mut state = self.load_group(scope, group)?;
-        let meta = self.describe(scope, &state.stream)?;
-        let cut = state.checkpoint(name, &meta);
+        let metas = self.group_metas(scope, &mut state)?;
+        let cut = state.checkpoint(name, &metas);
         self.store_group(scope, group, &state)?;
         Ok(cut)
     }
 
-    /// A group's stream, readers, position and checkpoints.
+    /// A group's streams, readers, position and checkpoints.
     pub fn describe_reader_group(&self, scope: &str, group: &str) -> Result<GroupInfo> {
         let _guard = self.live.lock().map_err(meta_err)?;
-        let state = self.load_group(scope, group)?;
-        let position = state.cut(&self.describe(scope, &state.stream)?);
+        let mut state = self.load_group(scope, group)?;
+        let metas = self.group_metas(scope, &mut state)?;
+        let position = state.cut(&metas);
         Ok(GroupInfo {
-            stream: state.stream,
+            streams: state.streams,
+            members: state.members.into_iter().collect(),
             readers: state.readers.into_iter().collect(),
             position,
             checkpoints: state.checkpoints.into_keys().collect(),
@@ -144,21 +269,68 @@ impl Controller {
     }
 
     /// Checkpoint `name`, or the group's current position when `name` is `None`.
-    pub fn group_position(
-        &self,
-        scope: &str,
-        group: &str,
-        name: Option<&str>,
-    ) -> Result<StreamCut> {
+    pub fn group_position(&self, scope: &str, group: &str, name: Option<&str>) -> Result<GroupCut> {
         let _guard = self.live.lock().map_err(meta_err)?;
-        let state = self.load_group(scope, group)?;
+        let mut state = self.load_group(scope, group)?;
         match name {
-            None => Ok(state.cut(&self.describe(scope, &state.stream)?)),
+            None => {
+                let metas = self.group_metas(scope, &mut state)?;
+                Ok(state.cut(&metas))
+            }
             Some(n) => state.checkpoints.get(n).cloned().ok_or_else(|| {
                 ControllerError::NoSuchGroup(format!(
                     "reader group {scope}/{group} has no checkpoint {n:?}"
                 ))
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Serialize;
+
+    /// The layout groups were stored in before stream sets.
+    #[derive(Serialize)]
+    struct Stored {
+        stream: String,
+        positions: BTreeMap<SegmentId, u64>,
+        owners: BTreeMap<SegmentId, String>,
+        finished: BTreeMap<SegmentId, u64>,
+        readers: std::collections::BTreeSet<String>,
+        checkpoints: BTreeMap<String, StreamCut>,
+    }
+
+    #[test]
+    fn a_group_stored_before_stream_sets_reads_as_a_set_of_its_one_stream() {
+        let id = |number| SegmentId { number, epoch: 0 };
+        let cut = StreamCut {
+            positions: BTreeMap::from([(id(0), 7)]),
+        };
+        let old = Stored {
+            stream: "temps".into(),
+            positions: BTreeMap::from([(id(0), 7), (id(1), 3)]),
+            owners: BTreeMap::from([(id(1), "r".to_string())]),
+            finished: BTreeMap::from([(id(2), 9)]),
+            readers: ["r".to_string()].into(),
+            checkpoints: BTreeMap::from([("cp".to_string(), cut.clone())]),
+        };
+        let mut buf = Vec::new();
+        ciborium::into_writer(&old, &mut buf).expect("encode");
+        assert!(ciborium::from_reader::<GroupState, _>(&buf[..]).is_err());
+        let g = GroupState::from(
+            ciborium::from_reader::<OneStreamGroup, _>(&buf[..]).expect("old layout"),
+        );
+        let seg = |n| GroupSegment {
+            stream: "temps".into(),
+            id: id(n),
+        };
+        assert_eq!(g.streams, "temps");
+        assert_eq!(g.members, ["temps".to_string()].into());
+        assert_eq!(g.positions, BTreeMap::from([(seg(0), 7), (seg(1), 3)]));
+        assert_eq!(g.owners, BTreeMap::from([(seg(1), "r".to_string())]));
+        assert_eq!(g.finished, BTreeMap::from([(seg(2), 9)]));
+        assert_eq!(g.checkpoints["cp"].streams["temps"], cut);
     }
 }

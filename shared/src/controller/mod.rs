@@ -60,7 +60,7 @@ pub enum ControllerError {
     #[error("{0}")]
     NoSuchGroup(String),
     /// The reader group exists and reads another stream.
-    #[error("reader group {0:?} already exists for another stream")]
+    #[error("reader group {0} already exists for other streams")]
     GroupExists(String),
     /// A large event that cannot be stored as given (key or length above the limit,
     /// data shorter than announced).

@@ -19,7 +19,9 @@
 //! client the CA signed may do everything: the development default, kept only by a node
 //! on its development PKI (see [`crate::node::config`]).
 
-use crate::stream::{is_large_event_segment, segment_stream, LARGE_EVENT_PREFIX};
+use crate::stream::{
+    is_large_event_segment, name_matches as glob, segment_stream, LARGE_EVENT_PREFIX,
+};
 use crate::wire::Request;
 
 /// What a grant allows on its streams.
@@ -68,21 +70,6 @@ pub struct Grant {
     pub allow: Vec<Verb>,
 }
 
-/// Whether `text` matches `pattern`, where `*` matches any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(text) = text.strip_prefix(head) else {
-                return false;
-            };
-            (0..=text.len())
-                .filter(|&i| text.is_char_boundary(i))
-                .any(|i| glob(rest, &text[i..]))
-        }
-    }
-}
-
 impl Grant {
     fn covers(&self, identity: &str) -> bool {
         glob(&self.identity, identity)
@@ -126,6 +113,9 @@ enum Need<'a> {
     Stream(&'a str, &'a str, &'static [Verb]),
     /// One of `verbs` (none: any) on a stream of the scope.
     Scope(&'a str, &'static [Verb]),
+    /// One of `verbs` on every stream of a stream set (names and patterns): a pattern
+    /// needs a grant whose pattern covers it.
+    Set(&'a str, Vec<&'a str>, &'static [Verb]),
     /// One of `verbs` on the segment's stream; a large event's temporary segment if
     /// `temp` (its merge target is checked itself) and the identity may write.
     Segment(&'a str, &'static [Verb], bool),
@@ -153,7 +143,9 @@ fn need(req: &Request) -> Need<'_> {
         }
         R::WriterPositions { scope, stream, .. } => Need::Stream(scope, stream, WRITE),
         R::MirrorStream { scope, stream, .. } => Need::Stream(scope, stream, MIRROR),
-        R::CreateReaderGroup { scope, stream, .. } => Need::Stream(scope, stream, READ),
+        R::CreateReaderGroup { scope, streams, .. } => {
+            Need::Set(scope, streams.split(',').map(str::trim).collect(), READ)
+        }
         R::CreateScope { scope } => Need::Scope(scope, &[Verb::Create, Verb::Mirror]),
         R::ListStreams { scope } => Need::Scope(scope, ANY),
         R::DeleteReaderGroup { scope, .. }
@@ -256,6 +248,16 @@ impl Access {
                 stream(scope, s, verbs),
                 format!("{} on stream {scope}/{s}", verbs_text(verbs)),
             ),
+            // A grant's pattern covers a set's pattern if it matches it as a name: its
+            // literal parts can only match the set's literal characters.
+            Need::Set(scope, parts, verbs) => match parts.iter().find(|t| !stream(scope, t, verbs))
+            {
+                Some(t) => (
+                    false,
+                    format!("{} on stream {scope}/{t}", verbs_text(verbs)),
+                ),
+                None => (true, String::new()),
+            },
             Need::Scope(scope, verbs) => (
                 mine.iter().any(|g| g.scope(identity, scope, verbs)),
                 format!("{} in scope {scope}", verbs_text(verbs)),
@@ -436,6 +438,20 @@ mod tests {
         };
         assert!(a.check("analyst", &group).is_ok());
         assert!(a.check("gateway-1", &group).is_err());
+        // A reader group over a stream set: every name and pattern must be covered.
+        let set = |streams: &str| Request::CreateReaderGroup {
+            scope: "factory-3".into(),
+            group: "g".into(),
+            streams: streams.into(),
+            from: crate::wire::StartFrom::Head,
+        };
+        assert!(a.check("analyst", &set("sensors-*")).is_ok());
+        assert!(a.check("analyst", &set("sensors-gw-*,sensors-a")).is_ok());
+        let e = a
+            .check("analyst", &set("sensors-a,*"))
+            .expect_err("a wider pattern");
+        assert!(e.contains("read on stream factory-3/*"), "{e}");
+        assert!(a.check("analyst", &set("*-gw-1")).is_err());
         // An identity that is no name part never matches a {identity} pattern.
         assert!(a
             .check(

@@ -7,8 +7,8 @@ use bytes::Bytes;
 
 use crate::log::AttributeUpdate;
 use crate::stream::{
-    KeyRange, ReaderReport, ScaleRecord, SegmentId, SourceStream, StreamConfig, StreamCut,
-    StreamMeta,
+    GroupCut, GroupSegment, KeyRange, ReaderReport, ScaleRecord, SegmentId, SourceStream,
+    StreamConfig, StreamCut, StreamMeta,
 };
 use crate::wire::{
     encode_control, read_frame, write_data_frame, DataHeader, ErrorCode, Frame, GroupInfo,
@@ -399,7 +399,7 @@ impl Client {
         let req = Request::MirrorStream {
             scope: scope.into(),
             stream: stream.into(),
-            source: Some(source.clone()),
+            source: source.clone(),
             config,
             scales,
             lengths,
@@ -585,19 +585,21 @@ impl Client {
         .await
     }
 
-    /// Creates a reader group on `scope/stream` starting at `from` (nothing happens
-    /// if it exists for this stream).
+    /// Creates a reader group on the stream set `streams` of `scope` — a stream name,
+    /// or names and patterns (`sensors-*`, which takes in new streams as they appear),
+    /// comma-separated — starting at `from` (nothing happens if it exists for this
+    /// set).
     pub async fn create_reader_group(
         &self,
         scope: &str,
         group: &str,
-        stream: &str,
+        streams: &str,
         from: StartFrom,
     ) -> Result<(), ClientError> {
         self.ok(Request::CreateReaderGroup {
             scope: scope.into(),
             group: group.into(),
-            stream: stream.into(),
+            streams: streams.into(),
             from,
         })
         .await
@@ -620,7 +622,7 @@ impl Client {
         reader: &str,
         report: ReaderReport,
         leave: bool,
-    ) -> Result<Vec<(SegmentId, u64)>, ClientError> {
+    ) -> Result<Vec<(GroupSegment, u64)>, ClientError> {
         let req = Request::SyncReader {
             scope: scope.into(),
             group: group.into(),
@@ -658,13 +660,13 @@ impl Client {
         scope: &str,
         group: &str,
         name: &str,
-    ) -> Result<StreamCut, ClientError> {
+    ) -> Result<GroupCut, ClientError> {
         let req = Request::Checkpoint {
             scope: scope.into(),
             group: group.into(),
             name: name.into(),
         };
-        self.expect(req, cut).await
+        self.expect(req, group_cut).await
     }
 
     /// Checkpoint `name` of a group, or its current position for `None`.
@@ -673,13 +675,13 @@ impl Client {
         scope: &str,
         group: &str,
         name: Option<&str>,
-    ) -> Result<StreamCut, ClientError> {
+    ) -> Result<GroupCut, ClientError> {
         let req = Request::GroupPosition {
             scope: scope.into(),
             group: group.into(),
             name: name.map(str::to_string),
         };
-        self.expect(req, cut).await
+        self.expect(req, group_cut).await
     }
 
     /// Closes the connection.
@@ -692,6 +694,13 @@ impl Client {
 fn stream_meta(r: Response) -> Result<StreamMeta, Response> {
     match r {
         Response::Stream(m) => Ok(*m),
+        other => Err(other),
+    }
+}
+
+fn group_cut(r: Response) -> Result<GroupCut, Response> {
+    match r {
+        Response::GroupCut(c) => Ok(c),
         other => Err(other),
     }
 }

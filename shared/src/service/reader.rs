@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound::{Excluded, Unbounded};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -24,7 +25,7 @@ use tokio::task::JoinSet;
 
 use super::client::{Client, ClientError};
 use crate::event::{decode_events, framed_len, framed_len_at, Event, MAX_FRAMED_EVENT_BYTES};
-use crate::stream::{segment_name, ReaderReport, SegmentId};
+use crate::stream::{segment_name, GroupSegment, ReaderReport, SegmentId};
 use crate::wire::ErrorCode;
 
 /// How a reader behaves.
@@ -61,6 +62,8 @@ const MAX_READ_BYTES: u64 = 8 << 20;
 /// An event with where it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadEvent {
+    /// Stream it is in (one of the group's).
+    pub stream: Arc<str>,
     /// Segment it is in.
     pub segment: SegmentId,
     /// Its offset in the segment.
@@ -73,6 +76,8 @@ pub struct ReadEvent {
 
 #[derive(Debug)]
 struct Held {
+    /// The segment's stream, handed out with each of its events.
+    stream: Arc<str>,
     /// Delivered up to here.
     position: u64,
     /// Bytes read end here.
@@ -89,8 +94,9 @@ struct Held {
 }
 
 impl Held {
-    fn at(offset: u64) -> Held {
+    fn at(stream: Arc<str>, offset: u64) -> Held {
         Held {
+            stream,
             position: offset,
             fetched: offset,
             partial: BytesMut::new(),
@@ -115,20 +121,19 @@ impl Held {
 pub struct EventReader {
     client: Client,
     scope: String,
-    stream: String,
     group: String,
     reader: String,
     config: ReaderConfig,
-    held: BTreeMap<SegmentId, Held>,
-    finished: Vec<(SegmentId, u64)>,
+    held: BTreeMap<GroupSegment, Held>,
+    finished: Vec<(GroupSegment, u64)>,
     last_sync: Instant,
     /// The segment round-robin delivery served last.
-    turn: SegmentId,
+    turn: Option<GroupSegment>,
     /// Bytes received from the server so far.
     bytes_read: u64,
 }
 
-type FetchResult = (SegmentId, u64, Result<(Bytes, bool), ClientError>);
+type FetchResult = (GroupSegment, u64, Result<(Bytes, bool), ClientError>);
 
 impl EventReader {
     /// Joins `group` (created beforehand with [`Client::create_reader_group`]) as
@@ -140,21 +145,16 @@ impl EventReader {
         reader: &str,
         config: ReaderConfig,
     ) -> Result<EventReader, ClientError> {
-        let stream = client.describe_reader_group(scope, group).await?.stream;
         let mut r = EventReader {
             client: client.clone(),
             scope: scope.to_string(),
-            stream,
             group: group.to_string(),
             reader: reader.to_string(),
             config,
             held: BTreeMap::new(),
             finished: Vec::new(),
             last_sync: Instant::now(),
-            turn: SegmentId {
-                number: 0,
-                epoch: 0,
-            },
+            turn: None,
             bytes_read: 0,
         };
         r.sync().await?;
@@ -169,8 +169,8 @@ impl EventReader {
     }
 
     /// The segments it holds now.
-    pub fn segments(&self) -> Vec<SegmentId> {
-        self.held.keys().copied().collect()
+    pub fn segments(&self) -> Vec<GroupSegment> {
+        self.held.keys().cloned().collect()
     }
 
     /// Reports delivered positions and finished segments to the group, and takes the
@@ -200,13 +200,14 @@ impl EventReader {
         self.finished.clear();
         self.last_sync = Instant::now();
         let mut held = BTreeMap::new();
-        for (id, offset) in assigned {
-            match self.held.remove(&id) {
+        for (seg, offset) in assigned {
+            match self.held.remove(&seg) {
                 Some(h) if h.position == offset => {
-                    held.insert(id, h);
+                    held.insert(seg, h);
                 }
                 _ => {
-                    held.insert(id, Held::at(offset));
+                    let stream: Arc<str> = Arc::from(seg.stream.as_str());
+                    held.insert(seg, Held::at(stream, offset));
                 }
             }
         }
@@ -216,7 +217,11 @@ impl EventReader {
 
     fn report(&self) -> ReaderReport {
         ReaderReport {
-            positions: self.held.iter().map(|(id, h)| (*id, h.position)).collect(),
+            positions: self
+                .held
+                .iter()
+                .map(|(seg, h)| (seg.clone(), h.position))
+                .collect(),
             finished: self.finished.clone(),
         }
     }
@@ -266,31 +271,35 @@ impl EventReader {
     /// segments to `finished`.
     fn deliver(&mut self) -> Option<ReadEvent> {
         // Round robin: the first segment with an event after the last one served.
-        let after = self.turn;
-        let next = self
-            .held
-            .range((Excluded(after), Unbounded))
-            .chain(self.held.range(..=after))
-            .find(|(_, h)| !h.events.is_empty())
-            .map(|(id, _)| *id);
-        if let Some(id) = next {
-            let h = self.held.get_mut(&id)?;
+        let next = match &self.turn {
+            Some(after) => self
+                .held
+                .range((Excluded(after), Unbounded))
+                .chain(self.held.range(..=after))
+                .find(|(_, h)| !h.events.is_empty()),
+            None => self.held.iter().find(|(_, h)| !h.events.is_empty()),
+        }
+        .map(|(seg, _)| seg.clone());
+        if let Some(seg) = next {
+            let h = self.held.get_mut(&seg)?;
             let (offset, e) = h.events.pop_front()?;
             h.position = offset + framed_len(&e.key, &e.payload) as u64;
-            self.turn = id;
-            return Some(ReadEvent {
-                segment: id,
+            let event = ReadEvent {
+                stream: h.stream.clone(),
+                segment: seg.id,
                 offset,
                 key: e.key,
                 payload: e.payload,
-            });
+            };
+            self.turn = Some(seg);
+            return Some(event);
         }
         // Nothing buffered anywhere: segments read to their end are finished.
         let finished = &mut self.finished;
-        self.held.retain(|id, h| {
+        self.held.retain(|seg, h| {
             let done = h.ended && h.partial.is_empty();
             if done {
-                finished.push((*id, h.position));
+                finished.push((seg.clone(), h.position));
             }
             !done
         });
@@ -304,18 +313,18 @@ impl EventReader {
     async fn fetch(&mut self, wait: Duration) -> Result<(), ClientError> {
         let until = Instant::now() + wait;
         let mut reads: JoinSet<FetchResult> = JoinSet::new();
-        let ready: Vec<SegmentId> = self
+        let ready: Vec<GroupSegment> = self
             .held
             .iter()
             .filter(|(_, h)| h.events.is_empty() && !h.ended)
-            .map(|(id, _)| *id)
+            .map(|(seg, _)| seg.clone())
             .collect();
-        for id in ready {
-            self.spawn_read(&mut reads, id, wait);
+        for seg in ready {
+            self.spawn_read(&mut reads, seg, wait);
         }
         while let Some(done) = reads.join_next().await {
             let Ok((id, offset, r)) = done else { continue };
-            if self.take(id, offset, r).await? {
+            if self.take(&id, offset, r).await? {
                 break;
             }
             let arriving = self
@@ -330,12 +339,12 @@ impl EventReader {
     }
 
     /// Reads the segment on from where its fetched bytes end.
-    fn spawn_read(&self, reads: &mut JoinSet<FetchResult>, id: SegmentId, wait: Duration) {
+    fn spawn_read(&self, reads: &mut JoinSet<FetchResult>, id: GroupSegment, wait: Duration) {
         let Some(h) = self.held.get(&id) else {
             return;
         };
         let client = self.client.clone();
-        let name = segment_name(&self.scope, &self.stream, id);
+        let name = segment_name(&self.scope, &id.stream, id.id);
         let (offset, max) = (h.fetched, h.read_len(self.config.read_bytes));
         reads.spawn(async move {
             let r = client.read(&name, offset, max, wait).await;
@@ -346,11 +355,11 @@ impl EventReader {
     /// Takes one read's result; true if it brought events or an end.
     async fn take(
         &mut self,
-        id: SegmentId,
+        id: &GroupSegment,
         offset: u64,
         r: Result<(Bytes, bool), ClientError>,
     ) -> Result<bool, ClientError> {
-        let Some(h) = self.held.get_mut(&id) else {
+        let Some(h) = self.held.get_mut(id) else {
             return Ok(false);
         };
         if h.fetched != offset {
@@ -369,7 +378,7 @@ impl EventReader {
                 while let Some(len) = framed_len_at(&h.partial[whole..]) {
                     if len > self.config.max_event_bytes {
                         return Err(ClientError::EventTooLarge {
-                            segment: id,
+                            segment: id.id,
                             offset: start + whole as u64,
                             size: len,
                             max: self.config.max_event_bytes,
@@ -414,9 +423,9 @@ impl EventReader {
                 ..
             }) => {
                 // Retention dropped data this reader had not read: go on from the start.
-                let name = segment_name(&self.scope, &self.stream, id);
+                let name = segment_name(&self.scope, &id.stream, id.id);
                 let start = self.client.segment_info(&name).await?.start;
-                *h = Held::at(start);
+                *h = Held::at(h.stream.clone(), start);
                 Ok(false)
             }
             Err(ClientError::Server {

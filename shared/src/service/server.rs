@@ -574,9 +574,9 @@ async fn stream_control(c: &Controller, identity: &str, req: Request) -> Respons
         Request::CreateReaderGroup {
             scope,
             group,
-            stream,
+            streams,
             from,
-        } => ok(c.create_reader_group(&scope, &group, &stream, &from)),
+        } => ok(c.create_reader_group(&scope, &group, &streams, &from)),
         Request::DeleteReaderGroup { scope, group } => ok(c.delete_reader_group(&scope, &group)),
         Request::SyncReader {
             scope,
@@ -592,16 +592,16 @@ async fn stream_control(c: &Controller, identity: &str, req: Request) -> Respons
             answer(c.describe_reader_group(&scope, &group).map(Response::Group))
         }
         Request::Checkpoint { scope, group, name } => {
-            answer(c.checkpoint(&scope, &group, &name).map(Response::Cut))
+            answer(c.checkpoint(&scope, &group, &name).map(Response::GroupCut))
         }
         Request::GroupPosition { scope, group, name } => answer(
             c.group_position(&scope, &group, name.as_deref())
-                .map(Response::Cut),
+                .map(Response::GroupCut),
         ),
         Request::MirrorStream {
             scope,
             stream,
-            source: Some(source),
+            source,
             config,
             scales,
             lengths,
@@ -616,11 +616,6 @@ async fn stream_control(c: &Controller, identity: &str, req: Request) -> Respons
                     .map(|m| Response::Stream(Box::new(m))),
             )
         }
-        Request::MirrorStream { source: None, .. } => error(
-            ErrorCode::InvalidArgument,
-            "this edge does not say which of its streams it mirrors (it predates mirror \
-             sources): upgrade it",
-        ),
         Request::Hello { .. }
         | Request::SetupAppend { .. }
         | Request::SetupMirror { .. }

@@ -10,7 +10,9 @@ mod group;
 mod model;
 mod scaling;
 
-pub use group::{GroupState, ReaderReport};
+pub use group::{
+    name_matches, parse_stream_set, GroupCut, GroupSegment, GroupState, Metas, ReaderReport,
+};
 
 pub(crate) use model::random_id;
 pub use model::{

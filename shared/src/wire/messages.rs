@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::controller::ControllerError;
 use crate::log::{AttributeUpdate, LogError};
 use crate::stream::{
-    KeyRange, ReaderReport, ScaleRecord, SegmentId, SourceStream, StreamConfig, StreamCut,
-    StreamError, StreamMeta,
+    GroupCut, GroupSegment, KeyRange, ReaderReport, ScaleRecord, SegmentId, SourceStream,
+    StreamConfig, StreamCut, StreamError, StreamMeta,
 };
 
 /// Client to server.
@@ -180,14 +180,15 @@ pub enum Request {
         /// Writer id.
         writer_id: u128,
     },
-    /// Create a reader group on a stream, unless it exists.
+    /// Create a reader group on a stream set, unless it exists for the same set.
     CreateReaderGroup {
-        /// Scope of the group and the stream.
+        /// Scope of the group and its streams.
         scope: String,
         /// Group name.
         group: String,
-        /// Stream read.
-        stream: String,
+        /// The streams read: names and patterns (`sensors-*`, taking in streams as they
+        /// appear), comma-separated.
+        streams: String,
         /// Where a new group starts.
         from: StartFrom,
     },
@@ -219,7 +220,7 @@ pub enum Request {
         /// Group.
         group: String,
     },
-    /// Save the group's position under a name; the reply is [`Response::Cut`].
+    /// Save the group's position under a name; the reply is [`Response::GroupCut`].
     Checkpoint {
         /// Scope.
         scope: String,
@@ -229,7 +230,7 @@ pub enum Request {
         name: String,
     },
     /// A saved checkpoint, or the group's current position when `name` is `None`;
-    /// the reply is [`Response::Cut`].
+    /// the reply is [`Response::GroupCut`].
     GroupPosition {
         /// Scope.
         scope: String,
@@ -249,10 +250,8 @@ pub enum Request {
         scope: String,
         /// Stream.
         stream: String,
-        /// The edge stream copied (missing from edges older than mirror sources:
-        /// refused).
-        #[serde(default)]
-        source: Option<SourceStream>,
+        /// The edge stream copied.
+        source: SourceStream,
         /// The source stream's configuration.
         config: StreamConfig,
         /// The source's scales to replay, oldest first.
@@ -293,19 +292,21 @@ pub enum StartFrom {
     Head,
     /// The stream's tail (only new events).
     Tail,
-    /// A saved position.
-    Cut(StreamCut),
+    /// A saved position (streams it leaves out start at their head).
+    Cut(GroupCut),
 }
 
 /// A reader group, as described to clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupInfo {
-    /// The stream it reads (in the group's scope).
-    pub stream: String,
+    /// The streams it reads, as given (names and patterns).
+    pub streams: String,
+    /// The streams in it now (in the group's scope).
+    pub members: Vec<String>,
     /// Its readers.
     pub readers: Vec<String>,
     /// Its current position.
-    pub position: StreamCut,
+    pub position: GroupCut,
     /// Names of its checkpoints.
     pub checkpoints: Vec<String>,
 }
@@ -372,10 +373,12 @@ pub enum Response {
     Segments(Vec<SegmentId>),
     /// A stream cut.
     Cut(StreamCut),
+    /// A reader group's position: a stream cut per stream.
+    GroupCut(GroupCut),
     /// Per segment, what it holds from a writer.
     WriterPositions(Vec<WriterPosition>),
     /// The segments a reader holds now, with the offsets to read from.
-    Assignment(Vec<(SegmentId, u64)>),
+    Assignment(Vec<(GroupSegment, u64)>),
     /// A reader group's state.
     Group(GroupInfo),
     /// The request failed.

@@ -29,7 +29,10 @@ pub use messages::{
 
 /// ALPN protocol id of Tributary's protocol.
 pub const ALPN: &[u8] = b"tributary";
-/// Protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version this build speaks. 2: mirror streams have one source (`MirrorStream`
+/// says which edge stream it copies), reader groups read stream sets (segments named
+/// with their stream, positions a cut per stream). Version 1 peers are refused with
+/// `UnsupportedVersion` at the handshake.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame, header included: 16 MiB of payload plus room for headers.
 pub const MAX_FRAME_LEN: usize = (16 << 20) + 4096;
