@@ -1,7 +1,7 @@
 //! `tributary-cloud certs`: a CA, a server certificate and client certificates for a
 //! deployment, written as PEM files into one directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use tributary::tls::CertAuthority;
@@ -10,16 +10,23 @@ use tributary::tls::CertAuthority;
 const CA_COMMON_NAME: &str = "Tributary CA";
 
 /// Issues into `out`: reuses the CA in `out/ca.pem` + `out/ca.key` if there is one,
-/// else makes one; then `server.pem`/`server.key` for `server_names` and
-/// `<client>.pem`/`<client>.key` for each of `clients`. Keys are written with mode 0600.
-/// Returns the files written.
+/// else makes one; then `server.pem`/`server.key` for `server_names` (if any) and
+/// `<client>.pem`/`<client>.key` for each of `clients`, each valid for `days` days.
+/// Issuing a client again renews it: a new key and serial for the same identity, so
+/// the old certificate can be revoked once the new one is in place. Keys are written
+/// with mode 0600. Returns what to print: each file written, each certificate's serial
+/// and last day.
 pub fn run(
     out: &Path,
     server_names: &[String],
     clients: &[String],
-) -> anyhow::Result<Vec<PathBuf>> {
-    if server_names.is_empty() {
-        bail!("at least one --server-name is needed");
+    days: u32,
+) -> anyhow::Result<Vec<String>> {
+    if server_names.is_empty() && clients.is_empty() {
+        bail!("nothing to issue: give --server-name, --client, or both");
+    }
+    if days == 0 {
+        bail!("--days must be at least 1");
     }
     for n in server_names {
         if n.is_empty() || n.contains(|c: char| c.is_whitespace() || c.is_control()) {
@@ -29,36 +36,43 @@ pub fn run(
     for c in clients {
         check_client_name(c)?;
     }
-    let mut written = Vec::new();
+    let mut report = Vec::new();
     let ca = match CertAuthority::load(out)? {
         Some(ca) => ca,
         None => {
             let ca = CertAuthority::generate(CA_COMMON_NAME)?;
             ca.write(out)?;
             let (cert, key) = CertAuthority::paths(out);
-            written.extend([cert, key]);
+            report.extend([cert, key].map(|f| format!("wrote {}", f.display())));
             ca
         }
     };
-    let files = |name: &str| {
-        (
+    let mut issue = |name: &str, cert: tributary::tls::IssuedCert| -> anyhow::Result<()> {
+        let (pem, key) = (
             out.join(format!("{name}.pem")),
             out.join(format!("{name}.key")),
-        )
+        );
+        cert.write(&pem, &key)?;
+        report.extend([&pem, &key].map(|f| format!("wrote {}", f.display())));
+        report.push(format!(
+            "{name}: serial {}, valid until {}",
+            cert.serial, cert.not_after
+        ));
+        Ok(())
     };
-    let (cert, key) = files("server");
-    ca.issue_server(server_names)
-        .context("issuing the server certificate")?
-        .write(&cert, &key)?;
-    written.extend([cert, key]);
-    for c in clients {
-        let (cert, key) = files(c);
-        ca.issue_client(c)
-            .with_context(|| format!("issuing the client certificate {c:?}"))?
-            .write(&cert, &key)?;
-        written.extend([cert, key]);
+    if !server_names.is_empty() {
+        let c = ca
+            .issue_server(server_names, days)
+            .context("issuing the server certificate")?;
+        issue("server", c)?;
     }
-    Ok(written)
+    for c in clients {
+        let cert = ca
+            .issue_client(c, days)
+            .with_context(|| format!("issuing the client certificate {c:?}"))?;
+        issue(c, cert)?;
+    }
+    Ok(report)
 }
 
 /// A client name is also a file name in the output directory.

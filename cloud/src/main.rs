@@ -72,13 +72,17 @@ struct CertsArgs {
     /// Output directory (created if needed).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// DNS names and IP addresses of the server certificate.
-    #[arg(long = "server-name", value_name = "NAME", required = true, num_args = 1..)]
+    /// DNS names and IP addresses of the server certificate (leave out to issue or
+    /// renew client certificates only).
+    #[arg(long = "server-name", value_name = "NAME", num_args = 1..)]
     server_names: Vec<String>,
     /// A client certificate with this common name, written to DIR/NAME.pem and
-    /// DIR/NAME.key.
+    /// DIR/NAME.key; issuing one again renews it (new key and serial, same identity).
     #[arg(long = "client", value_name = "NAME", num_args = 1..)]
     clients: Vec<String>,
+    /// Days each certificate is valid.
+    #[arg(long, default_value_t = tributary::tls::DEFAULT_VALID_DAYS)]
+    days: u32,
 }
 
 fn main() -> ExitCode {
@@ -87,13 +91,12 @@ fn main() -> ExitCode {
         Command::Standalone(args) => standalone(args),
         Command::CheckConfig { file } => return check_config(&file),
         Command::Status(args) => status(args),
-        Command::Certs(args) => {
-            certs::run(&args.out, &args.server_names, &args.clients).map(|files| {
-                for f in files {
-                    println!("wrote {}", f.display());
+        Command::Certs(args) => certs::run(&args.out, &args.server_names, &args.clients, args.days)
+            .map(|lines| {
+                for l in lines {
+                    println!("{l}");
                 }
-            })
-        }
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +143,19 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let (cfg, tier2) = standalone_config(&args)?;
+    tributary::node::init_logging();
+    // SIGHUP reads the file again, with the same flags (see `Node::reload`).
+    let reload = move || standalone_config(&args).map(|(cfg, _)| cfg);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(standalone::run(cfg, tier2, reload))
+}
+
+/// The node's configuration: the file (if any), then the flags.
+fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<(NodeConfig, config::Tier2Settings)> {
     let file = match &args.config {
         Some(path) => load(path, config::parse)?,
         None => config::CloudSettings::default(),
@@ -147,16 +163,11 @@ fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let cfg = NodeConfig::new(
         file.node,
         Overrides {
-            data_dir: args.data_dir,
+            data_dir: args.data_dir.clone(),
             quic_listen: args.listen,
             http_listen: args.http,
         },
         standalone::defaults(),
     );
-    tributary::node::init_logging();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(standalone::run(cfg, file.tier2))
+    Ok((cfg, file.tier2))
 }

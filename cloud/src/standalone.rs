@@ -54,11 +54,17 @@ pub async fn tiering(cfg: &NodeConfig, t: &Tier2Settings) -> anyhow::Result<Opti
 }
 
 /// Runs the node until SIGTERM or SIGINT, then shuts it down in order (see
-/// [`Node::shutdown`]). `Ok` means a clean shutdown.
-pub async fn run(cfg: NodeConfig, tier2: Tier2Settings) -> anyhow::Result<()> {
+/// [`Node::shutdown`]); on SIGHUP, takes the grants, revoked certificates and TLS
+/// identity of `reload()` (see [`Node::reload`]). `Ok` means a clean shutdown.
+pub async fn run(
+    cfg: NodeConfig,
+    tier2: Tier2Settings,
+    reload: impl Fn() -> anyhow::Result<NodeConfig>,
+) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives once the node answers must stop it cleanly.
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
 
     let tiering = tiering(&cfg, &tier2).await?;
     let tier2_at = tiering
@@ -81,9 +87,17 @@ pub async fn run(cfg: NodeConfig, tier2: Tier2Settings) -> anyhow::Result<()> {
     );
     tributary::node::systemd::ready(&node);
 
-    let signal = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let signal = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                match reload().and_then(|cfg| Ok(node.reload(&cfg)?)) {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: nothing reloaded"),
+                }
+            }
+        }
     };
     tracing::info!(signal, "shutting down");
     tributary::node::systemd::stopping();

@@ -196,6 +196,52 @@ fn standalone_with_tls_from_the_config_file() {
     runtime().block_on(async {
         let c = connect(&profile).await;
         c.create_segment(SEGMENT).await.expect("create segment");
+        // A new server certificate, for another name, and grants that let bob read:
+        // SIGHUP takes both without dropping alice's connection.
+        let out = Command::new(BIN)
+            .args(["certs", "--out"])
+            .arg(&pki)
+            .args(["--server-name", "node2.test", "--client", "bob"])
+            .output()
+            .expect("run certs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut bob = ClientProfile {
+            server_name: "node2.test".into(),
+            cert: pki.join("bob.pem"),
+            key: pki.join("bob.key"),
+            ..profile.clone()
+        };
+        std::fs::write(
+            &config,
+            std::fs::read_to_string(&config).expect("config")
+                + "[[grant]]\nidentity = \"bob\"\nstreams = [\"s/*\"]\nallow = [\"read\"]\n",
+        )
+        .expect("write config");
+        node.reload();
+        c.segment_info(SEGMENT)
+            .await
+            .expect("alice's connection goes on");
+        let b = connect(&bob).await;
+        c.create_scope("s").await.expect("scope");
+        c.create_stream("s", "t", Default::default())
+            .await
+            .expect("create");
+        b.describe_stream("s", "t").await.expect("bob reads s/*");
+        let e = b
+            .create_stream("s", "u", Default::default())
+            .await
+            .expect_err("not granted");
+        assert!(e.to_string().contains("create on stream s/u"), "{e}");
+        b.close().await;
+        // The old name is no longer the server's.
+        bob.server_name = "node.test".into();
+        let tls = tributary::tls::client_config(&bob.identity()).expect("tls");
+        let r = tributary::service::Client::connect(bob.endpoint, &bob.server_name, tls).await;
+        assert!(r.is_err(), "the old server certificate is still served");
         c.close().await;
     });
     let status = node.terminate();

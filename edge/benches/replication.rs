@@ -142,12 +142,10 @@ async fn replicate(
         server_name: id.server_name.clone(),
         identity: id.identity(),
     };
-    let tls = tributary_edge::replicate::client_tls(&cloud.identity).expect("tls");
     let (stop, stopped) = watch::channel(false);
     let start = Instant::now();
     let task = tokio::spawn(tributary_edge::replicate::run(
         cloud,
-        tls,
         vec![(local.clone(), r.clone())],
         stopped,
     ));

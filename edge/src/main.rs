@@ -123,18 +123,27 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (cfg, node) = edge_config(&args)?;
+    tributary::node::init_logging();
+    // SIGHUP reads the file again, with the same flags (the node's grants, revoked
+    // certificates and TLS identity; see `Node::reload`).
+    let reload = move || edge_config(&args).map(|(_, node)| node);
+    runtime()?.block_on(tributary_edge::run::run(cfg, node, reload))
+}
+
+/// The edge's configuration and its node part with the flags applied.
+fn edge_config(args: &RunArgs) -> anyhow::Result<(EdgeConfig, NodeConfig)> {
     let cfg: EdgeConfig = load(&args.config, config::parse)?;
     let node = NodeConfig::new(
         cfg.node.clone(),
         Overrides {
-            data_dir: args.data_dir,
+            data_dir: args.data_dir.clone(),
             quic_listen: args.listen,
             http_listen: args.http,
         },
         config::defaults(),
     );
-    tributary::node::init_logging();
-    runtime()?.block_on(tributary_edge::run::run(cfg, node))
+    Ok((cfg, node))
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {

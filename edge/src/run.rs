@@ -1,5 +1,5 @@
 //! `tributary-edge run`: the node, its local streams and sources, until SIGTERM or
-//! SIGINT.
+//! SIGINT; SIGHUP reloads the node's grants, revoked certificates and TLS identity.
 
 use std::sync::Arc;
 
@@ -18,10 +18,16 @@ use crate::status::{render_metrics, snapshot, MqttSource};
 
 /// Runs the edge; `node` is the node part of `cfg` with flags applied. On a signal the
 /// sources stop first (messages not yet acknowledged stay with their broker), then
-/// the node drains and closes the log. `Ok` means a clean shutdown.
-pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
+/// the node drains and closes the log. On SIGHUP the node takes what `reload()` says
+/// of grants, revoked certificates and its TLS identity. `Ok` means a clean shutdown.
+pub async fn run(
+    cfg: EdgeConfig,
+    node: NodeConfig,
+    reload: impl Fn() -> anyhow::Result<NodeConfig>,
+) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
 
     let mut n = Node::start(&node, None).await?;
     let mut streams = Vec::new();
@@ -35,7 +41,9 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(cloud) = &cfg.cloud {
-        let tls = crate::replicate::client_tls(&cloud.identity)?;
+        // Checked now, so a wrong [cloud] certificate stops the start; the replicator
+        // reads the files again at each connection (a rotated certificate is taken).
+        crate::replicate::client_tls(&cloud.identity)?;
         let mut replicas = Vec::new();
         for spec in &cfg.replicate {
             let local = streams[spec.stream].clone();
@@ -45,7 +53,6 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
         }
         tasks.spawn(crate::replicate::run(
             cloud.clone(),
-            tls,
             replicas,
             stopped.clone(),
         ));
@@ -147,9 +154,16 @@ pub async fn run(cfg: EdgeConfig, node: NodeConfig) -> anyhow::Result<()> {
     );
     tributary::node::systemd::ready(&n);
 
-    let signal = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let signal = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                if let Err(e) = reload().and_then(|cfg| Ok(n.reload(&cfg)?)) {
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: nothing reloaded");
+                }
+            }
+        }
     };
     tracing::info!(signal, "shutting down");
     tributary::node::systemd::stopping();

@@ -546,6 +546,105 @@ async fn a_gateway_mirroring_into_another_gateways_cloud_stream_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_taken_without_a_restart_and_a_revoked_one_is_cut_off() {
+    let World {
+        dir,
+        net: _net,
+        mut pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
+    cloud.start().await;
+    let edge = start_edge(
+        dir.path(),
+        "edge",
+        &edge_body(1, None, &pki, "edge-1", cloud.quic, ""),
+    )
+    .await;
+    let pid = edge.pid();
+    let all_replicated = |s: &tributary_edge::status::Status| {
+        s.streams[0].bytes > 0 && s.replication[0].replicated_bytes == s.streams[0].bytes
+    };
+    write_events(&edge, 0, 100).await;
+    wait_status(&edge, 60, "replicated", all_replicated).await;
+
+    // Rotation: a new certificate in place of the old files. The edge connects again
+    // with it by itself; then the old one is revoked, and replication goes on.
+    let old = pki.serial("edge-1");
+    let new = pki.renew("edge-1");
+    assert_ne!(old, new);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !edge.log().contains("connecting again with it") {
+        assert!(
+            Instant::now() < deadline,
+            "rotation not noticed\n{}",
+            edge.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write_events(&edge, 100, 50).await;
+    wait_status(
+        &edge,
+        60,
+        "replicated with the new certificate",
+        all_replicated,
+    )
+    .await;
+    cloud.revoke(&old).await;
+    write_events(&edge, 150, 50).await;
+    wait_status(
+        &edge,
+        60,
+        "replicated after the old one is revoked",
+        all_replicated,
+    )
+    .await;
+    assert_eq!(edge.pid(), pid, "the edge was not restarted");
+    assert!(
+        !cloud
+            .log()
+            .contains("closing the connection of a revoked certificate"),
+        "the rotated connection was taken for the revoked one"
+    );
+
+    // Revocation: the live connection is closed, and reconnecting is refused.
+    let admin = cloud.admin(&pki).await;
+    let (_, before) = assert_mirrored(&edge.client().await, &admin).await;
+    cloud.revoke(&new).await;
+    assert!(
+        cloud
+            .log()
+            .contains("closing the connection of a revoked certificate"),
+        "{}",
+        cloud.tail()
+    );
+    write_events(&edge, 200, 100).await;
+    let s = wait_status(&edge, 30, "refused as revoked", |s| {
+        !s.replication[0].connected
+            && s.replication[0].lag_bytes > 0
+            && s.replication[0]
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.contains("revoked"))
+    })
+    .await;
+    let err = s.replication[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains(&new), "the refusal names the serial: {err}");
+    let name = segment_name(
+        SCOPE,
+        STREAM,
+        tributary::stream::SegmentId {
+            number: 0,
+            epoch: 0,
+        },
+    );
+    assert_eq!(
+        segment_bytes(&admin, &name).await,
+        before[&0],
+        "nothing was written after the revocation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_from_a_long_offline_stretch_drains_with_lag_reported() {
     let World {
         dir,

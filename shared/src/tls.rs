@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -84,10 +84,10 @@ impl DevPki {
         // An incomplete PKI (interrupted creation) is made again from scratch.
         let ca = CertAuthority::generate("Tributary development CA")?;
         ca.write(dir)?;
-        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()])?;
+        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()], DEV_VALID_DAYS)?;
         server.write(&pki.server.cert, &pki.server.key)?;
         // The client certificate is written last: its presence means the PKI is complete.
-        ca.issue_client(client_name)?
+        ca.issue_client(client_name, DEV_VALID_DAYS)?
             .write(&pki.client.cert, &pki.client.key)?;
         Ok(pki)
     }
@@ -95,6 +95,34 @@ impl DevPki {
 
 /// Common name of server certificates.
 const SERVER_COMMON_NAME: &str = "tributary-server";
+
+/// Days a certificate of `tributary-cloud certs` is valid unless told otherwise.
+pub const DEFAULT_VALID_DAYS: u32 = 365;
+/// Days the development PKI's certificates are valid: it lives on one machine, for
+/// its user alone, and a demo should not stop working after a year.
+const DEV_VALID_DAYS: u32 = 3650;
+
+/// The date `days` days after 1970-01-01, as (year, month, day) (the civil calendar,
+/// after Howard Hinnant's `civil_from_days`).
+fn civil_date(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+/// Days since 1970-01-01, today.
+fn today() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() / 86_400) as i64)
+}
 
 /// A certificate authority that issues server and client certificates: the one way
 /// certificates are made (the development PKI and `tributary-cloud certs` both use it).
@@ -111,6 +139,10 @@ pub struct IssuedCert {
     pub cert_pem: String,
     /// Its private key.
     pub key_pem: String,
+    /// Its serial number, hex (what a revocation list names).
+    pub serial: String,
+    /// The last day it is valid, `YYYY-MM-DD`.
+    pub not_after: String,
 }
 
 impl std::fmt::Debug for IssuedCert {
@@ -199,18 +231,21 @@ impl CertAuthority {
     }
 
     /// A server certificate for `names` (DNS names or IP addresses; clients connect
-    /// with one of them as the server name).
-    pub fn issue_server(&self, names: &[String]) -> Result<IssuedCert, TlsError> {
+    /// with one of them as the server name), valid from yesterday for `days` days.
+    pub fn issue_server(&self, names: &[String], days: u32) -> Result<IssuedCert, TlsError> {
         self.issue(
             names.to_vec(),
             SERVER_COMMON_NAME,
             ExtendedKeyUsagePurpose::ServerAuth,
+            days,
         )
     }
 
-    /// A client certificate whose common name, the identity the server sees, is `name`.
-    pub fn issue_client(&self, name: &str) -> Result<IssuedCert, TlsError> {
-        self.issue(vec![], name, ExtendedKeyUsagePurpose::ClientAuth)
+    /// A client certificate whose common name, the identity the server sees, is
+    /// `name`, valid from yesterday for `days` days. Issuing again for the same name
+    /// renews it: a new key and serial, the same identity.
+    pub fn issue_client(&self, name: &str, days: u32) -> Result<IssuedCert, TlsError> {
+        self.issue(vec![], name, ExtendedKeyUsagePurpose::ClientAuth, days)
     }
 
     fn issue(
@@ -218,17 +253,93 @@ impl CertAuthority {
         names: Vec<String>,
         common_name: &str,
         usage: ExtendedKeyUsagePurpose,
+        days: u32,
     ) -> Result<IssuedCert, TlsError> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(names)?;
         p.distinguished_name.push(DnType::CommonName, common_name);
         p.extended_key_usages = vec![usage];
+        // A positive 127-bit random serial (DER integers are signed).
+        let serial = (crate::stream::random_id() >> 1).to_be_bytes();
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
+        // From yesterday: a gateway's clock a little behind still accepts it.
+        let (y, m, d) = civil_date(today() - 1);
+        p.not_before = rcgen::date_time_ymd(y, m, d);
+        let (y, m, d) = civil_date(today() + i64::from(days));
+        p.not_after = rcgen::date_time_ymd(y, m, d);
         let cert = p.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial: serial_hex(&serial),
+            not_after: format!("{y:04}-{m:02}-{d:02}"),
         })
     }
+}
+
+/// Certificates no longer accepted, by serial number: a file of hex serials (as
+/// `tributary-cloud certs` prints them; colons and case do not matter), one per line,
+/// `#` starting a comment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    serials: std::collections::BTreeSet<String>,
+}
+
+impl Revoked {
+    /// Reads the list in `path`.
+    pub fn load(path: &Path) -> Result<Revoked, TlsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+        let mut serials = std::collections::BTreeSet::new();
+        for (i, line) in text.lines().enumerate() {
+            let s = line.split('#').next().unwrap_or("").trim().replace(':', "");
+            if s.is_empty() {
+                continue;
+            }
+            if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "line {}: {:?} is not a hex serial number",
+                        i + 1,
+                        line.trim()
+                    ),
+                ));
+            }
+            serials.insert(serial_hex_str(&s));
+        }
+        Ok(Revoked { serials })
+    }
+
+    /// Whether the certificate with this serial (as [`serial_hex`] writes it) is
+    /// revoked.
+    pub fn contains(&self, serial: &str) -> bool {
+        self.serials.contains(serial)
+    }
+
+    /// How many serials it lists.
+    pub fn len(&self) -> usize {
+        self.serials.len()
+    }
+
+    /// Whether it lists none.
+    pub fn is_empty(&self) -> bool {
+        self.serials.is_empty()
+    }
+}
+
+fn serial_hex_str(hex: &str) -> String {
+    let t = hex.trim_start_matches('0').to_ascii_lowercase();
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t
+    }
+}
+
+/// A serial number as a revocation list writes it: lowercase hex, no leading zeros.
+pub fn serial_hex(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    serial_hex_str(&hex)
 }
 
 fn file_err(path: &Path, e: impl ToString) -> TlsError {
@@ -387,4 +498,41 @@ fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportConfig
         t.max_idle_timeout(Some(idle));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_carry_their_serial_and_validity() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(20_000), (2024, 10, 4));
+        assert_eq!(civil_date(-1), (1969, 12, 31));
+        let ca = CertAuthority::generate("test CA").expect("ca");
+        let a = ca.issue_client("gw-1", 30).expect("issue");
+        let b = ca.issue_client("gw-1", 30).expect("renew");
+        assert_ne!(a.serial, b.serial, "a renewal has a serial of its own");
+        let der = CertificateDer::from_pem_slice(a.cert_pem.as_bytes()).expect("pem");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        assert_eq!(serial_hex(cert.raw_serial()), a.serial);
+        let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
+            / 86_400;
+        assert_eq!(days, 31, "from yesterday, for 30 days");
+        let (y, m, d) = civil_date(today() + 30);
+        assert_eq!(a.not_after, format!("{y:04}-{m:02}-{d:02}"));
+    }
+
+    #[test]
+    fn a_revocation_list_is_hex_serials_one_per_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("revoked.txt");
+        std::fs::write(&path, "# gateways we lost\nAB:CD  # pi-17\n\n00ef12\n").expect("write");
+        let r = Revoked::load(&path).expect("list");
+        assert_eq!(r.len(), 2);
+        assert!(r.contains("abcd") && r.contains("ef12") && !r.contains("ab"));
+        std::fs::write(&path, "abcd\npi-17\n").expect("write");
+        let e = Revoked::load(&path).expect_err("not hex").to_string();
+        assert!(e.contains("line 2") && e.contains("pi-17"), "{e}");
+    }
 }

@@ -206,7 +206,7 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
         .expect("ca")
         .expect("ca exists");
     let issue = |name: &str, ca: &CertAuthority, ca_pem: &std::path::Path| {
-        let c = ca.issue_client(name).expect("issue");
+        let c = ca.issue_client(name, 30).expect("issue");
         let (cert, key) = (
             dir.path().join(format!("{name}.pem")),
             dir.path().join(format!("{name}.key")),
@@ -284,7 +284,7 @@ async fn a_mirror_has_one_source_and_refuses_every_other() {
     let ca = CertAuthority::load(&node.dir.path().join("pki"))
         .expect("ca")
         .expect("ca exists");
-    let cert = ca.issue_client("gateway-b").expect("issue");
+    let cert = ca.issue_client("gateway-b", 30).expect("issue");
     let b_id = Identity {
         ca: node.pki.client.ca.clone(),
         cert: node.dir.path().join("b.pem"),

@@ -108,6 +108,23 @@ impl Node {
 }
 
 impl Node {
+    /// SIGHUP, and wait until the log says the node reloaded (`Node::reload`).
+    pub fn reload(&self) {
+        const RELOADED: &str = "grants, revoked certificates and the TLS identity reloaded";
+        let before = self.log().matches(RELOADED).count();
+        let pid = self.child.as_ref().expect("running").id();
+        let hup = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(hup.success(), "kill -HUP failed");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.log().matches(RELOADED).count() == before {
+            assert!(Instant::now() < deadline, "no reload:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, and wait for the exit.
     pub fn kill(mut self) {
         if let Some(mut c) = self.child.take() {

@@ -43,6 +43,9 @@ const TAIL_WAIT: Duration = Duration::from_secs(1);
 /// Retry delays after a failure: from this, doubling, up to the maximum.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// How often the `[cloud]` certificate and key files are checked for a change while
+/// connected (a rotated certificate is taken by reconnecting).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often lag is sampled, and reported to the cloud.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const REPORT_EVERY: Duration = Duration::from_secs(2);
@@ -215,10 +218,11 @@ pub fn client_tls(identity: &tributary::tls::Identity) -> anyhow::Result<quinn::
     Ok(tls)
 }
 
-/// Replicates `replicas` to `cloud` until `stopped` turns true.
+/// Replicates `replicas` to `cloud` until `stopped` turns true. Each connection reads
+/// the edge's certificate and key from disk, and one is made anew when they change, so
+/// a gateway's certificate is rotated by replacing its files.
 pub async fn run(
     cloud: CloudSpec,
-    tls: quinn::ClientConfig,
     replicas: Vec<(Arc<LocalStream>, Arc<Replica>)>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -240,11 +244,11 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     loop {
         let client = tokio::select! {
-            c = connect(&cloud, &tls) => c,
+            c = connect(&cloud) => c,
             _ = stopped.wait_for(|s| *s) => break,
         };
         match client {
-            Ok(client) => {
+            Ok((client, stamp)) => {
                 tracing::info!(cloud = %client.server_addr(), "replication connected");
                 backoff = BACKOFF_MIN;
                 let mut tasks = tokio::task::JoinSet::new();
@@ -254,6 +258,9 @@ pub async fn run(
                 tasks.spawn(report(client.clone(), replicas.clone()));
                 tokio::select! {
                     () = client.closed() => {}
+                    () = changed(&cloud.identity, stamp) => {
+                        tracing::info!("the [cloud] certificate changed on disk: connecting again with it");
+                    }
                     _ = stopped.wait_for(|s| *s) => {}
                 }
                 tasks.abort_all();
@@ -287,8 +294,35 @@ pub async fn run(
     sampler.abort();
 }
 
-/// Connects to the first endpoint that answers.
-async fn connect(cloud: &CloudSpec, tls: &quinn::ClientConfig) -> anyhow::Result<Client> {
+/// When the certificate and key files were last changed, and their sizes.
+type Stamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+fn stamp(id: &tributary::tls::Identity) -> Stamp {
+    [&id.cert, &id.key]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// Resolves once the certificate or key files differ from `before`.
+async fn changed(id: &tributary::tls::Identity, before: Stamp) {
+    loop {
+        tokio::time::sleep(CERT_CHECK_EVERY).await;
+        if stamp(id) != before {
+            return;
+        }
+    }
+}
+
+/// Connects to the first endpoint that answers, with the certificate on disk now;
+/// returns the connection and the files' stamp as they were read.
+async fn connect(cloud: &CloudSpec) -> anyhow::Result<(Client, Stamp)> {
+    let stamp = stamp(&cloud.identity);
+    let tls = client_tls(&cloud.identity)?;
     let mut errors = Vec::new();
     for endpoint in &cloud.endpoints {
         let addrs = match tokio::net::lookup_host(endpoint).await {
@@ -300,7 +334,7 @@ async fn connect(cloud: &CloudSpec, tls: &quinn::ClientConfig) -> anyhow::Result
         };
         for addr in addrs {
             match Client::connect(addr, &cloud.server_name, tls.clone()).await {
-                Ok(c) => return Ok(c),
+                Ok(c) => return Ok((c, stamp)),
                 Err(e) => errors.push(format!("{endpoint} ({addr}): {e}")),
             }
         }

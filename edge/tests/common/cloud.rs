@@ -167,30 +167,59 @@ impl Drop for Netns {
 }
 
 /// A PKI made with `tributary-cloud certs`: the cloud's server certificate (for
-/// "localhost") and client certificates named as asked.
+/// "localhost") and client certificates named as asked, with their serial numbers.
 pub struct Pki {
     pub dir: PathBuf,
+    serials: HashMap<String, String>,
 }
 
 impl Pki {
     pub fn make(dir: &Path, clients: &[&str]) -> Pki {
-        let mut cmd = Command::new(cloud_bin());
-        cmd.arg("certs")
-            .arg("--out")
-            .arg(dir)
-            .args(["--server-name", "localhost"]);
+        let mut pki = Pki {
+            dir: dir.to_path_buf(),
+            serials: HashMap::new(),
+        };
+        let mut args = vec!["--server-name", "localhost"];
         for c in clients {
-            cmd.args(["--client", c]);
+            args.extend(["--client", c]);
         }
-        let out = cmd.output().expect("tributary-cloud certs");
+        pki.certs(&args);
+        pki
+    }
+
+    /// Runs `tributary-cloud certs --out DIR ARGS`, keeping the serials it prints.
+    fn certs(&mut self, args: &[&str]) {
+        let out = Command::new(cloud_bin())
+            .arg("certs")
+            .arg("--out")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("tributary-cloud certs");
         assert!(
             out.status.success(),
             "certs: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Pki {
-            dir: dir.to_path_buf(),
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "NAME: serial HEX, valid until DATE"
+            if let Some((name, rest)) = line.split_once(": serial ") {
+                let serial = rest.split(',').next().unwrap_or_default();
+                self.serials.insert(name.to_string(), serial.to_string());
+            }
         }
+    }
+
+    /// The serial of `client`'s certificate now.
+    pub fn serial(&self, client: &str) -> String {
+        self.serials.get(client).cloned().expect("a serial")
+    }
+
+    /// Issues `client` a new certificate in place of its files (a rotation); returns
+    /// its serial.
+    pub fn renew(&mut self, client: &str) -> String {
+        self.certs(&["--client", client]);
+        self.serial(client)
     }
 
     pub fn identity(&self, client: &str) -> Identity {
@@ -204,6 +233,8 @@ impl Pki {
 
 /// What the cloud logs once it serves.
 const STARTED: &str = "tributary-cloud standalone started";
+/// What the cloud logs once a SIGHUP took effect.
+const RELOADED: &str = "grants, revoked certificates and the TLS identity reloaded";
 
 /// `tributary-cloud standalone` inside the namespace, stopped by its PID when dropped.
 pub struct Cloud {
@@ -229,14 +260,17 @@ impl Cloud {
             format!(
                 "data_dir = \"{}\"\n[quic]\nlisten = \"{quic}\"\n[http]\nlisten = \"{http}\"\n\
                  [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nserver_name = \"localhost\"\n\
-                 [[grant]]\nidentity = \"admin\"\nadmin = true\n{grants}",
+                 revoked = \"{}\"\n[[grant]]\nidentity = \"admin\"\nadmin = true\n{grants}",
                 dir.join("data").display(),
                 p("ca.pem"),
                 p("server.pem"),
                 p("server.key"),
+                dir.join("revoked.txt").display(),
             ),
         )
         .expect("write cloud.toml");
+        std::fs::write(dir.join("revoked.txt"), "# revoked client certificates\n")
+            .expect("write revoked.txt");
         Cloud {
             dir: dir.to_path_buf(),
             quic,
@@ -280,7 +314,7 @@ impl Cloud {
         }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("cloud.log")).unwrap_or_default()
     }
 
@@ -289,6 +323,30 @@ impl Cloud {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Adds `serial` to its revocation list and sends SIGHUP; returns once it has
+    /// reloaded (its log says so).
+    pub async fn revoke(&self, serial: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("revoked.txt"))
+            .expect("revoked.txt");
+        writeln!(f, "{serial}").expect("write revoked.txt");
+        let before = self.log().matches(RELOADED).count();
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill -HUP");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(RELOADED).count() == before {
+            assert!(Instant::now() < deadline, "no reload\n{}", self.tail());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

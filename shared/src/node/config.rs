@@ -15,6 +15,7 @@
 //! cert = "server.pem"
 //! key = "server.key"
 //! server_name = "localhost"
+//! revoked = "revoked.txt"   # revoked client certificates' serials (SIGHUP rereads)
 //! [log]
 //! max_file_bytes = 67108864
 //! max_batch_mb = 4
@@ -65,6 +66,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// The name clients connect with (in the server certificate).
     pub server_name: String,
+    /// Revoked client certificates: a file of serial numbers (see
+    /// [`crate::tls::Revoked`]), read at start and on SIGHUP.
+    pub revoked: Option<PathBuf>,
 }
 
 /// What the node sections of a file say, validated; `None` where they say nothing.
@@ -296,6 +300,7 @@ pub struct RawTls {
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
     server_name: Option<Spanned<String>>,
+    revoked: Option<Spanned<PathBuf>>,
 }
 
 /// `[log]` as written.
@@ -540,11 +545,13 @@ impl<'a> Validator<'a> {
                 );
             }
         }
+        let revoked = t.revoked.as_ref().and_then(|p| self.path("tls.revoked", p));
         Some(TlsFiles {
             ca: ca?,
             cert: cert?,
             key: key?,
             server_name: server_name?,
+            revoked,
         })
     }
 
@@ -697,7 +704,7 @@ mod tests {
     #[test]
     fn full_file_is_mapped() {
         let s = parse(
-            "[tls]\nca = \"/p/ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\n\
+            "[tls]\nca = \"/p/ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\nrevoked = \"r.txt\"\n\
              [log]\nmax_file_bytes = 8192\ncommit_delay_us = 500\ncache_mb = 2\n",
             Path::new("/etc/t"),
         )
@@ -709,6 +716,7 @@ mod tests {
                 cert: "/etc/t/s.pem".into(),
                 key: "/etc/t/s.key".into(),
                 server_name: "localhost".into(),
+                revoked: Some("/etc/t/r.txt".into()),
             })
         );
         assert_eq!(s.log.max_file_bytes, 8192);

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use crate::controller::Controller;
 use crate::log::{RestoreReport, SegmentLog};
 use crate::profile::ClientProfile;
-use crate::service::{SegmentServer, ServiceMetrics};
-use crate::tls::{server_config, DevPki, Identity};
+use crate::service::{Policy, SegmentServer, ServiceMetrics};
+use crate::tls::{server_config, DevPki, Identity, Revoked};
 
 use self::config::{NodeConfig, DEFAULT_SERVER_NAME};
 use self::http::{HealthCheck, HttpServer, MetricsFn, StatusFn};
@@ -173,14 +173,9 @@ impl Node {
             }
         };
         let tls = context(server_config(&identity), || "server TLS".into())?;
-        if cfg.access.refuses_all() {
-            tracing::warn!(
-                "no [[grant]] with a [tls] identity: every client is refused; add grants \
-                 (see config/cloud-standalone.toml)"
-            );
-        }
+        let policy = policy(cfg)?;
         let server = context(
-            SegmentServer::start(cfg.quic_listen, tls, controller.clone(), cfg.access.clone()),
+            SegmentServer::start_with(cfg.quic_listen, tls, controller.clone(), policy),
             || format!("listening on {} (QUIC)", cfg.quic_listen),
         )?;
         let quic_addr = context(server.local_addr(), || "the QUIC address".into())?;
@@ -296,6 +291,34 @@ impl Node {
         self.profile_path.as_deref()
     }
 
+    /// Takes what `cfg` says now of grants, revoked certificates and the node's own
+    /// `[tls]` certificate (the SIGHUP of both nodes): requests are checked against the
+    /// new grants from now on, connections of revoked certificates are closed, new
+    /// connections get the new certificate, and the rest go on. Nothing changes if any
+    /// of it cannot be read.
+    pub fn reload(&self, cfg: &NodeConfig) -> Result<(), NodeError> {
+        let policy = policy(cfg)?;
+        let revoked = policy.revoked.len();
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let id = Identity {
+                    ca: t.ca.clone(),
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                };
+                Some(context(server_config(&id), || "server TLS".into())?)
+            }
+            None => None,
+        };
+        let closed = self.server.reload(policy, tls);
+        tracing::info!(
+            revoked,
+            closed,
+            "grants, revoked certificates and the TLS identity reloaded"
+        );
+        Ok(())
+    }
+
     /// Stops in order: the segment service (draining, every connection closed), the
     /// HTTP server, the policies, the controller, and last the segment log, flushed and
     /// closed. Callers drop their own handles to the log and controller first.
@@ -313,6 +336,26 @@ impl Node {
         drop(self.controller);
         close_log(self.log).await
     }
+}
+
+/// The grants and revoked certificates `cfg` names.
+fn policy(cfg: &NodeConfig) -> Result<Policy, NodeError> {
+    if cfg.access.refuses_all() {
+        tracing::warn!(
+            "no [[grant]] with a [tls] identity: every client is refused; add grants \
+             (see config/cloud-standalone.toml)"
+        );
+    }
+    let revoked = match cfg.tls.as_ref().and_then(|t| t.revoked.as_ref()) {
+        Some(path) => context(Revoked::load(path), || {
+            format!("the revocation list {}", path.display())
+        })?,
+        None => Revoked::default(),
+    };
+    Ok(Policy {
+        access: cfg.access.clone(),
+        revoked,
+    })
 }
 
 /// Where a local client reaches an address we listen on (the wildcard is not).

@@ -5,6 +5,7 @@
 mod access;
 mod client;
 mod large;
+mod peers;
 mod reader;
 mod server;
 mod udp;
@@ -14,6 +15,7 @@ pub use access::{Access, Grant, Verb};
 pub use client::{
     Ack, AckStream, AppendSession, Client, ClientError, MirrorAck, MirrorAcks, MirrorSession,
 };
+pub use peers::{Policy, REVOKED};
 pub use reader::{EventReader, ReadEvent, ReaderConfig};
 pub use server::{SegmentServer, ServiceMetrics};
 pub use udp::{quic_endpoint, RECV_BUFFER};

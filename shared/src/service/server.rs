@@ -16,6 +16,7 @@ use crate::log::{
 };
 use crate::node::http::label_value;
 use crate::service::access::Access;
+use crate::service::peers::{PeerCert, Peers, Policy};
 use crate::stream::{is_large_event_segment, MirrorSource};
 use crate::wire::{
     encode_control, read_data_frame, read_frame, write_data_frame, DataHeader, ErrorCode,
@@ -152,7 +153,7 @@ impl ServiceMetrics {
 #[derive(Debug)]
 struct Shared {
     controller: Arc<Controller>,
-    access: Access,
+    peers: Arc<Peers>,
     metrics: Arc<ServiceMetrics>,
     /// Becomes true when the server starts draining.
     draining: watch::Receiver<bool>,
@@ -195,6 +196,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct SegmentServer {
     endpoint: quinn::Endpoint,
+    peers: Arc<Peers>,
     accept: tokio::task::JoinHandle<()>,
     drain: watch::Sender<bool>,
     in_flight: Arc<watch::Sender<usize>>,
@@ -210,13 +212,29 @@ impl SegmentServer {
         controller: Arc<Controller>,
         access: Access,
     ) -> std::io::Result<Self> {
+        let policy = Policy {
+            access,
+            ..Policy::default()
+        };
+        Self::start_with(addr, tls, controller, policy)
+    }
+
+    /// As [`SegmentServer::start`], enforcing `policy` (grants and revoked
+    /// certificates).
+    pub fn start_with(
+        addr: SocketAddr,
+        tls: quinn::ServerConfig,
+        controller: Arc<Controller>,
+        policy: Policy,
+    ) -> std::io::Result<Self> {
         let endpoint = super::quic_endpoint(addr, Some(tls))?;
         let (drain, draining) = watch::channel(false);
         let in_flight = Arc::new(watch::Sender::new(0));
         let metrics = Arc::new(ServiceMetrics::default());
+        let peers = Arc::new(Peers::new(policy));
         let shared = Arc::new(Shared {
             controller,
-            access,
+            peers: peers.clone(),
             metrics: metrics.clone(),
             draining,
             in_flight: in_flight.clone(),
@@ -238,6 +256,7 @@ impl SegmentServer {
         });
         Ok(SegmentServer {
             endpoint,
+            peers,
             accept,
             drain,
             in_flight,
@@ -253,6 +272,16 @@ impl SegmentServer {
     /// The server's counters.
     pub fn metrics(&self) -> Arc<ServiceMetrics> {
         self.metrics.clone()
+    }
+
+    /// Puts `policy` in force for every request from now on, closes the connections
+    /// whose certificate it revokes, and, with `tls`, answers new connections with that
+    /// identity (live ones keep theirs). Returns how many connections it closed.
+    pub fn reload(&self, policy: Policy, tls: Option<quinn::ServerConfig>) -> usize {
+        if let Some(tls) = tls {
+            self.endpoint.set_server_config(Some(tls));
+        }
+        self.peers.replace(policy)
     }
 
     /// Drains and stops: refuses new connections and requests, stops reading append
@@ -305,7 +334,13 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         Ok(None) => Err(WireError::Malformed("no hello".into())),
         Err(e) => Err(e),
     };
+    let peer_cert = PeerCert::of(&conn);
     let answer = match hello {
+        Ok(Request::Hello { .. }) if shared.peers.refusal(&peer_cert).is_some() => {
+            let why = shared.peers.refusal(&peer_cert).unwrap_or_default();
+            tracing::info!(%peer, %why, "refusing a connection");
+            error(ErrorCode::Unauthorized, why)
+        }
         Ok(Request::Hello { versions, client }) if versions.contains(&PROTOCOL_VERSION) => {
             tracing::debug!(%peer, %client, "client connected");
             Response::HelloOk {
@@ -331,7 +366,8 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         return;
     }
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let identity: Arc<str> = peer_identity(&conn).into();
+    let identity = peer_cert.identity.clone();
+    let _registered = shared.peers.enter(conn.clone(), peer_cert);
     let temps: Temps = Arc::new(Mutex::new(Some(HashSet::new())));
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (shared, temps, identity) = (shared.clone(), temps.clone(), identity.clone());
@@ -346,28 +382,6 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let left = lock(&temps).take().unwrap_or_default();
     for name in left {
         delete_abandoned(shared.log(), &name).await;
-    }
-}
-
-/// The common name of the client's certificate (the identity grants name), or "" if
-/// it has none.
-fn peer_identity(conn: &quinn::Connection) -> String {
-    let certs = conn.peer_identity().and_then(|c| {
-        c.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-            .ok()
-    });
-    let Some(first) = certs.as_ref().and_then(|c| c.first()) else {
-        return String::new();
-    };
-    match x509_parser::parse_x509_certificate(first) {
-        Ok((_, cert)) => cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-        Err(_) => String::new(),
     }
 }
 
@@ -412,7 +426,7 @@ async fn serve_stream(
     };
     let answer = if shared.is_draining() {
         error(ErrorCode::ShuttingDown, "the server is shutting down")
-    } else if let Err(why) = shared.access.check(identity, &req) {
+    } else if let Err(why) = shared.peers.check(identity, &req) {
         tracing::info!(%identity, %why, "refusing an unauthorized request");
         shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
         error(ErrorCode::Unauthorized, why)
