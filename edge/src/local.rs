@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use tributary::controller::{Controller, ControllerError, LargeEventStored};
@@ -18,6 +18,9 @@ use tributary::stream::{segment_name, KeyRange, ScalingPolicy, StreamConfig};
 
 use crate::config::{StreamSpec, WhenFull};
 use crate::replicate::Replica;
+
+/// How often a source waiting for room on a full disk tries again.
+const DISK_FULL_WAIT: Duration = Duration::from_millis(250);
 
 /// Attribute: events stored in the segment by the edge's sources.
 pub const EVENTS_ATTRIBUTE: AttributeId = 0x7472_6962_6564_6765_0000_0000_0000_0001;
@@ -262,6 +265,10 @@ impl LocalStream {
                     return Ok(Submitted::Duplicate)
                 }
                 Err(LogError::Backpressure(_)) => self.log().wait_for_room().await,
+                // A full disk is waited out like a pause (an MQTT message is not
+                // acknowledged meanwhile); the log takes appends again once there is
+                // room.
+                Err(LogError::DiskFull { .. }) => tokio::time::sleep(DISK_FULL_WAIT).await,
                 Err(e @ (LogError::Sealed(_) | LogError::NoSuchSegment(_))) => {
                     // A scale sealed the segment: its successors take the key. Twice in
                     // a row means the stream itself is sealed or gone.

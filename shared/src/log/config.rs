@@ -32,6 +32,11 @@ pub struct LogConfig {
     /// With a Tier-2: bytes that may be only in the log (Tier-2 slow or down) before
     /// appends are refused with [`LogError::Tier2Backlog`]. Default 1 GiB.
     pub max_tier2_backlog_bytes: u64,
+    /// Free bytes the log keeps on its disk, on top of two batches
+    /// (`max_batch_bytes`): below that, appends are refused with
+    /// [`LogError::DiskFull`] until there is room again, so that rolls, checkpoints and
+    /// the batches already taken always find space. Default 32 MiB.
+    pub reserve_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -44,6 +49,7 @@ impl Default for LogConfig {
             commit_delay: Duration::ZERO,
             cache_bytes: 64 << 20,
             max_tier2_backlog_bytes: 1 << 30,
+            reserve_bytes: 32 << 20,
         }
     }
 }

@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     /// The file system refused a direct write: the writer builds batches for the page
     /// cache from then on.
     pub direct_refused: AtomicBool,
+    /// Free space on the disk (appends are refused below the reserve).
+    pub disk: super::room::Room,
 }
 
 /// Bytes of segment data only in the log, not yet on Tier-2, and a way to wait for
@@ -521,6 +523,11 @@ impl SegmentLog {
             })
             .0,
             cache: Mutex::new(Cache::new(config.cache_bytes)),
+            disk: super::room::Room::new(
+                &dir,
+                config.reserve_bytes,
+                2 * config.max_batch_bytes as u64,
+            ),
             config,
             meta,
             tier2,
@@ -583,6 +590,7 @@ impl SegmentLog {
     ) -> Result<(u64, Ticket)> {
         let len = data.len();
         let cfg = &self.inner.config;
+        self.inner.disk.check()?;
         if len > cfg.max_append_bytes {
             return Err(LogError::TooLarge {
                 size: len,
@@ -681,6 +689,13 @@ impl SegmentLog {
     /// How long its group-commit fsyncs took so far.
     pub fn fsync_histogram(&self) -> &FsyncHistogram {
         &self.inner.fsync
+    }
+
+    /// Whether appends are refused for want of space on the disk now (see
+    /// [`LogConfig::reserve_bytes`]); the log takes them again by itself once there is
+    /// room.
+    pub fn disk_full(&self) -> bool {
+        self.inner.disk.is_full()
     }
 
     /// Why the log stopped taking writes (a failed write or fsync), if it did.

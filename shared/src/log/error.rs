@@ -138,6 +138,20 @@ pub enum LogError {
         /// Where Tier-2 is.
         tier2: String,
     },
+    /// The disk has less free space than the log keeps in reserve: appends are refused
+    /// until there is room again (the log takes them again by itself).
+    #[error(
+        "disk full: {free} bytes free in {dir}, below the {reserve} bytes the log keeps in \
+         reserve; appends are taken again once there is room"
+    )]
+    DiskFull {
+        /// The log's directory.
+        dir: PathBuf,
+        /// Free bytes when last looked at.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
     /// A write or fsync failed earlier; the log refuses everything until it is reopened.
     #[error("the log stopped after a write failure and must be reopened: {0}")]
     Failed(String),

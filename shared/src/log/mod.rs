@@ -31,6 +31,7 @@ pub mod fsync;
 mod index;
 pub mod manifest;
 mod meta;
+pub mod room;
 mod table;
 pub mod tier2;
 pub mod writer;

@@ -32,6 +32,7 @@ use super::format::{
     ATTRIBUTE_LEN, FILE_HEADER_LEN,
 };
 use super::index::Extent;
+use super::room::{is_full, RETRY_FULL_EVERY};
 
 /// Bytes [`Batch::build`] copies before taking their CRC: well within a core's L1/L2
 /// cache.
@@ -559,9 +560,11 @@ impl Writer {
     /// hands it to the syncer, which writes it. `Ok(false)`: the syncer has stopped.
     fn write(&mut self, inner: &Inner, b: Batch, tx: &SyncSender<Written>) -> Result<bool> {
         let b_seq = b.seq;
+        // Appends are refused from here on if this leaves too little room.
+        inner.disk.look();
         if self.file_len >= inner.config.max_file_bytes {
             let file_id = self.file_id + 1;
-            let file = Arc::new(create_file(&inner.wal_dir, file_id)?);
+            let file = Arc::new(create_rolled(inner, file_id)?);
             *self = Writer::new(&inner.wal_dir, file.clone(), file_id, FILE_HEADER_LEN)?;
             if tx.send(Written::Rolled { file_id, file }).is_err() {
                 return Ok(false);
@@ -601,6 +604,26 @@ impl Writer {
     }
 }
 
+/// Whether the log is being closed (a batch waiting for room gives up then).
+fn closing(inner: &Inner) -> bool {
+    lock(&inner.pending).closing
+}
+
+/// Creates the file a roll goes to; on a full disk, removes what it made of it and
+/// tries again until there is room (or the log closes).
+fn create_rolled(inner: &Inner, file_id: u64) -> Result<File> {
+    loop {
+        match create_file(&inner.wal_dir, file_id) {
+            Err(LogError::Io { source, .. }) if is_full(&source) && !closing(inner) => {
+                inner.disk.filled();
+                let _ = std::fs::remove_file(file_path(&inner.wal_dir, file_id));
+                std::thread::sleep(RETRY_FULL_EVERY);
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Syncer {
     fn run(mut self, inner: &Inner, rx: Receiver<Written>) {
         for w in rx {
@@ -618,7 +641,7 @@ impl Syncer {
                 } => {
                     let path = || file_path(&inner.wal_dir, file_id);
                     let frame_bytes = &buf[frames_at..frames_at + frames_len];
-                    let written = match direct {
+                    let written = match &direct {
                         Some(d) => match d.write(&buf) {
                             // Opened for direct I/O but not allowed to write that way
                             // (some FUSE and network file systems): through the page
@@ -633,8 +656,24 @@ impl Syncer {
                         None => file.write_all_at(frame_bytes, base),
                     };
                     let started = std::time::Instant::now();
-                    let synced = written.and_then(|()| file.sync_data());
+                    let mut synced = written.and_then(|()| file.sync_data());
                     inner.fsync.record(started.elapsed());
+                    // A full disk: the whole batch again, at the same place, until it
+                    // goes through (see `room`).
+                    while synced.as_ref().is_err_and(is_full) && !closing(inner) {
+                        inner.disk.filled();
+                        std::thread::sleep(RETRY_FULL_EVERY);
+                        let again = match direct.as_ref() {
+                            Some(d) if !inner.direct_refused.load(Ordering::Relaxed) => {
+                                d.write(&buf)
+                            }
+                            _ => file.write_all_at(frame_bytes, base),
+                        };
+                        synced = again.and_then(|()| file.sync_data());
+                        if synced.is_ok() {
+                            inner.disk.look();
+                        }
+                    }
                     let held = buf.capacity();
                     let data = Bytes::from(buf).slice(frames_at..frames_at + frames_len);
                     synced

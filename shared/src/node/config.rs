@@ -21,6 +21,7 @@
 //! max_batch_mb = 4
 //! commit_delay_us = 0
 //! cache_mb = 64
+//! reserve_mb = 32  # free space kept on the disk: below it appends wait (disk full)
 //! [policies]       # automatic scaling and retention
 //! tick_secs = 10
 //! scale_window_secs = 120
@@ -54,6 +55,7 @@ pub const DEFAULT_SERVER_NAME: &str = "localhost";
 const MAX_COMMIT_DELAY_US: u64 = 10_000_000;
 const MIN_FILE_BYTES: u64 = 4096;
 const MAX_CACHE_MB: u64 = 1 << 20;
+const MAX_RESERVE_MB: u64 = 1 << 20;
 
 /// The node's own TLS identity, from the `[tls]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +313,7 @@ pub struct RawLog {
     max_batch_mb: Option<Spanned<u64>>,
     commit_delay_us: Option<Spanned<u64>>,
     cache_mb: Option<Spanned<u64>>,
+    reserve_mb: Option<Spanned<u64>>,
 }
 
 /// Checks raw values, collecting every problem with its key and line.
@@ -596,6 +599,18 @@ impl<'a> Validator<'a> {
                         format!("must be between 1 and {MAX_CACHE_MB}"),
                     );
                 }
+            }
+        }
+        if let Some(v) = l.reserve_mb {
+            let mb = *v.get_ref();
+            if mb > MAX_RESERVE_MB {
+                self.error::<()>(
+                    "log.reserve_mb",
+                    v.span().start,
+                    format!("must be at most {MAX_RESERVE_MB}"),
+                );
+            } else {
+                c.reserve_bytes = mb << 20;
             }
         }
         c

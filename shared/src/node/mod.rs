@@ -395,6 +395,13 @@ fn metrics(
                  tributary_segments {}\n",
                 log.list().len()
             ));
+            out.push_str(&format!(
+                "# HELP tributary_log_disk_full Whether appends are refused for want of \
+                 space on the log's disk (below its reserve).\n\
+                 # TYPE tributary_log_disk_full gauge\n\
+                 tributary_log_disk_full {}\n",
+                u8::from(log.disk_full())
+            ));
             log.fsync_histogram().render(&mut out);
             if let Some(tier) = &tier {
                 out.push_str(&tier.render(&log));

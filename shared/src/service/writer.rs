@@ -240,6 +240,7 @@ impl EventWriter {
             ack_rx,
             failed: None,
             retrying: None,
+            last_trouble: None,
         };
         Ok(EventWriter {
             tx,
@@ -469,6 +470,8 @@ struct Task {
     /// Since when recoveries have followed each other with no acknowledgement in
     /// between, and the next one's backoff (see [`Task::recover`]).
     retrying: Option<(Instant, Duration)>,
+    /// The last refusal or failure recovered from (what a give-up says).
+    last_trouble: Option<String>,
 }
 
 /// Why the writer must stop sending and recover.
@@ -684,13 +687,16 @@ impl Task {
         Ok(())
     }
 
-    fn trouble(&self, e: ClientError) -> Trouble {
+    fn trouble(&mut self, e: ClientError) -> Trouble {
         match &e {
             ClientError::Server {
                 code: ErrorCode::Sealed,
                 ..
             } => Trouble::Recover,
-            e if e.is_transient() => Trouble::Recover,
+            e if e.is_transient() => {
+                self.last_trouble = Some(e.to_string());
+                Trouble::Recover
+            }
             _ => Trouble::Fatal(e),
         }
     }
@@ -832,9 +838,12 @@ impl Task {
                 None => self.retrying = Some((Instant::now(), FIRST_BACKOFF)),
                 Some((since, _)) if since.elapsed() >= self.config.retry_for => {
                     return Err(Trouble::Fatal(ClientError::Failed(format!(
-                        "gave up after retrying for {:?}; {} events not acknowledged",
+                        "gave up after retrying for {:?}; {} events not acknowledged{}",
                         self.config.retry_for,
-                        events.len()
+                        events.len(),
+                        self.last_trouble
+                            .as_ref()
+                            .map_or_else(String::new, |t| format!(" (last: {t})"))
                     ))))
                 }
                 Some((since, backoff)) => {

@@ -493,7 +493,9 @@ impl From<&LogError> for ErrorCode {
             LogError::TooLarge { .. } | LogError::TooManyAttributes => ErrorCode::TooLarge,
             LogError::Truncated { .. } => ErrorCode::Truncated,
             LogError::BeyondEnd { .. } => ErrorCode::BeyondEnd,
-            LogError::Backpressure(_) | LogError::Tier2Backlog { .. } => ErrorCode::Busy,
+            LogError::Backpressure(_)
+            | LogError::Tier2Backlog { .. }
+            | LogError::DiskFull { .. } => ErrorCode::Busy,
             LogError::Closed => ErrorCode::ShuttingDown,
             LogError::Corrupt { .. }
             | LogError::MissingFile { .. }
