@@ -104,8 +104,19 @@ fn flipped_byte_in_an_old_file_is_reported_on_read() {
     flip(&wal(dir.path(), 0), 200);
     let log = SegmentLog::open(dir.path(), config()).expect("old files are checked on read");
     let e = read_all(&log).expect_err("corruption must not be served");
-    assert!(matches!(e, LogError::Corrupt { .. }), "{e}");
+    assert!(matches!(e, LogError::Unreadable { .. }), "{e}");
     assert_names(&e, &wal(dir.path(), 0));
+    // What comes before the damaged frame is served; a read that starts at it gets an
+    // error naming the bytes it spans; what comes after it is served.
+    let (from, to) = match &e {
+        LogError::Unreadable { from, to, .. } => (*from, *to),
+        _ => unreachable!(),
+    };
+    assert_eq!(from, 0, "the damaged frame is the first");
+    let after = rt()
+        .block_on(log.read("s", to, 1 << 20, Duration::ZERO))
+        .expect("read after the damage");
+    assert!(after.to_bytes()[..] == data[to as usize..to as usize + after.len()]);
     // Data in the other files is still served.
     let info = log.info("s").expect("info");
     assert_eq!(info.length as usize, data.len());
@@ -113,6 +124,33 @@ fn flipped_byte_in_an_old_file_is_reported_on_read() {
         .block_on(log.read("s", info.length - 100, 100, Duration::ZERO))
         .expect("tail read");
     assert_eq!(&tail.to_bytes()[..], &data[data.len() - 100..]);
+}
+
+#[test]
+fn a_read_serves_the_data_before_a_damaged_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = build(dir.path());
+    // The second frame of file 0 (each append is one frame of EVENT data bytes).
+    flip(&wal(dir.path(), 0), 200 + (EVENT + 100) as u64);
+    let log = SegmentLog::open(dir.path(), config()).expect("open");
+    let r = rt()
+        .block_on(log.read("s", 0, 1 << 20, Duration::ZERO))
+        .expect("the intact bytes before the damage");
+    assert!(!r.is_empty() && !r.end_of_segment, "{}", r.len());
+    assert!(r.to_bytes()[..] == data[..r.len()]);
+    let e = rt()
+        .block_on(log.read("s", r.len() as u64, 1 << 20, Duration::ZERO))
+        .expect_err("the damaged bytes");
+    match &e {
+        LogError::Unreadable {
+            segment, from, to, ..
+        } => {
+            assert_eq!((segment.as_str(), *from), ("s", r.len() as u64));
+            assert!(*to > *from, "{e}");
+        }
+        other => panic!("expected Unreadable, got {other}"),
+    }
+    assert_names(&e, &wal(dir.path(), 0));
 }
 
 #[test]
@@ -235,7 +273,7 @@ fn truncated_old_file_is_reported_on_read() {
     drop(f);
     let log = SegmentLog::open(dir.path(), config()).expect("open");
     let e = read_all(&log).expect_err("truncated data must not be served");
-    assert!(matches!(e, LogError::Corrupt { .. }), "{e}");
+    assert!(matches!(e, LogError::Unreadable { .. }), "{e}");
     assert_names(&e, &path);
 }
 

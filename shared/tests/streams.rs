@@ -295,6 +295,57 @@ async fn a_checkpoint_survives_a_restart_and_a_new_group_resumes_from_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_event_length_stops_a_reader_only_after_the_events_before_it() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    stream_s_t(&c, fixed(1)).await;
+    let mut w = writer(&c).await;
+    write_numbered(&mut w, 1, 0..5).await;
+    w.flush().await.expect("flush");
+    // A damaged length field after them (as a bad byte on a disk would make one).
+    let seg = tributary::stream::segment_name(
+        "s",
+        "t",
+        tributary::stream::SegmentId {
+            number: 0,
+            epoch: 0,
+        },
+    );
+    let at = node
+        .controller()
+        .log()
+        .append(
+            &seg,
+            &[0x46, 0x2e, 0x2e, 0x79, 0, 1, b'k'],
+            &Default::default(),
+        )
+        .await
+        .expect("garbage");
+    let mut r = reader(&c, "g", "r").await;
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        let e = r
+            .next(Duration::from_secs(5))
+            .await
+            .expect("an intact event");
+        events.push(parse(&e.expect("an event").payload));
+    }
+    assert_eq!(
+        events,
+        all_events(1, 5),
+        "the intact events are delivered first"
+    );
+    let e = r
+        .next(Duration::from_secs(5))
+        .await
+        .expect_err("then the error, naming where");
+    assert!(
+        matches!(e, tributary::service::ClientError::EventTooLarge { offset, .. } if offset == at),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_retention_drops_what_is_older_than_the_limit() {
     let node = Node::start().await;
     let c = node.client().await;

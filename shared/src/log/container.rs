@@ -934,15 +934,40 @@ impl SegmentLog {
             }
         }
         let mut parts = Vec::with_capacity(plan.len());
+        let mut at = offset;
+        let mut end_of_segment = end_of_segment;
         for (data_id, src, file) in plan {
             let (data, skip, take) = match src {
-                Source::Log(e, skip, take) => (self.inner.frame_data(&e, file)?, skip, take),
+                Source::Log(e, skip, take) => (self.inner.frame_data(&e, file), skip, take),
                 Source::Tier2(c, skip, take) => {
-                    (chunk_data(&self.inner, data_id, &c).await?, skip, take)
+                    (chunk_data(&self.inner, data_id, &c).await, skip, take)
                 }
+            };
+            let data = match data {
+                Ok(d) => d,
+                // A damaged piece ends the read: what comes before it is served, and a
+                // read that starts at it gets an error naming the bytes it spans.
+                Err(_) if !parts.is_empty() => {
+                    end_of_segment = false;
+                    break;
+                }
+                Err(
+                    e @ (LogError::Corrupt { .. }
+                    | LogError::MissingFile { .. }
+                    | LogError::Tier2(_)),
+                ) => {
+                    return Err(LogError::Unreadable {
+                        segment: segment.to_string(),
+                        from: at,
+                        to: at + take,
+                        reason: e.to_string(),
+                    })
+                }
+                Err(e) => return Err(e),
             };
             if take > 0 {
                 parts.push(data.slice(skip as usize..(skip + take) as usize));
+                at += take;
             }
         }
         Ok(Some(ReadResult {

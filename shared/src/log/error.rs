@@ -96,6 +96,19 @@ pub enum LogError {
         /// What is wrong.
         reason: String,
     },
+    /// Bytes of a segment cannot be read (their log frame or Tier-2 chunk is corrupt or
+    /// missing); the segment's other bytes still read.
+    #[error("bytes {from}..{to} of segment {segment:?} cannot be read: {reason}")]
+    Unreadable {
+        /// Segment name.
+        segment: String,
+        /// First unreadable offset.
+        from: u64,
+        /// End of the unreadable piece.
+        to: u64,
+        /// Why (the file and offset, or the chunk).
+        reason: String,
+    },
     /// A log file that holds live data or must be replayed is missing.
     #[error("log file {path} is missing: {reason}")]
     MissingFile {

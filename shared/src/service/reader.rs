@@ -91,6 +91,9 @@ struct Held {
     events: VecDeque<(u64, Event)>,
     /// The segment is sealed and everything in it was fetched.
     ended: bool,
+    /// Reading stopped at an event it cannot take (longer than allowed); the error is
+    /// returned once the events before it are delivered.
+    stalled: Option<ClientError>,
 }
 
 impl Held {
@@ -103,6 +106,7 @@ impl Held {
             need: None,
             events: VecDeque::new(),
             ended: false,
+            stalled: None,
         }
     }
 
@@ -246,6 +250,10 @@ impl EventReader {
             if let Some(e) = self.deliver() {
                 return Ok(Some(e));
             }
+            // Everything before an event it cannot take is delivered: now the error.
+            if let Some(e) = self.held.values_mut().find_map(|h| h.stalled.take()) {
+                return Err(e);
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
@@ -316,7 +324,7 @@ impl EventReader {
         let ready: Vec<GroupSegment> = self
             .held
             .iter()
-            .filter(|(_, h)| h.events.is_empty() && !h.ended)
+            .filter(|(_, h)| h.events.is_empty() && !h.ended && h.stalled.is_none())
             .map(|(seg, _)| seg.clone())
             .collect();
         for seg in ready {
@@ -375,14 +383,16 @@ impl EventReader {
                 let start = h.fetched - h.partial.len() as u64;
                 let mut whole = 0usize;
                 h.need = None;
+                let mut too_large = None;
                 while let Some(len) = framed_len_at(&h.partial[whole..]) {
                     if len > self.config.max_event_bytes {
-                        return Err(ClientError::EventTooLarge {
+                        too_large = Some(ClientError::EventTooLarge {
                             segment: id.id,
                             offset: start + whole as u64,
                             size: len,
                             max: self.config.max_event_bytes,
                         });
+                        break;
                     }
                     let have = (h.partial.len() - whole) as u64;
                     if have < len {
@@ -408,6 +418,10 @@ impl EventReader {
                         h.events.push_back((at, e));
                         at += len;
                     }
+                }
+                if too_large.is_some() {
+                    h.stalled = too_large;
+                    return Ok(true);
                 }
                 if end && !h.partial.is_empty() {
                     return Err(ClientError::Protocol(format!(

@@ -498,6 +498,7 @@ impl From<&LogError> for ErrorCode {
             | LogError::DiskFull { .. } => ErrorCode::Busy,
             LogError::Closed => ErrorCode::ShuttingDown,
             LogError::Corrupt { .. }
+            | LogError::Unreadable { .. }
             | LogError::MissingFile { .. }
             | LogError::Meta { .. }
             | LogError::Io { .. }
