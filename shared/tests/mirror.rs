@@ -113,6 +113,13 @@ async fn mirror_frames_are_stored_once_at_their_offsets() {
         .await
         .expect_err("append refused");
     assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+    let temp = tributary::stream::large_event_segment_name();
+    c.create_segment(&temp).await.expect("temporary segment");
+    let e = c
+        .merge_segments(&name, &temp)
+        .await
+        .expect_err("a merge into a mirror refused");
+    assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
     let r = meta.segments[&0].range.split(2);
     let e = c
         .scale_stream("m", "s", &[seg0()], &r)
@@ -219,6 +226,7 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
         }
     };
     let edge = issue("edge-1", &ca, &pki.client.ca);
+    let analyst = issue("analyst", &ca, &pki.client.ca);
     let access = Access::granted(vec![
         Grant {
             identity: "admin".into(),
@@ -230,6 +238,12 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
             admin: false,
             streams: vec!["site/*".into()],
             allow: vec![Verb::Mirror],
+        },
+        Grant {
+            identity: "analyst".into(),
+            admin: false,
+            streams: vec!["site/temps".into()],
+            allow: vec![Verb::Read],
         },
     ]);
     let (server, _controller) = serve_with(
@@ -272,6 +286,42 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
             .await;
     assert!(r.is_err(), "a foreign CA's certificate was accepted");
     assert_eq!(admin.list_scopes().await.expect("admin"), vec!["site"]);
+    // A reader group over a stream the analyst may not read: none of its requests
+    // pass, although it may read another stream of the scope.
+    admin
+        .create_stream("site", "secret", fixed(1))
+        .await
+        .expect("stream");
+    admin
+        .create_reader_group("site", "gs", "secret", tributary::wire::StartFrom::Head)
+        .await
+        .expect("group");
+    let a = tributary::service::Client::connect(
+        addr,
+        "localhost",
+        client_config(&analyst).expect("tls"),
+    )
+    .await
+    .expect("analyst connects");
+    a.create_reader_group("site", "ga", "temps", tributary::wire::StartFrom::Head)
+        .await
+        .expect("its own group");
+    let refused = [
+        a.describe_reader_group("site", "gs").await.map(|_| ()),
+        a.group_position("site", "gs", None).await.map(|_| ()),
+        a.sync_reader("site", "gs", "r", Default::default(), false)
+            .await
+            .map(|_| ()),
+        a.delete_reader_group("site", "gs").await,
+    ];
+    for r in refused {
+        let e = r.expect_err("another stream's group");
+        assert_eq!(code(&e), Some(ErrorCode::Unauthorized), "{e}");
+        assert!(e.to_string().contains("site/secret"), "{e}");
+    }
+    a.describe_reader_group("site", "ga")
+        .await
+        .expect("its own group");
     server.shutdown().await;
 }
 

@@ -89,6 +89,11 @@ impl Controller {
         Ok(())
     }
 
+    /// The stream set a group reads, as given (`None`: no such group).
+    pub fn group_streams(&self, scope: &str, group: &str) -> Option<String> {
+        self.load_group(scope, group).ok().map(|g| g.streams)
+    }
+
     /// The streams of `scope` in the set `parts`: every name (which must exist) and
     /// every stream a pattern matches.
     fn resolve_set(&self, scope: &str, parts: &[String]) -> Result<Vec<String>> {
@@ -111,9 +116,13 @@ impl Controller {
     /// Brings `state`'s streams up to date (streams a pattern matches now join from
     /// their head, deleted ones leave) and returns their metadata.
     fn group_metas(&self, scope: &str, state: &mut GroupState) -> Result<Metas> {
-        let parts = parse_stream_set(&state.streams)?;
-        if parts.iter().any(|p| p.contains('*')) {
-            for s in self.resolve_set(scope, &parts)? {
+        // Only patterns take in streams; a named stream deleted since leaves (below).
+        let patterns: Vec<String> = parse_stream_set(&state.streams)?
+            .into_iter()
+            .filter(|p| p.contains('*'))
+            .collect();
+        if !patterns.is_empty() {
+            for s in self.resolve_set(scope, &patterns)? {
                 if !state.members.contains(&s) {
                     let head = self.describe(scope, &s)?.head_cut();
                     tracing::info!(%scope, stream = %s, set = %state.streams, "a stream joins a reader group's set");

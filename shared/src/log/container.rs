@@ -590,7 +590,6 @@ impl SegmentLog {
     ) -> Result<(u64, Ticket)> {
         let len = data.len();
         let cfg = &self.inner.config;
-        self.inner.disk.check()?;
         if len > cfg.max_append_bytes {
             return Err(LogError::TooLarge {
                 size: len,
@@ -611,6 +610,8 @@ impl SegmentLog {
             }
         }
         self.submit(|p| {
+            // After `submit`'s own checks: a failed or closed log says so, not "full".
+            self.inner.disk.check()?;
             let queued = p.batch.bytes();
             if queued >= cfg.max_batch_bytes {
                 return Err(LogError::Backpressure(queued));

@@ -297,6 +297,14 @@ impl Node {
     /// connections get the new certificate, and the rest go on. Nothing changes if any
     /// of it cannot be read.
     pub fn reload(&self, cfg: &NodeConfig) -> Result<(), NodeError> {
+        // Grants are open only on the development PKI: a reload cannot move a node
+        // between it and a [tls] identity (the server's certificate stays as it is).
+        if cfg.tls.is_some() == self.profile_path.is_some() {
+            return context(
+                Err::<(), _>("SIGHUP cannot add or remove [tls]; restart the node"),
+                || "reloading".into(),
+            );
+        }
         let policy = policy(cfg)?;
         let revoked = policy.revoked.len();
         let tls = match &cfg.tls {

@@ -334,10 +334,15 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         Ok(None) => Err(WireError::Malformed("no hello".into())),
         Err(e) => Err(e),
     };
+    // Registered before its certificate is checked, so a reload that revokes it in
+    // between closes it.
     let peer_cert = PeerCert::of(&conn);
+    let identity = peer_cert.identity.clone();
+    let _registered = shared.peers.enter(conn.clone(), peer_cert.clone());
+    let refusal = shared.peers.refusal(&peer_cert);
     let answer = match hello {
-        Ok(Request::Hello { .. }) if shared.peers.refusal(&peer_cert).is_some() => {
-            let why = shared.peers.refusal(&peer_cert).unwrap_or_default();
+        Ok(Request::Hello { .. }) if refusal.is_some() => {
+            let why = refusal.unwrap_or_default();
             tracing::info!(%peer, %why, "refusing a connection");
             error(ErrorCode::Unauthorized, why)
         }
@@ -366,8 +371,6 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         return;
     }
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let identity = peer_cert.identity.clone();
-    let _registered = shared.peers.enter(conn.clone(), peer_cert);
     let temps: Temps = Arc::new(Mutex::new(Some(HashSet::new())));
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (shared, temps, identity) = (shared.clone(), temps.clone(), identity.clone());
@@ -426,13 +429,21 @@ async fn serve_stream(
     };
     let answer = if shared.is_draining() {
         error(ErrorCode::ShuttingDown, "the server is shutting down")
-    } else if let Err(why) = shared.peers.check(identity, &req) {
+    } else if let Err(why) = shared
+        .peers
+        .check(identity, &req)
+        .and_then(|()| group_access(shared, identity, &req))
+    {
         tracing::info!(%identity, %why, "refusing an unauthorized request");
         shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
         error(ErrorCode::Unauthorized, why)
     } else {
         match req {
-            Request::SetupAppend { segment, .. } if shared.controller.is_mirror_segment(&segment) => {
+            Request::SetupAppend { segment, .. }
+            | Request::MergeSegments { target: segment, .. }
+            | Request::MergeWithAttributes { target: segment, .. }
+                if shared.controller.is_mirror_segment(&segment) =>
+            {
                 error(
                     ErrorCode::Unauthorized,
                     format!("{segment} belongs to a mirror stream: only its edge's replication writes to it"),
@@ -514,6 +525,31 @@ async fn end_reply(mut send: quinn::SendStream, draining: bool) {
 /// Resolves when the server starts draining.
 async fn drained(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
+}
+
+/// A request on an existing reader group needs `read` on every stream of the group's
+/// set, as creating it did (the grants check only the scope).
+fn group_access(shared: &Shared, identity: &str, req: &Request) -> Result<(), String> {
+    let (scope, group) = match req {
+        Request::SyncReader { scope, group, .. }
+        | Request::Checkpoint { scope, group, .. }
+        | Request::GroupPosition { scope, group, .. }
+        | Request::DescribeReaderGroup { scope, group }
+        | Request::DeleteReaderGroup { scope, group } => (scope, group),
+        _ => return Ok(()),
+    };
+    match shared.controller.group_streams(scope, group) {
+        Some(streams) => shared.peers.check(
+            identity,
+            &Request::CreateReaderGroup {
+                scope: scope.clone(),
+                group: group.clone(),
+                streams,
+                from: crate::wire::StartFrom::Head,
+            },
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Whether `identity` feeds the mirror stream of `segment` (its recorded source).
