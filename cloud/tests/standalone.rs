@@ -142,14 +142,12 @@ fn standalone_serves_stops_on_sigterm_and_keeps_its_data() {
     assert!(status.success(), "exit status {status}:\n{log}");
 }
 
-#[test]
-fn standalone_with_tls_from_the_config_file() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let pki = tmp.path().join("pki");
+/// `tributary-cloud certs --out PKI ARGS`, which must succeed.
+fn certs(pki: &std::path::Path, args: &[&str]) {
     let out = Command::new(BIN)
         .args(["certs", "--out"])
-        .arg(&pki)
-        .args(["--server-name", "node.test", "--client", "alice"])
+        .arg(pki)
+        .args(args)
         .output()
         .expect("run certs");
     assert!(
@@ -157,6 +155,13 @@ fn standalone_with_tls_from_the_config_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn standalone_with_tls_from_the_config_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = tmp.path().join("pki");
+    certs(&pki, &["--server-name", "node.test", "--client", "alice"]);
 
     let http: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
     let config = tmp.path().join("node.toml");
@@ -198,17 +203,7 @@ fn standalone_with_tls_from_the_config_file() {
         c.create_segment(SEGMENT).await.expect("create segment");
         // A new server certificate, for another name, and grants that let bob read:
         // SIGHUP takes both without dropping alice's connection.
-        let out = Command::new(BIN)
-            .args(["certs", "--out"])
-            .arg(&pki)
-            .args(["--server-name", "node2.test", "--client", "bob"])
-            .output()
-            .expect("run certs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        certs(&pki, &["--server-name", "node2.test", "--client", "bob"]);
         let mut bob = ClientProfile {
             server_name: "node2.test".into(),
             cert: pki.join("bob.pem"),

@@ -54,6 +54,15 @@ fn edge_body(
 const EDGE_GRANT: &str =
     "[[grant]]\nidentity = \"edge-1\"\nstreams = [\"site/*\"]\nallow = [\"mirror\"]\n";
 
+/// The name of the stream's first segment.
+fn segment0() -> String {
+    let first = tributary::stream::SegmentId {
+        number: 0,
+        epoch: 0,
+    };
+    segment_name(SCOPE, STREAM, first)
+}
+
 /// Every byte of a segment.
 async fn segment_bytes(c: &Client, name: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -629,14 +638,7 @@ async fn a_rotated_certificate_is_taken_without_a_restart_and_a_revoked_one_is_c
     .await;
     let err = s.replication[0].last_error.clone().unwrap_or_default();
     assert!(err.contains(&new), "the refusal names the serial: {err}");
-    let name = segment_name(
-        SCOPE,
-        STREAM,
-        tributary::stream::SegmentId {
-            number: 0,
-            epoch: 0,
-        },
-    );
+    let name = segment0();
     assert_eq!(
         segment_bytes(&admin, &name).await,
         before[&0],
@@ -805,14 +807,7 @@ async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(edge.status().await.expect("status").streams[0].paused);
     let e = edge.client().await;
-    let name = segment_name(
-        SCOPE,
-        STREAM,
-        tributary::stream::SegmentId {
-            number: 0,
-            epoch: 0,
-        },
-    );
+    let name = segment0();
     assert_eq!(
         e.segment_info(&name).await.expect("info").start,
         0,

@@ -25,6 +25,7 @@ fn group_key(scope: &str, group: &str) -> String {
 
 /// A group as stored before stream sets (one stream, positions by segment id).
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct OneStreamGroup {
     stream: String,
     positions: BTreeMap<SegmentId, u64>,
@@ -298,26 +299,13 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Serialize;
-
-    /// The layout groups were stored in before stream sets.
-    #[derive(Serialize)]
-    struct Stored {
-        stream: String,
-        positions: BTreeMap<SegmentId, u64>,
-        owners: BTreeMap<SegmentId, String>,
-        finished: BTreeMap<SegmentId, u64>,
-        readers: std::collections::BTreeSet<String>,
-        checkpoints: BTreeMap<String, StreamCut>,
-    }
-
     #[test]
     fn a_group_stored_before_stream_sets_reads_as_a_set_of_its_one_stream() {
         let id = |number| SegmentId { number, epoch: 0 };
         let cut = StreamCut {
             positions: BTreeMap::from([(id(0), 7)]),
         };
-        let old = Stored {
+        let old = OneStreamGroup {
             stream: "temps".into(),
             positions: BTreeMap::from([(id(0), 7), (id(1), 3)]),
             owners: BTreeMap::from([(id(1), "r".to_string())]),
