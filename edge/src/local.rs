@@ -288,7 +288,7 @@ impl LocalStream {
     /// stream's bookkeeping in the same step: `source`'s count of large events in the
     /// segment the key goes to (what `status` counts), the last event time, and
     /// `condition` if any (nothing is stored if it fails). Waits while the stream is
-    /// paused. The event is durable when this returns.
+    /// paused or the disk is full. The event is durable when this returns.
     pub async fn submit_large<R: tokio::io::AsyncRead + Unpin>(
         &self,
         key: &[u8],
@@ -298,6 +298,9 @@ impl LocalStream {
         condition: Option<AttributeUpdate>,
     ) -> Result<LargeEventStored, ControllerError> {
         self.wait_unpaused().await;
+        while self.log().disk_full() {
+            tokio::time::sleep(DISK_FULL_WAIT).await;
+        }
         let counter = LARGE_EVENTS + u128::from((source >> 16) as u32);
         let count = match self.segment_for(key) {
             Some(seg) => self.log().attribute(&seg, counter)?,

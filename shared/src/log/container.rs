@@ -696,7 +696,7 @@ impl SegmentLog {
     /// [`LogConfig::reserve_bytes`]); the log takes them again by itself once there is
     /// room.
     pub fn disk_full(&self) -> bool {
-        self.inner.disk.is_full()
+        self.inner.disk.check().is_err()
     }
 
     /// Why the log stopped taking writes (a failed write or fsync), if it did.

@@ -105,9 +105,4 @@ impl Room {
             reserve: self.reserve,
         })
     }
-
-    /// Whether appends are refused for want of space now.
-    pub fn is_full(&self) -> bool {
-        self.full.load(Ordering::Relaxed)
-    }
 }
