@@ -246,7 +246,11 @@ async fn read_events(
                     bytes_read = r.bytes_read();
                     last = Instant::now();
                 }
-                out.flush()?;
+                match out.flush() {
+                    // A closed pipe (`| head`) ends the read quietly.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(()),
+                    r => r?,
+                }
                 continue;
             }
             Err(e) => break Err(e.into()),

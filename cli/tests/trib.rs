@@ -282,6 +282,45 @@ async fn a_stream_set_is_read_as_one_group() {
     drop(s.server);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    let s = Server::start().await;
+    let p = s.profile.clone();
+    ok(&trib(&p, &["scope", "create", "f"], "").await);
+    ok(&trib(&p, &["stream", "create", "f/t"], "").await);
+    // About 9.5 KiB of JSON: the first 8 KiB reach the pipe, the rest waits for a flush.
+    let lines: String = (0..100)
+        .map(|i| format!("event number {i:04} of a stream\n"))
+        .collect();
+    ok(&trib(&p, &["write", "f/t", "--key", "k"], &lines).await);
+    // `trib read ... | head -2`: the reader stops after two lines and closes the pipe.
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trib"))
+            .arg("--profile")
+            .arg(&p)
+            .args(["read", "f/t", "--json", "--timeout", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trib");
+        let out = child.stdout.take().expect("stdout");
+        let head: Vec<String> = std::io::BufReader::new(out)
+            .lines()
+            .take(2)
+            .map(|l| l.expect("line"))
+            .collect();
+        assert_eq!(head.len(), 2);
+        let out = child.wait_with_output().expect("wait");
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    })
+    .await
+    .expect("task");
+    assert!(status.0.success(), "exit {:?}: {}", status.0, status.1);
+    assert!(status.1.is_empty(), "nothing on stderr: {}", status.1);
+    drop(s.server);
+}
+
 /// `len` pseudo-random bytes (xorshift).
 fn payload(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
