@@ -35,6 +35,19 @@ enum Command {
     Certs(CertsArgs),
     /// Shows a running node's streams, Tier-2 backlog and each edge's replication lag.
     Status(StatusArgs),
+    /// With the node stopped: if its log will not open because a frame is damaged,
+    /// says what cutting the log there drops; with --yes, cuts it.
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+struct RepairArgs {
+    /// The node's settings, as `standalone` takes them.
+    #[command(flatten)]
+    node: StandaloneArgs,
+    /// Cut the log (drops what the report lists).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +104,7 @@ fn main() -> ExitCode {
         Command::Standalone(args) => standalone(args),
         Command::CheckConfig { file } => return check_config(&file),
         Command::Status(args) => status(args),
+        Command::Repair(args) => repair(args),
         Command::Certs(args) => certs::run(&args.out, &args.server_names, &args.clients, args.days)
             .map(|lines| {
                 for l in lines {
@@ -152,6 +166,27 @@ fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?
         .block_on(standalone::run(cfg, tier2, reload))
+}
+
+fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let (cfg, tier2) = standalone_config(&args.node)?;
+    tributary::node::init_logging();
+    let cuts = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async {
+            let tiering = standalone::tiering(&cfg, &tier2).await?;
+            let backend = tiering.map(|t| t.backend);
+            anyhow::Ok(tributary::node::repair_log(&cfg, backend, args.yes)?)
+        })?;
+    match tributary::node::repair_report(&cuts, args.yes) {
+        Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Err(text) => anyhow::bail!("{text}"),
+    }
 }
 
 /// The node's configuration: the file (if any), then the flags.

@@ -185,3 +185,63 @@ fn certs_refuse_bad_input() {
         b"x"
     );
 }
+
+#[test]
+fn repair_reports_a_damaged_frame_then_cuts_the_log_there_with_yes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let cfg = LogConfig {
+        max_file_bytes: 16 << 10,
+        ..LogConfig::default()
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let log = SegmentLog::open(data.join("log"), cfg).expect("log");
+            log.create("s").await.expect("create");
+            for i in 0..100u8 {
+                log.append("s", &[i; 500], &Default::default())
+                    .await
+                    .expect("append");
+            }
+            log.close().expect("close");
+        });
+    // A bad byte in the first frame of the file recovery replays.
+    let wal = data.join("log").join("wal");
+    let mut files: Vec<_> = std::fs::read_dir(&wal)
+        .expect("wal")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let last = files.last().expect("a log file").clone();
+    let mut bytes = std::fs::read(&last).expect("read");
+    bytes[40] ^= 0x40;
+    std::fs::write(&last, bytes).expect("write");
+
+    let d = data.to_str().expect("utf-8 path");
+    let o = run(&["repair", "--data-dir", d]);
+    assert!(!o.status.success(), "damage left as it is is an error");
+    let err = stderr(&o);
+    let name = last
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        err.contains(&name) && err.contains("offset 32") && err.contains("appended to s"),
+        "{err}"
+    );
+    assert!(err.contains("run again with --yes"), "{err}");
+    let o = run(&["repair", "--data-dir", d, "--yes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("cut: the log opens now"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = run(&["repair", "--data-dir", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to repair"));
+}

@@ -41,6 +41,19 @@ enum Command {
     },
     /// Shows a running edge's streams and sources.
     Status(StatusArgs),
+    /// With the edge stopped: if its log will not open because a frame is damaged,
+    /// says what cutting the log there drops; with --yes, cuts it.
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+struct RepairArgs {
+    /// The edge's settings, as `run` takes them.
+    #[command(flatten)]
+    run: RunArgs,
+    /// Cut the log (drops what the report lists).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +92,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => return check_config(&file),
         Command::RenderConfig { fleet, gateway } => render_config(&fleet, &gateway),
         Command::Status(args) => status(args),
+        Command::Repair(args) => repair(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +143,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // certificates and TLS identity; see `Node::reload`).
     let reload = move || edge_config(&args).map(|(_, node)| node);
     runtime()?.block_on(tributary_edge::run::run(cfg, node, reload))
+}
+
+fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let (_, node) = edge_config(&args.run)?;
+    tributary::node::init_logging();
+    let cuts = tributary::node::repair_log(&node, None, args.yes)?;
+    match tributary::node::repair_report(&cuts, args.yes) {
+        Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Err(text) => anyhow::bail!("{text}"),
+    }
 }
 
 /// The edge's configuration and its node part with the flags applied.

@@ -174,6 +174,45 @@ fn flipped_byte_in_the_replayed_file_fails_open_with_file_and_offset() {
 }
 
 #[test]
+fn repair_says_what_a_cut_drops_and_cuts_the_log_at_a_damaged_frame() {
+    use tributary::log::repair::repair;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = build(dir.path());
+    let (_, path) = last_file(dir.path());
+    // The replayed file's first frame: later batches follow it, so it is corruption.
+    flip(&path, 40);
+    let frames_in_file = {
+        let bytes = std::fs::read(&path).expect("read");
+        bytes.iter().rposition(|b| *b != 0).expect("frames") as u64 + 1
+    };
+    // Without --yes: the report, and nothing changed.
+    let cuts = repair(dir.path(), &config(), None, false).expect("report");
+    assert_eq!(cuts.len(), 1, "{cuts:?}");
+    let cut = &cuts[0];
+    assert_eq!((cut.file.as_path(), cut.offset), (path.as_path(), 32));
+    // Every append of the file but the damaged one is readable, all to "s".
+    let dropped = cut.appends.get("s").copied().unwrap_or(0);
+    let appends_in_file = (frames_in_file - 32) / (EVENT as u64 + 35);
+    assert_eq!(dropped, (appends_in_file - 1) * EVENT as u64, "{cut}");
+    assert!(cut.to_string().contains("bytes appended to s"), "{cut}");
+    SegmentLog::open(dir.path(), config()).expect_err("still damaged");
+    // With --yes: cut, and the log opens with everything before the damaged frame.
+    let cuts = repair(dir.path(), &config(), None, true).expect("repair");
+    assert_eq!(cuts.len(), 1);
+    let log = SegmentLog::open(dir.path(), config()).expect("opens after the cut");
+    let got = read_all(&log).expect("read");
+    let kept = data.len() - (appends_in_file as usize) * EVENT;
+    assert_eq!(got.len(), kept);
+    assert!(got == data[..kept]);
+    rt().block_on(log.append("s", b"after", &AppendOptions::default()))
+        .expect("appends go on");
+    log.close().expect("close");
+    assert!(repair(dir.path(), &config(), None, false)
+        .expect("nothing left")
+        .is_empty());
+}
+
+#[test]
 fn flipped_file_header_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     build(dir.path());

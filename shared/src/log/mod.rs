@@ -31,6 +31,7 @@ pub mod fsync;
 mod index;
 pub mod manifest;
 mod meta;
+pub mod repair;
 pub mod room;
 mod table;
 pub mod tier2;

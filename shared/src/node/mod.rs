@@ -128,7 +128,13 @@ impl Node {
             format!("the data directory {}", cfg.data_dir.display())
         })?;
         let log_dir = data.join("log");
-        let opening = || format!("opening the segment log in {}", log_dir.display());
+        let opening = || {
+            format!(
+                "opening the segment log in {} (if a frame is damaged, the node's `repair` \
+                 command says what cutting the log there drops, and with --yes does it)",
+                log_dir.display()
+            )
+        };
         let mut restored = None;
         let log = match &tiering {
             Some(t) => {
@@ -343,6 +349,38 @@ impl Node {
         }
         drop(self.controller);
         close_log(self.log).await
+    }
+}
+
+/// The node's `repair` command: if recovery refuses the node's log for a damaged
+/// frame, what cutting it there drops, and with `apply` the cut (see
+/// [`crate::log::repair`]). Empty: the log opens, nothing to repair.
+pub fn repair_log(
+    cfg: &NodeConfig,
+    tier2: Option<Arc<dyn crate::log::Tier2>>,
+    apply: bool,
+) -> Result<Vec<crate::log::repair::Cut>, NodeError> {
+    let dir = cfg.data_dir.join("log");
+    context(
+        crate::log::repair::repair(&dir, &cfg.log, tier2, apply),
+        || format!("repairing the segment log in {}", dir.display()),
+    )
+}
+
+/// What the `repair` command prints: `Ok` when there is nothing to repair or the cuts
+/// were made, `Err` when damage was found and left as it is (no `--yes`).
+pub fn repair_report(cuts: &[crate::log::repair::Cut], applied: bool) -> Result<String, String> {
+    if cuts.is_empty() {
+        return Ok("the log opens: nothing to repair".into());
+    }
+    let lines: Vec<String> = cuts.iter().map(ToString::to_string).collect();
+    if applied {
+        Ok(format!("{}\ncut: the log opens now", lines.join("\n")))
+    } else {
+        Err(format!(
+            "{}\nnothing changed: run again with --yes to cut the log there",
+            lines.join("\n")
+        ))
     }
 }
 
