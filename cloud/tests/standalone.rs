@@ -237,6 +237,26 @@ fn standalone_with_tls_from_the_config_file() {
         let tls = tributary::tls::client_config(&bob.identity()).expect("tls");
         let r = tributary::service::Client::connect(bob.endpoint, &bob.server_name, tls).await;
         assert!(r.is_err(), "the old server certificate is still served");
+        // A reload cannot drop [tls] (and with it the grants: the development default
+        // would let every client of this CA do everything).
+        std::fs::write(
+            &config,
+            "data_dir = \"data\"\n[quic]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .expect("write config");
+        node.hup_until("cannot add or remove [tls]");
+        c.segment_info(SEGMENT).await.expect("alice goes on");
+        bob.server_name = "node2.test".into();
+        let tls = tributary::tls::client_config(&bob.identity()).expect("tls");
+        let b = tributary::service::Client::connect(bob.endpoint, &bob.server_name, tls)
+            .await
+            .expect("bob connects");
+        let e = b
+            .create_stream("s", "v", Default::default())
+            .await
+            .expect_err("the grants are as they were");
+        assert!(e.to_string().contains("create on stream s/v"), "{e}");
+        b.close().await;
         c.close().await;
     });
     let status = node.terminate();

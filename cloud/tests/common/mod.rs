@@ -110,8 +110,12 @@ impl Node {
 impl Node {
     /// SIGHUP, and wait until the log says the node reloaded (`Node::reload`).
     pub fn reload(&self) {
-        const RELOADED: &str = "grants, revoked certificates and the TLS identity reloaded";
-        let before = self.log().matches(RELOADED).count();
+        self.hup_until("grants, revoked certificates and the TLS identity reloaded");
+    }
+
+    /// SIGHUP, and wait until the log holds `line` once more than before.
+    pub fn hup_until(&self, line: &str) {
+        let before = self.log().matches(line).count();
         let pid = self.child.as_ref().expect("running").id();
         let hup = Command::new("kill")
             .args(["-HUP", &pid.to_string()])
@@ -119,8 +123,8 @@ impl Node {
             .expect("run kill");
         assert!(hup.success(), "kill -HUP failed");
         let deadline = Instant::now() + START_TIMEOUT;
-        while self.log().matches(RELOADED).count() == before {
-            assert!(Instant::now() < deadline, "no reload:\n{}", self.log());
+        while self.log().matches(line).count() == before {
+            assert!(Instant::now() < deadline, "no {line:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
