@@ -30,6 +30,12 @@ pub struct CloudStatus {
     pub tier2: Option<Tier2Status>,
     /// Replication lag per edge and mirror stream, as each edge last reported it.
     pub edges: Vec<EdgeLag>,
+    /// Appends wait for room on the log's disk.
+    #[serde(default)]
+    pub disk_full: bool,
+    /// Byte ranges reads could not serve since the start (damaged frames or chunks).
+    #[serde(default)]
+    pub damaged: Vec<tributary::log::repair::Damage>,
 }
 
 /// The Tier-2 side.
@@ -126,6 +132,8 @@ impl Source {
                 backlog_limit_bytes: log.config().max_tier2_backlog_bytes,
             }),
             edges,
+            disk_full: log.disk_full(),
+            damaged: log.damaged(),
         })
     }
 
@@ -152,6 +160,15 @@ pub fn render_table(s: &CloudStatus) -> String {
         out.push_str(&format!(
             "tier2: {} bytes waiting (limit {})\n",
             t.backlog_bytes, t.backlog_limit_bytes
+        ));
+    }
+    if s.disk_full {
+        out.push_str("disk full: appends wait until there is room on the log's disk\n");
+    }
+    for d in &s.damaged {
+        out.push_str(&format!(
+            "damaged: bytes {}..{} of segment {} cannot be read ({}); the rest of it reads\n",
+            d.from, d.to, d.segment, d.reason
         ));
     }
     for st in &s.streams {

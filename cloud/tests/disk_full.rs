@@ -119,6 +119,8 @@ fn a_full_disk_refuses_appends_and_the_node_goes_on_by_itself_once_there_is_room
     );
     let health = http_get(http, "/health").expect("health");
     assert_eq!(health.0, 200, "a full disk is a state, not a failure");
+    let (_, status) = http_get(http, "/status").expect("status");
+    assert!(status.contains("\"disk_full\":true"), "{status}");
 
     // Room again: the same process takes the rest.
     std::fs::remove_file(&filler).expect("free the disk");

@@ -151,6 +151,13 @@ fn a_read_serves_the_data_before_a_damaged_frame() {
         other => panic!("expected Unreadable, got {other}"),
     }
     assert_names(&e, &wal(dir.path(), 0));
+    // The range is kept for `status` and metrics.
+    let damaged = log.damaged();
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert_eq!(
+        (damaged[0].segment.as_str(), damaged[0].from),
+        ("s", r.len() as u64)
+    );
 }
 
 #[test]

@@ -146,6 +146,8 @@ pub(crate) struct Inner {
     pub direct_refused: AtomicBool,
     /// Free space on the disk (appends are refused below the reserve).
     pub disk: super::room::Room,
+    /// Damaged ranges reads met.
+    pub damage: super::repair::DamageLog,
 }
 
 /// Bytes of segment data only in the log, not yet on Tier-2, and a way to wait for
@@ -538,6 +540,7 @@ impl SegmentLog {
             fsync: FsyncHistogram::default(),
             direct_refused: AtomicBool::new(false),
             fetching: Mutex::new(HashMap::new()),
+            damage: Default::default(),
         });
         let thread_inner = inner.clone();
         let writer = std::thread::Builder::new()
@@ -697,6 +700,12 @@ impl SegmentLog {
     /// room.
     pub fn disk_full(&self) -> bool {
         self.inner.disk.check().is_err()
+    }
+
+    /// Byte ranges reads could not serve since the log opened (damaged frames or
+    /// chunks), for `status`: the first 64.
+    pub fn damaged(&self) -> Vec<super::repair::Damage> {
+        self.inner.damage.list()
     }
 
     /// Why the log stopped taking writes (a failed write or fsync), if it did.
@@ -957,12 +966,19 @@ impl SegmentLog {
                     | LogError::MissingFile { .. }
                     | LogError::Tier2(_)),
                 ) => {
-                    return Err(LogError::Unreadable {
+                    let d = super::repair::Damage {
                         segment: segment.to_string(),
                         from: at,
                         to: at + take,
                         reason: e.to_string(),
-                    })
+                    };
+                    self.inner.damage.met(&d);
+                    return Err(LogError::Unreadable {
+                        segment: d.segment,
+                        from: d.from,
+                        to: d.to,
+                        reason: d.reason,
+                    });
                 }
                 Err(e) => return Err(e),
             };

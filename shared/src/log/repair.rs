@@ -3,6 +3,9 @@
 //! Cutting drops every frame after it — acknowledged appends among them — so it is an
 //! operator's step (`tributary-cloud repair`, `tributary-edge repair`), and it says
 //! first what it drops: the appends per segment and the other operations.
+//!
+//! Damage met while the log runs (a read that reaches a damaged frame or chunk) does not
+//! stop the node; [`DamageLog`] keeps the ranges met so far for `status` and metrics.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -201,4 +204,45 @@ fn carry_out(dir: &Path, cut: &Cut) -> Result<()> {
         std::fs::remove_file(later).map_err(|e| LogError::io(later, e))?;
     }
     sync_dir(&dir.join("wal"))
+}
+
+/// A byte range of a segment that reads could not serve.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Damage {
+    /// Segment name.
+    pub segment: String,
+    /// First unreadable offset.
+    pub from: u64,
+    /// End of the unreadable piece.
+    pub to: u64,
+    /// Why (the file and offset, or the chunk).
+    pub reason: String,
+}
+
+/// Damaged ranges met by reads since the log opened, at most [`DamageLog::MAX`] (the
+/// first ones kept: a report, not an index).
+#[derive(Debug, Default)]
+pub(crate) struct DamageLog {
+    ranges: std::sync::Mutex<BTreeMap<(String, u64), Damage>>,
+}
+
+impl DamageLog {
+    /// Ranges kept at most.
+    pub const MAX: usize = 64;
+
+    /// Records a range a read could not serve (logged the first time).
+    pub fn met(&self, d: &Damage) {
+        let mut ranges = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (d.segment.clone(), d.from);
+        if ranges.len() < Self::MAX && !ranges.contains_key(&key) {
+            tracing::error!(segment = %d.segment, from = d.from, to = d.to, reason = %d.reason, "a read met damaged data; the segment's other bytes are served");
+            ranges.insert(key, d.clone());
+        }
+    }
+
+    /// The ranges met so far.
+    pub fn list(&self) -> Vec<Damage> {
+        let ranges = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
+        ranges.values().cloned().collect()
+    }
 }

@@ -448,6 +448,13 @@ fn metrics(
                  tributary_log_disk_full {}\n",
                 u8::from(log.disk_full())
             ));
+            out.push_str(&format!(
+                "# HELP tributary_log_damaged_ranges Byte ranges of segments reads could not \
+                 serve since the start (damaged frames or chunks; at most 64).\n\
+                 # TYPE tributary_log_damaged_ranges gauge\n\
+                 tributary_log_damaged_ranges {}\n",
+                log.damaged().len()
+            ));
             log.fsync_histogram().render(&mut out);
             if let Some(tier) = &tier {
                 out.push_str(&tier.render(&log));
