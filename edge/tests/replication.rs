@@ -470,6 +470,12 @@ async fn a_fleet_is_read_as_one_stream_set_each_gateways_messages_once_in_order(
     }
 }
 
+/// Every byte the edge's stream holds was acknowledged by the cloud (in this run of
+/// the edge).
+fn all_replicated(s: &tributary_edge::status::Status) -> bool {
+    s.streams[0].bytes > 0 && s.replication[0].replicated_bytes == s.streams[0].bytes
+}
+
 /// Writes `n` events numbered from `from` to the edge's stream, and waits until they
 /// are stored.
 async fn write_events(edge: &Edge, from: usize, n: usize) {
@@ -503,10 +509,7 @@ async fn a_gateway_mirroring_into_another_gateways_cloud_stream_is_refused() {
     )
     .await;
     write_events(&a, 0, 200).await;
-    wait_status(&a, 60, "edge-1 replicated", |s| {
-        s.streams[0].bytes > 0 && s.replication[0].replicated_bytes == s.streams[0].bytes
-    })
-    .await;
+    wait_status(&a, 60, "edge-1 replicated", all_replicated).await;
     let admin = cloud.admin(&pki).await;
     let (_, before) = assert_mirrored(&a.client().await, &admin).await;
 
@@ -546,10 +549,7 @@ async fn a_gateway_mirroring_into_another_gateways_cloud_stream_is_refused() {
     let (_, after) = assert_mirrored(&a.client().await, &admin).await;
     assert_eq!(before, after, "edge-1's mirror is untouched");
     write_events(&a, 200, 100).await;
-    wait_status(&a, 60, "edge-1 goes on", |s| {
-        s.replication[0].replicated_bytes == s.streams[0].bytes
-    })
-    .await;
+    wait_status(&a, 60, "edge-1 goes on", all_replicated).await;
     let (_, segments) = assert_mirrored(&a.client().await, &admin).await;
     assert_eq!(segments.values().flat_map(|b| events_of(b)).count(), 300);
 }
@@ -570,9 +570,6 @@ async fn a_rotated_certificate_is_taken_without_a_restart_and_a_revoked_one_is_c
     )
     .await;
     let pid = edge.pid();
-    let all_replicated = |s: &tributary_edge::status::Status| {
-        s.streams[0].bytes > 0 && s.replication[0].replicated_bytes == s.streams[0].bytes
-    };
     write_events(&edge, 0, 100).await;
     wait_status(&edge, 60, "replicated", all_replicated).await;
 
@@ -761,9 +758,12 @@ async fn replication_survives_a_change_of_the_edges_address() {
     }
     assert_eq!(n, 1500);
     // Everything written was acknowledged by the cloud (in this run of the edge).
-    wait_status(&edge, 60, "replicated after the address change", |s| {
-        s.replication[0].replicated_bytes == s.streams[0].bytes
-    })
+    wait_status(
+        &edge,
+        60,
+        "replicated after the address change",
+        all_replicated,
+    )
     .await;
     assert_mirrored(&e, &cloud.admin(&pki).await).await;
     let connects = edge.log().matches("replication connected").count();

@@ -26,6 +26,33 @@ fn source(uid: u128) -> SourceStream {
     }
 }
 
+/// Makes `scope/stream` the mirror of `source(1)` and copies `bytes` into its first
+/// segment, acknowledged; returns that segment's name.
+async fn mirror_bytes(
+    c: &tributary::service::Client,
+    scope: &str,
+    stream: &str,
+    bytes: &'static [u8],
+) -> String {
+    c.mirror_stream(scope, stream, &source(1), fixed(1), vec![], vec![])
+        .await
+        .expect("mirror");
+    let name = segment_name(scope, stream, seg0());
+    let mut s = c.mirror_session(&name).await.expect("session");
+    let mut acks = s.take_acks().expect("acks");
+    s.send(0, &[Bytes::from_static(bytes)]).await.expect("send");
+    acks.next().await.expect("ack").expect("ack");
+    name
+}
+
+/// A client of the server at `addr` with the TLS identity `id`.
+async fn connect_as(
+    addr: std::net::SocketAddr,
+    id: &Identity,
+) -> Result<tributary::service::Client, ClientError> {
+    tributary::service::Client::connect(addr, "localhost", client_config(id).expect("tls")).await
+}
+
 fn code(e: &ClientError) -> Option<ErrorCode> {
     match e {
         ClientError::Server { code, .. } => Some(*code),
@@ -153,16 +180,7 @@ async fn a_mirror_replays_its_sources_scales_once_their_segments_are_complete() 
     let merged = src.scale(&split, &[all]).expect("merge");
     let history = src.scale_history();
 
-    c.mirror_stream("m", "s", &source(1), fixed(1), vec![], vec![])
-        .await
-        .expect("mirror");
-    let name0 = segment_name("m", "s", seg0());
-    let mut s = c.mirror_session(&name0).await.expect("session");
-    let mut acks = s.take_acks().expect("acks");
-    s.send(0, &[Bytes::from_static(b"0123456789")])
-        .await
-        .expect("send");
-    acks.next().await.expect("ack").expect("ack");
+    let name0 = mirror_bytes(&c, "m", "s", b"0123456789").await;
     // The scale seals segment 0, which holds 10 bytes; the source says 20.
     let e = c
         .mirror_stream(
@@ -255,10 +273,7 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
     .await;
     let addr = server.local_addr().expect("addr");
     let admin = connect(addr, &pki).await;
-    let e1 =
-        tributary::service::Client::connect(addr, "localhost", client_config(&edge).expect("tls"))
-            .await
-            .expect("edge-1 connects");
+    let e1 = connect_as(addr, &edge).await.expect("edge-1 connects");
 
     e1.mirror_stream("site", "temps", &source(1), fixed(1), vec![], vec![])
         .await
@@ -281,9 +296,7 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
     foreign.write(&foreign_dir).expect("write");
     let mut id = issue("edge-1", &foreign, &pki.client.ca);
     id.ca = pki.client.ca.clone();
-    let r =
-        tributary::service::Client::connect(addr, "localhost", client_config(&id).expect("tls"))
-            .await;
+    let r = connect_as(addr, &id).await;
     assert!(r.is_err(), "a foreign CA's certificate was accepted");
     assert_eq!(admin.list_scopes().await.expect("admin"), vec!["site"]);
     // A reader group over a stream the analyst may not read: none of its requests
@@ -296,13 +309,7 @@ async fn grants_limit_each_identity_and_a_foreign_ca_is_refused() {
         .create_reader_group("site", "gs", "secret", tributary::wire::StartFrom::Head)
         .await
         .expect("group");
-    let a = tributary::service::Client::connect(
-        addr,
-        "localhost",
-        client_config(&analyst).expect("tls"),
-    )
-    .await
-    .expect("analyst connects");
+    let a = connect_as(addr, &analyst).await.expect("analyst connects");
     a.create_reader_group("site", "ga", "temps", tributary::wire::StartFrom::Head)
         .await
         .expect("its own group");
@@ -341,24 +348,12 @@ async fn a_mirror_has_one_source_and_refuses_every_other() {
         key: node.dir.path().join("b.key"),
     };
     cert.write(&b_id.cert, &b_id.key).expect("write");
-    let b = tributary::service::Client::connect(
-        node.addr,
-        "localhost",
-        client_config(&b_id).expect("tls"),
-    )
-    .await
-    .expect("gateway-b connects");
+    let b = connect_as(node.addr, &b_id)
+        .await
+        .expect("gateway-b connects");
 
-    a.mirror_stream("f", "sensors", &source(1), fixed(1), vec![], vec![])
-        .await
-        .expect("the first source claims the mirror");
-    let name = segment_name("f", "sensors", seg0());
-    let mut s = a.mirror_session(&name).await.expect("session");
-    let mut acks = s.take_acks().expect("acks");
-    s.send(0, &[Bytes::from_static(b"gateway a's bytes")])
-        .await
-        .expect("send");
-    acks.next().await.expect("ack").expect("ack");
+    // The first source claims the mirror.
+    let name = mirror_bytes(&a, "f", "sensors", b"gateway a's bytes").await;
 
     // Another gateway's stream of the same name: refused, naming the owner.
     let e = b

@@ -89,6 +89,15 @@ impl Peers {
             .check(identity, req)
     }
 
+    /// Whether grants are enforced (see [`Access::is_restricted`]).
+    pub fn restricted(&self) -> bool {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .access
+            .is_restricted()
+    }
+
     /// Why `peer` may not connect, if it may not.
     pub fn refusal(&self, peer: &PeerCert) -> Option<String> {
         let p = self.policy.read().unwrap_or_else(|e| e.into_inner());
