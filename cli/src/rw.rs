@@ -58,7 +58,9 @@ pub struct ReadArgs {
     /// One JSON object per event: stream, key, segment, offset, payload (or, with --out,
     /// path and bytes). A sensor reading (CBOR, `tributary::reading`) is shown
     /// decoded as `reading`, other binary payloads as `payload_hex`. Without --json,
-    /// readings print as one line each: `sensor name=value unit ...`.
+    /// readings print as one line each: `sensor name=value unit ...`. A gap record
+    /// (data an edge gave up before the cloud had it) prints as an object with `gap`
+    /// (its range, bytes, events if known, reason) with --json, on stderr without.
     #[arg(long)]
     json: bool,
     /// Write each event's payload, byte for byte, to its own file in this directory
@@ -256,6 +258,47 @@ async fn read_events(
             Err(e) => break Err(e.into()),
         };
         last = Instant::now();
+        if let Some(gap) = &e.gap {
+            // Not an event: JSON output says it in line, other output on stderr.
+            let written = if args.json {
+                let obj = serde_json::json!({
+                    "stream": &*e.stream,
+                    "segment": format!("{}.{}", e.segment.number, e.segment.epoch),
+                    "offset": e.offset,
+                    "gap": {
+                        "source_segment": &gap.segment,
+                        "from": gap.from,
+                        "to": gap.to,
+                        "bytes": gap.bytes(),
+                        "events": gap.events,
+                        "reason": &gap.reason,
+                        "dropped_ms": gap.dropped_ms,
+                        "noticed_ms": gap.noticed_ms,
+                    },
+                });
+                writeln!(out, "{obj}")
+            } else {
+                let events = gap
+                    .events
+                    .map_or(String::new(), |n| format!(" ({n} events)"));
+                eprintln!(
+                    "trib: a gap in {scope}/{} (segment {}.{} at {}): the edge gave up {} bytes{events} \
+                     before the cloud had them: {}",
+                    e.stream,
+                    e.segment.number,
+                    e.segment.epoch,
+                    e.offset,
+                    gap.bytes(),
+                    gap.reason
+                );
+                Ok(())
+            };
+            match written {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(()),
+                r => r?,
+            }
+            continue;
+        }
         count += 1;
         let written = if let Some(dir) = &args.out {
             let path = save(dir, &e, is_set(scoped(&args.stream)?.1))?;

@@ -15,6 +15,7 @@ use tributary::tls::{server_config, DevPki};
 struct Server {
     _dir: tempfile::TempDir,
     profile: PathBuf,
+    pki: DevPki,
     server: Option<SegmentServer>,
 }
 
@@ -46,6 +47,7 @@ impl Server {
         Server {
             _dir: dir,
             profile,
+            pki,
             server: Some(server),
         }
     }
@@ -318,6 +320,87 @@ async fn a_read_into_a_closed_pipe_ends_quietly() {
     .expect("task");
     assert!(status.0.success(), "exit {:?}: {}", status.0, status.1);
     assert!(status.1.is_empty(), "nothing on stderr: {}", status.1);
+    drop(s.server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_record_reads_as_gap_in_json_and_on_stderr_otherwise() {
+    use tributary::event::{frame_event, Gap};
+    let s = Server::start().await;
+    let addr = s
+        .server
+        .as_ref()
+        .expect("server")
+        .local_addr()
+        .expect("addr");
+    let tls = tributary::tls::client_config(&s.pki.client).expect("tls");
+    let c = tributary::service::Client::connect(addr, "localhost", tls)
+        .await
+        .expect("connect");
+    // A mirror whose edge sent two events, gave up 5,000 bytes (7 events), then one.
+    let source = tributary::stream::SourceStream {
+        stream: "site/s".into(),
+        uid: 1,
+    };
+    let config = tributary::stream::StreamConfig::default();
+    c.mirror_stream("m", "g", &source, config, vec![], vec![])
+        .await
+        .expect("mirror");
+    let name = tributary::stream::segment_name(
+        "m",
+        "g",
+        tributary::stream::SegmentId {
+            number: 0,
+            epoch: 0,
+        },
+    );
+    let first = [frame_event(b"k", b"one"), frame_event(b"k", b"two")];
+    let from = (first[0].len() + first[1].len()) as u64;
+    let gap = Gap {
+        segment: "site/s/0.#epoch.0".into(),
+        from,
+        to: from + 5000,
+        events: Some(7),
+        reason: "the disk budget was full".into(),
+        dropped_ms: Some(1_700_000_000_000),
+        noticed_ms: 1_700_000_001_000,
+    };
+    let mut m = c.mirror_session(&name).await.expect("session");
+    let mut acks = m.take_acks().expect("acks");
+    m.send(0, &first).await.expect("send");
+    m.send_gap(&gap).await.expect("gap");
+    m.send(gap.to, &[frame_event(b"k", b"three")])
+        .await
+        .expect("send");
+    for _ in 0..3 {
+        acks.next().await.expect("ack").expect("ack");
+    }
+
+    let (out, _) = ok(&trib(&s.profile, &["read", "m/g", "--json", "--timeout", "2"], "").await);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[1]["payload"], "two");
+    let g = &lines[2]["gap"];
+    assert_eq!(
+        (g["from"].as_u64(), g["to"].as_u64(), g["bytes"].as_u64()),
+        (Some(gap.from), Some(gap.to), Some(5000)),
+        "{out}"
+    );
+    assert_eq!(g["events"], 7);
+    assert_eq!(g["reason"], "the disk budget was full");
+    assert!(lines[2].get("payload").is_none(), "{out}");
+    assert_eq!(lines[3]["payload"], "three");
+
+    // Without --json, stdout has the events only; stderr says what was lost.
+    let (out, err) = ok(&trib(&s.profile, &["read", "m/g", "--timeout", "2"], "").await);
+    assert_eq!(out, "one\ntwo\nthree\n");
+    assert!(
+        err.contains("a gap in m/g") && err.contains("5000 bytes (7 events)"),
+        "{err}"
+    );
     drop(s.server);
 }
 

@@ -8,6 +8,9 @@
 //!   to make room. In a replicated stream the cut never passes what the cloud has
 //!   acknowledged: data not yet replicated is never dropped. When nothing can be
 //!   dropped, the stream pauses instead (and resumes once replication makes room).
+//! - `drop-oldest-unreplicated`: the same, also past what the cloud holds (newest data
+//!   wins over a long outage). What the cloud never got is recorded (range, events,
+//!   time) and becomes a gap record in the cloud stream (see [`crate::replicate`]).
 //!
 //! The state shows in `status` (`paused`) and metrics (`tributary_edge_stream_paused`).
 
@@ -67,7 +70,7 @@ pub async fn check(s: &LocalStream) {
             }
             s.set_paused(full);
         }
-        WhenFull::DropOldest => {
+        WhenFull::DropOldest | WhenFull::DropOldestUnreplicated => {
             if !full {
                 s.set_paused(false);
                 return;
@@ -113,11 +116,27 @@ async fn drop_oldest(s: &LocalStream, amount: u64) -> anyhow::Result<u64> {
     let total: u64 = kept.iter().map(|(_, _, start, len)| len - start).sum();
     let mut cut = StreamCut::default();
     let mut dropped = 0;
+    let unreplicated_too = spec.when_full == WhenFull::DropOldestUnreplicated;
     for (id, name, start, length) in kept {
         let share = ((length - start) as u128 * amount as u128 / total.max(1) as u128) as u64;
-        // Never past what the cloud holds, in a replicated stream.
-        let limit = s.replica().map_or(length, |r| r.acked(&name).min(length));
-        let offset = event_boundary(s, &name, start, limit, start + share).await?;
+        // What the cloud holds, in a replicated stream: never passed unless allowed.
+        let acked = s.replica().map_or(length, |r| r.acked(&name).min(length));
+        let limit = if unreplicated_too { length } else { acked };
+        let (offset, lost_events) =
+            event_boundary(s, &name, start, limit, start + share, acked).await?;
+        if let (Some(r), true) = (s.replica(), offset > acked.max(start)) {
+            // Recorded before the cut, so the gap record can say what was lost.
+            r.record_dropped(
+                &name,
+                acked.max(start),
+                offset,
+                lost_events,
+                "the disk budget was full while the cloud lacked this data \
+                 (when_full = \"drop-oldest-unreplicated\")",
+            )?;
+            tracing::warn!(stream = %spec.name(), segment = %name, from = acked.max(start), to = offset,
+                events = lost_events, "disk budget: dropping data the cloud does not hold yet");
+        }
         dropped += offset - start;
         cut.positions.insert(id, offset);
     }
@@ -134,14 +153,17 @@ async fn drop_oldest(s: &LocalStream, amount: u64) -> anyhow::Result<u64> {
 }
 
 /// The first event boundary at or after `target`, or the last one at or below `limit`
-/// if that comes first, reading events from `start`.
+/// if that comes first, reading events from `start`; with the number of events before
+/// it that start at or after `count_from`.
 async fn event_boundary(
     s: &LocalStream,
     segment: &str,
     start: u64,
     limit: u64,
     target: u64,
-) -> anyhow::Result<u64> {
+    count_from: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let mut counted = 0;
     let mut offset = start;
     let mut want = 1 << 20;
     while offset < target.min(limit) {
@@ -161,14 +183,15 @@ async fn event_boundary(
         for e in &events {
             let next = pos + tributary::event::framed_len(&e.key, &e.payload) as u64;
             if next > limit {
-                return Ok(pos);
+                return Ok((pos, counted));
             }
+            counted += u64::from(pos >= count_from);
             pos = next;
             if pos >= target {
-                return Ok(pos);
+                return Ok((pos, counted));
             }
         }
         offset += used as u64;
     }
-    Ok(offset)
+    Ok((offset, counted))
 }

@@ -9,7 +9,7 @@
 //! name = "site/sensors"          # scope/stream, created on start
 //! segments = 2
 //! disk_budget_mb = 512
-//! when_full = "pause"            # or "drop-oldest"
+//! when_full = "pause"            # or "drop-oldest", "drop-oldest-unreplicated"
 //!
 //! [[mqtt]]
 //! broker = "127.0.0.1:1883"
@@ -149,6 +149,10 @@ pub enum WhenFull {
     /// Truncate the oldest data to make room; data not yet replicated is never dropped
     /// (the stream pauses instead).
     DropOldest,
+    /// Truncate the oldest data to make room, also what the cloud does not hold yet
+    /// (newest data wins over a long outage); the cloud stream gets a gap record for
+    /// what was given up, with its range and event count.
+    DropOldestUnreplicated,
 }
 
 /// An MQTT broker and what to take from it.
@@ -432,11 +436,14 @@ fn streams(v: &mut Validator<'_>, raw: Vec<Spanned<RawStream>>) -> Vec<StreamSpe
         let when_full = match s.when_full.as_ref().map(|w| (w.get_ref().as_str(), w)) {
             None | Some(("pause", _)) => WhenFull::Pause,
             Some(("drop-oldest", _)) => WhenFull::DropOldest,
+            Some(("drop-oldest-unreplicated", _)) => WhenFull::DropOldestUnreplicated,
             Some((other, w)) => {
                 v.error::<()>(
                     &key("when_full"),
                     w.span().start,
-                    format!("{other:?}: expected \"pause\" or \"drop-oldest\""),
+                    format!(
+                        "{other:?}: expected \"pause\", \"drop-oldest\" or \"drop-oldest-unreplicated\""
+                    ),
                 );
                 WhenFull::Pause
             }

@@ -400,6 +400,18 @@ pub fn render_metrics(s: &Status) -> String {
         "Resent frames the cloud recognised as stored already.",
         per_replica(&|r| r.duplicate_frames.to_string()),
     );
+    family(
+        "tributary_edge_replication_gaps_total",
+        "counter",
+        "Gap records the cloud stored since the edge started: data given up before the cloud had it.",
+        per_replica(&|r| r.gaps.to_string()),
+    );
+    family(
+        "tributary_edge_replication_gap_bytes_total",
+        "counter",
+        "Bytes those gap records stand for.",
+        per_replica(&|r| r.gap_bytes.to_string()),
+    );
     out
 }
 
@@ -489,7 +501,7 @@ pub fn render_table(s: &Status) -> String {
     }
     for r in &s.replication {
         out.push_str(&format!(
-            "replicate {} -> {}: {}, lag {} bytes ({:.1} s), replicated {} bytes, resends recognised {}{}\n",
+            "replicate {} -> {}: {}, lag {} bytes ({:.1} s), replicated {} bytes, resends recognised {}{}{}\n",
             r.stream,
             r.to,
             if r.connected { "replicating" } else { "NOT REPLICATING" },
@@ -497,6 +509,10 @@ pub fn render_table(s: &Status) -> String {
             r.lag_ms as f64 / 1000.0,
             r.replicated_bytes,
             r.duplicate_frames,
+            match r.gaps {
+                0 => String::new(),
+                n => format!(", GAPS {n} ({} bytes given up before the cloud had them)", r.gap_bytes),
+            },
             r.last_error
                 .as_ref()
                 .map_or_else(String::new, |e| format!(", last error: {e}"))

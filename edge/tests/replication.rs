@@ -14,7 +14,7 @@ use common::cloud::{Cloud, Faults, Netns, Pki, Relay};
 use common::{publish, read_all, wait_status, Broker, Edge};
 use rand::Rng;
 use tributary::event::decode_events;
-use tributary::service::{Client, EventWriter, WriterConfig};
+use tributary::service::{Client, EventReader, EventWriter, ReaderConfig, WriterConfig};
 use tributary::stream::{segment_name, StreamMeta};
 
 const SCOPE: &str = "site";
@@ -837,6 +837,173 @@ async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
         .collect();
     let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replication_goes_on() {
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
+    let broker = Broker::start(dir.path());
+    let body = edge_body(1, Some(broker.port), &pki, "edge-1", cloud.quic, "").replace(
+        "segments = 1\n",
+        "segments = 1\ndisk_budget_mb = 1\nwhen_full = \"drop-oldest-unreplicated\"\n",
+    );
+    let edge = start_edge(dir.path(), "edge", &body).await;
+    // Message i: "k0:i:" padded to 1 KiB, so each takes FRAMED bytes in a segment.
+    const FRAMED: u64 = 1024 + 6 + 2;
+    let msgs = |r: std::ops::Range<u64>| -> Vec<(String, Vec<u8>)> {
+        r.map(|i| {
+            let mut p = format!("k0:{i}:").into_bytes();
+            p.resize(1024, b'.');
+            ("sensors/k0/reading".to_string(), p)
+        })
+        .collect()
+    };
+    let number = |p: &[u8]| -> u64 {
+        let p = String::from_utf8_lossy(p);
+        p.split(':')
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("k0:i:")
+    };
+
+    // 200 replicated; then 2 MiB for a 1 MiB budget while the cloud is away: the
+    // budget drops data the cloud never got.
+    cloud.start().await;
+    publish(broker.port, msgs(0..200)).await;
+    wait_status(&edge, 30, "200 replicated", |s| {
+        s.streams[0].events == 200 && all_replicated(s)
+    })
+    .await;
+    cloud.kill();
+    publish(broker.port, msgs(200..2248)).await;
+    let e = edge.client().await;
+    let name = segment0();
+    wait_status(
+        &edge,
+        30,
+        "all stored, within the budget by dropping",
+        |s| s.streams[0].events == 2248 && s.streams[0].disk_bytes <= 1 << 20,
+    )
+    .await;
+    let start = e.segment_info(&name).await.expect("info").start;
+    assert!(
+        start > 200 * FRAMED,
+        "unreplicated data was dropped: start {start}"
+    );
+
+    // The cloud comes back, and more arrives: everything the edge still has reaches
+    // the cloud after one gap record for what it gave up.
+    cloud.start().await;
+    publish(broker.port, msgs(2248..2348)).await;
+    let s = wait_status(&edge, 60, "replicated again", |s| {
+        s.streams[0].events == 2348 && s.replication[0].lag_bytes == 0 && s.replication[0].gaps == 1
+    })
+    .await;
+    assert!(s.replication[0].last_error.is_none(), "{s:?}");
+
+    let c = cloud.admin(&pki).await;
+    c.create_reader_group(SCOPE, "gaps", STREAM, tributary::wire::StartFrom::Head)
+        .await
+        .expect("group");
+    let mut r = EventReader::join(&c, SCOPE, "gaps", "r", ReaderConfig::default())
+        .await
+        .expect("join");
+    let (mut numbers, mut gaps) = (Vec::new(), Vec::new());
+    while let Some(item) = r.next(Duration::from_secs(2)).await.expect("read") {
+        match item.gap {
+            Some(g) => gaps.push((numbers.len(), item.offset, g)),
+            None => numbers.push(number(&item.payload)),
+        }
+    }
+    // (The budget may have dropped more while the cloud came back.)
+    let first_kept = numbers.get(200).copied().expect("messages after the gap");
+    assert!(first_kept * FRAMED >= start, "{first_kept}");
+    let want: Vec<u64> = (0..200).chain(first_kept..2348).collect();
+    assert_eq!(numbers, want, "every message the edge kept, once, in order");
+    assert_eq!(gaps.len(), 1, "one gap record: {gaps:?}");
+    let (at, offset, g) = &gaps[0];
+    assert_eq!(
+        *at, 200,
+        "the gap record stands where the lost messages were"
+    );
+    assert_eq!(*offset, 200 * FRAMED);
+    assert_eq!((g.from, g.to), (200 * FRAMED, first_kept * FRAMED), "{g:?}");
+    let lost = first_kept - 200;
+    assert_eq!(s.replication[0].gap_bytes, lost * FRAMED, "{s:?}");
+    assert_eq!(
+        g.events,
+        Some(lost),
+        "the edge counted what it dropped: {g:?}"
+    );
+    assert!(g.reason.contains("drop-oldest-unreplicated"), "{g:?}");
+    assert!(g.dropped_ms.is_some() && g.segment == name, "{g:?}");
+    let m = cloud.metrics().await;
+    for line in [
+        format!("tributary_mirror_gaps_total{{edge=\"edge-1\",stream=\"{SCOPE}/{STREAM}\"}} 1"),
+        format!(
+            "tributary_mirror_gap_bytes_total{{edge=\"edge-1\",stream=\"{SCOPE}/{STREAM}\"}} {}",
+            lost * FRAMED
+        ),
+    ] {
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
+
+    // Restarts of both sides change nothing: the copy resumes after the gap record.
+    cloud.kill();
+    cloud.start().await;
+    publish(broker.port, msgs(2348..2400)).await;
+    let c = cloud.admin(&pki).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let all = loop {
+        let all = read_items(&c).await;
+        if all
+            .last()
+            .cloned()
+            .flatten()
+            .is_some_and(|p| number(&p) == 2399)
+        {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last message never reached the cloud"
+        );
+    };
+    assert_eq!(
+        all.iter().filter(|i| i.is_none()).count(),
+        1,
+        "still one gap"
+    );
+    let last: Vec<u64> = all
+        .iter()
+        .rev()
+        .take(52)
+        .flatten()
+        .map(|p| number(p))
+        .collect();
+    assert_eq!(last, (2348..2400).rev().collect::<Vec<_>>());
+}
+
+/// Every item of the stream, from a new group: an event's payload, or `None` for a
+/// gap record.
+async fn read_items(c: &Client) -> Vec<Option<Vec<u8>>> {
+    let group = format!("items-{}", rand::random::<u32>());
+    c.create_reader_group(SCOPE, &group, STREAM, tributary::wire::StartFrom::Head)
+        .await
+        .expect("group");
+    let mut r = EventReader::join(c, SCOPE, &group, "r", ReaderConfig::default())
+        .await
+        .expect("join");
+    let mut out = Vec::new();
+    while let Some(item) = r.next(Duration::from_secs(2)).await.expect("read") {
+        out.push(item.gap.is_none().then(|| item.payload.to_vec()));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

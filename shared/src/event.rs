@@ -16,8 +16,14 @@
 //! [`crate::controller::Controller::append_large_event`] and
 //! [`crate::service::EventWriter::write_large`]), and readers reassemble it from as
 //! many reads as it takes.
+//!
+//! A **gap record** marks data that a mirror stream's source gave up before the cloud
+//! had it (see [`Gap`]). It has the same framing with the top bit of `len` set (no
+//! event comes near 2 GiB), an empty key, and a CBOR [`Gap`] as its payload; readers
+//! hand it out as a distinct item, never as an event.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
 
 /// Bytes of framing around the key and the payload.
 pub const EVENT_HEADER_LEN: usize = 6;
@@ -30,13 +36,59 @@ pub const MAX_LARGE_EVENT_BYTES: u64 = 1 << 30;
 pub const MAX_FRAMED_EVENT_BYTES: u64 =
     MAX_LARGE_EVENT_BYTES + (EVENT_HEADER_LEN + MAX_KEY_LEN) as u64;
 
+/// The bit of an event's length field that marks a gap record.
+const GAP_FLAG: u32 = 1 << 31;
+
 /// One event as read back from a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Routing key it was written with.
     pub key: Bytes,
-    /// Payload.
+    /// Payload (of a gap record: the record's CBOR).
     pub payload: Bytes,
+    /// Set when this is a gap record, not an event.
+    pub gap: Option<Gap>,
+}
+
+/// Data a mirror stream's source gave up before the cloud had it: the edge truncated
+/// (its disk budget, retention, a user, a repair) bytes it had not replicated. The
+/// mirror then holds this record where the bytes would have been, and goes on with
+/// what follows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The source segment (its name on the edge).
+    pub segment: String,
+    /// First byte lost, as an offset in the source segment.
+    pub from: u64,
+    /// End of the bytes lost (the first one the mirror has again).
+    pub to: u64,
+    /// Events lost, when the edge counted them as it dropped them.
+    pub events: Option<u64>,
+    /// Why the edge gave them up.
+    pub reason: String,
+    /// When the edge dropped them (ms since the Unix epoch), when it recorded that.
+    pub dropped_ms: Option<u64>,
+    /// When the edge found the cloud lacked them and sent this record.
+    pub noticed_ms: u64,
+}
+
+impl Gap {
+    /// Bytes lost.
+    pub fn bytes(&self) -> u64 {
+        self.to.saturating_sub(self.from)
+    }
+}
+
+/// A gap record framed for a segment.
+pub fn frame_gap(gap: &Gap) -> Bytes {
+    let mut body = Vec::new();
+    // Serializing a struct of strings and integers into memory does not fail.
+    let _ = ciborium::into_writer(gap, &mut body);
+    let mut b = BytesMut::with_capacity(EVENT_HEADER_LEN + body.len());
+    b.put_u32(GAP_FLAG | (2 + body.len()) as u32);
+    b.put_u16(0);
+    b.put_slice(&body);
+    b.freeze()
 }
 
 /// Bytes an event of this key and payload takes in a segment.
@@ -82,7 +134,7 @@ pub fn event_header(key: &[u8], payload_len: u64) -> Result<Bytes, String> {
 /// the rest of the frame is valid.
 pub fn framed_len_at(buf: &[u8]) -> Option<u64> {
     let len: [u8; 4] = buf.get(..4)?.try_into().ok()?;
-    Some(4 + u64::from(u32::from_be_bytes(len)))
+    Some(4 + u64::from(u32::from_be_bytes(len) & !GAP_FLAG))
 }
 
 /// One framed event as a new buffer.
@@ -108,8 +160,8 @@ pub fn decode_events(buf: &Bytes) -> Result<(Vec<Event>, usize), MalformedEvent>
     let mut events = Vec::new();
     let mut pos = 0;
     while buf.len() - pos >= EVENT_HEADER_LEN {
-        let len = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
-        let len = len as usize;
+        let field = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
+        let len = (field & !GAP_FLAG) as usize;
         if len < 2 {
             return Err(MalformedEvent {
                 at: pos,
@@ -127,9 +179,26 @@ pub fn decode_events(buf: &Bytes) -> Result<(Vec<Event>, usize), MalformedEvent>
             });
         }
         let key_start = pos + EVENT_HEADER_LEN;
+        let payload = buf.slice(key_start + key_len..pos + 4 + len);
+        let gap = if field & GAP_FLAG == 0 {
+            None
+        } else if key_len > 0 {
+            return Err(MalformedEvent {
+                at: pos,
+                reason: "a gap record with a routing key",
+            });
+        } else {
+            Some(
+                ciborium::from_reader(&payload[..]).map_err(|_| MalformedEvent {
+                    at: pos,
+                    reason: "a gap record that does not decode",
+                })?,
+            )
+        };
         events.push(Event {
             key: buf.slice(key_start..key_start + key_len),
-            payload: buf.slice(key_start + key_len..pos + 4 + len),
+            payload,
+            gap,
         });
         pos += 4 + len;
     }
@@ -173,6 +242,38 @@ mod tests {
         assert_eq!(framed_len_at(&[0, 0, 1]), None);
         assert!(event_header(b"", MAX_LARGE_EVENT_BYTES + 1).is_err());
         assert!(event_header(&vec![0; MAX_KEY_LEN + 1], 1).is_err());
+    }
+
+    #[test]
+    fn a_gap_record_decodes_between_events_and_only_as_a_gap() {
+        let gap = Gap {
+            segment: "site/s/0.#epoch.0".into(),
+            from: 100,
+            to: 5000,
+            events: Some(7),
+            reason: "disk budget".into(),
+            dropped_ms: None,
+            noticed_ms: 1,
+        };
+        let mut b = BytesMut::new();
+        encode_event(&mut b, b"k", b"before");
+        let framed = frame_gap(&gap);
+        b.extend_from_slice(&framed);
+        encode_event(&mut b, b"k", b"after");
+        let all = b.freeze();
+        assert_eq!(framed_len_at(&framed), Some(framed.len() as u64));
+        let (ev, used) = decode_events(&all).expect("valid");
+        assert_eq!(used, all.len());
+        assert_eq!(ev.len(), 3);
+        assert_eq!((ev[0].gap.as_ref(), ev[2].gap.as_ref()), (None, None));
+        assert_eq!(ev[1].gap.as_ref(), Some(&gap));
+        assert_eq!(framed_len(&ev[1].key, &ev[1].payload), framed.len());
+        // A flagged frame whose body is not a gap record is refused.
+        let mut bad = BytesMut::new();
+        bad.put_u32(GAP_FLAG | 4);
+        bad.put_u16(0);
+        bad.put_slice(b"\xff\xff");
+        assert!(decode_events(&bad.freeze()).is_err());
     }
 
     #[test]

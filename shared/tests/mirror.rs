@@ -405,3 +405,120 @@ async fn a_mirror_has_one_source_and_refuses_every_other() {
     let s = a.mirror_session(&name).await.expect("session");
     assert_eq!(s.length, 17);
 }
+
+/// `n` events "e{i}" numbered from `from`, framed as a segment holds them.
+fn events(from: usize, n: usize) -> Bytes {
+    let mut b = bytes::BytesMut::new();
+    for i in from..from + n {
+        tributary::event::encode_event(&mut b, b"k", format!("e{i}").as_bytes());
+    }
+    b.freeze()
+}
+
+#[tokio::test]
+async fn a_gap_record_stands_for_what_the_source_gave_up_and_the_copy_goes_on_after_it() {
+    let node = Node::start().await;
+    let c = node.client().await;
+    let mut src = StreamMeta::new(fixed(1)).expect("meta");
+    let all = src.segments[&0].range;
+    src.scale(&[seg0()], &all.split(2)).expect("split");
+    c.mirror_stream("m", "g", &source(1), fixed(1), vec![], vec![])
+        .await
+        .expect("mirror");
+    let name = segment_name("m", "g", seg0());
+    let (first, after) = (events(0, 10), events(20, 5));
+    let gap_from = first.len() as u64;
+    let gap_to = gap_from + 5_000;
+    let end = gap_to + after.len() as u64;
+    let gap = tributary::event::Gap {
+        segment: "site/s/0.#epoch.0".into(),
+        from: gap_from,
+        to: gap_to,
+        events: Some(10),
+        reason: "a test".into(),
+        dropped_ms: Some(1),
+        noticed_ms: 2,
+    };
+
+    let mut s = c.mirror_session(&name).await.expect("session");
+    let mut acks = s.take_acks().expect("acks");
+    s.send(0, std::slice::from_ref(&first)).await.expect("send");
+    s.send_gap(&gap).await.expect("gap");
+    s.send(gap_to, std::slice::from_ref(&after))
+        .await
+        .expect("send");
+    let mut ends = Vec::new();
+    for _ in 0..3 {
+        ends.push(acks.next().await.expect("ack").expect("ack").end_offset);
+    }
+    assert_eq!(
+        ends,
+        [gap_from, gap_to, end],
+        "acknowledged in the source's offsets"
+    );
+    s.finish().expect("finish");
+    assert!(acks.next().await.expect("end").is_none());
+
+    // A new connection's session continues at the source's end (the shift is the
+    // segment's durable attribute: the edge test restarts the cloud process); resends
+    // from before and after the gap are duplicates; a gap that does not start at the
+    // end is refused; a scale seals the segment at the source's length.
+    let c = node.client().await;
+    let mut s = c.mirror_session(&name).await.expect("session");
+    assert_eq!(s.length, end);
+    let mut acks = s.take_acks().expect("acks");
+    s.send(0, std::slice::from_ref(&first)).await.expect("send");
+    s.send(gap_to, std::slice::from_ref(&after))
+        .await
+        .expect("send");
+    for _ in 0..2 {
+        assert!(acks.next().await.expect("ack").expect("ack").duplicate);
+    }
+    let wrong = tributary::event::Gap {
+        from: end + 1,
+        to: end + 10,
+        ..gap.clone()
+    };
+    s.send_gap(&wrong).await.expect("gap");
+    let e = acks.next().await.expect_err("refused");
+    assert_eq!(code(&e), Some(ErrorCode::Conflict), "{e}");
+    assert!(
+        e.to_string().contains(&format!("continue from {end}")),
+        "{e}"
+    );
+    let history = src.scale_history();
+    let m = c
+        .mirror_stream("m", "g", &source(1), fixed(1), history, vec![(seg0(), end)])
+        .await
+        .expect("sealed at the source's length");
+    assert_eq!(m.epoch, 1);
+
+    // A reader gets the events, and the gap record in its place.
+    c.create_reader_group("m", "r", "g", tributary::wire::StartFrom::Head)
+        .await
+        .expect("group");
+    let mut r = tributary::service::EventReader::join(
+        &c,
+        "m",
+        "r",
+        "r1",
+        tributary::service::ReaderConfig::default(),
+    )
+    .await
+    .expect("join");
+    let mut items = Vec::new();
+    while let Some(e) = r
+        .next(std::time::Duration::from_millis(500))
+        .await
+        .expect("read")
+    {
+        items.push(match e.gap {
+            Some(g) => format!("gap {}..{} {:?}", g.from, g.to, g.events),
+            None => String::from_utf8_lossy(&e.payload).into_owned(),
+        });
+    }
+    let mut want: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    want.push(format!("gap {gap_from}..{gap_to} Some(10)"));
+    want.extend((20..25).map(|i| format!("e{i}")));
+    assert_eq!(items, want);
+}

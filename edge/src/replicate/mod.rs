@@ -16,6 +16,14 @@
 //! sampled every second, shown in `status` and metrics, and reported to the cloud.
 //! While the cloud is unreachable data stays in the local streams (their disk budget
 //! applies) and replication resumes with capped exponential backoff and jitter.
+//!
+//! Data the edge gives up before the cloud has it (the disk budget with
+//! `drop_unreplicated`, a user's truncate, a repair) is never skipped silently: the
+//! copier finds the cloud's copy ending before the local segment's start and sends a
+//! **gap record** for that range ([`tributary::event::Gap`]: with the events counted
+//! and the reason, where the edge recorded its drop in tree `edge-dropped`); the cloud
+//! stores it in the stream, readers receive it, both sides count it, and the copy goes
+//! on after it.
 
 pub mod config;
 
@@ -28,6 +36,7 @@ use anyhow::{anyhow, bail, Context};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tributary::event::Gap;
 use tributary::log::{LogError, SegmentLog};
 use tributary::service::Client;
 use tributary::stream::{segment_name, SegmentId, SourceStream};
@@ -59,6 +68,9 @@ pub struct Replica {
     name: String,
     /// Acknowledged offsets, persisted.
     tree: sled::Tree,
+    /// What the edge dropped before the cloud had it, until a gap record says so:
+    /// key segment name, NUL, first offset (u64 BE); value a [`Dropped`] in JSON.
+    dropped: sled::Tree,
     /// Per local segment: the offset below which the cloud holds every byte durably.
     acked: Mutex<HashMap<String, u64>>,
     /// Per local segment: (length, when first seen) samples not yet acknowledged.
@@ -66,6 +78,8 @@ pub struct Replica {
     connected: AtomicBool,
     replicated_bytes: AtomicU64,
     duplicate_frames: AtomicU64,
+    gaps: AtomicU64,
+    gap_bytes: AtomicU64,
     lag_bytes: AtomicU64,
     lag_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -84,12 +98,47 @@ pub struct ReplicaStatus {
     pub replicated_bytes: u64,
     /// Frames the cloud recognised as stored already (resends).
     pub duplicate_frames: u64,
+    /// Gap records the cloud stored since the edge started: ranges the edge gave up
+    /// before the cloud had them.
+    #[serde(default)]
+    pub gaps: u64,
+    /// Bytes those gap records stand for.
+    #[serde(default)]
+    pub gap_bytes: u64,
     /// Bytes the edge holds that the cloud does not.
     pub lag_bytes: u64,
     /// Age of the oldest of them, in milliseconds.
     pub lag_ms: u64,
     /// The last error, if any since the last success.
     pub last_error: Option<String>,
+}
+
+/// Bytes the edge dropped from a replicated segment before the cloud had them, as
+/// recorded when it dropped them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Dropped {
+    /// End of the range (its start is in the key).
+    to: u64,
+    /// Whole events in it.
+    events: u64,
+    /// Why.
+    reason: String,
+    /// When (ms since the Unix epoch).
+    at_ms: u64,
+}
+
+fn dropped_key(segment: &str, from: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(segment.len() + 9);
+    k.extend_from_slice(segment.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&from.to_be_bytes());
+    k
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,6 +152,10 @@ impl Replica {
             .log()
             .meta_tree("edge-replicated")
             .context("opening the replication state")?;
+        let dropped = local
+            .log()
+            .meta_tree("edge-dropped")
+            .context("opening the replication state")?;
         let mut acked = HashMap::new();
         for kv in tree.iter() {
             let (k, v) = kv.context("reading the replication state")?;
@@ -114,11 +167,14 @@ impl Replica {
             spec,
             name: local.spec().name(),
             tree,
+            dropped,
             acked: Mutex::new(acked),
             samples: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
             replicated_bytes: AtomicU64::new(0),
             duplicate_frames: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            gap_bytes: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -135,13 +191,100 @@ impl Replica {
         lock(&self.acked).get(segment).copied().unwrap_or(0)
     }
 
-    fn set_acked(&self, segment: &str, offset: u64) {
+    /// Records that the cloud holds `segment` up to `offset`; `copied` when it got the
+    /// bytes (not a gap record standing for them).
+    fn set_acked(&self, segment: &str, offset: u64, copied: bool) {
         let before = lock(&self.acked).insert(segment.to_string(), offset);
-        let grown = offset.saturating_sub(before.unwrap_or(offset));
-        self.replicated_bytes.fetch_add(grown, Ordering::Relaxed);
+        if copied {
+            let grown = offset.saturating_sub(before.unwrap_or(offset));
+            self.replicated_bytes.fetch_add(grown, Ordering::Relaxed);
+        }
         if before != Some(offset) {
             if let Err(e) = self.tree.insert(segment, &offset.to_be_bytes()) {
                 tracing::warn!(%segment, error = %e, "cannot persist the replicated offset");
+            }
+        }
+    }
+
+    /// Records that the edge drops `segment`'s bytes from `from` to `to`, holding
+    /// `events` whole events, before the cloud has them; the gap record sent for them
+    /// will say so.
+    pub fn record_dropped(
+        &self,
+        segment: &str,
+        from: u64,
+        to: u64,
+        events: u64,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let d = Dropped {
+            to,
+            events,
+            reason: reason.to_string(),
+            at_ms: unix_ms(),
+        };
+        let v = serde_json::to_vec(&d).context("encoding a drop record")?;
+        self.dropped
+            .insert(dropped_key(segment, from), v)
+            .context("recording dropped data")?;
+        self.dropped.flush().context("recording dropped data")?;
+        Ok(())
+    }
+
+    /// The gap record for `segment`'s bytes from `from` to `to`, which the cloud lacks
+    /// and the edge no longer holds: events and reason from the drops recorded, when
+    /// they cover the range exactly.
+    fn gap(&self, segment: &str, from: u64, to: u64) -> Gap {
+        let mut prefix = segment.as_bytes().to_vec();
+        prefix.push(0);
+        let mut records = Vec::new();
+        for kv in self.dropped.scan_prefix(&prefix).flatten() {
+            let (k, v) = kv;
+            let start = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            if let (Some(start), Ok(d)) = (start, serde_json::from_slice::<Dropped>(&v)) {
+                if start < to && d.to > from {
+                    records.push((start, d));
+                }
+            }
+        }
+        // Exactly covered: from `from` to `to`, each record starting where one ends.
+        let mut at = from;
+        for (start, d) in &records {
+            at = if *start == at { d.to } else { u64::MAX };
+        }
+        let exact = at == to;
+        let mut reasons: Vec<&str> = records.iter().map(|(_, d)| d.reason.as_str()).collect();
+        reasons.dedup();
+        Gap {
+            segment: segment.to_string(),
+            from,
+            to,
+            events: exact.then(|| records.iter().map(|(_, d)| d.events).sum()),
+            reason: if reasons.is_empty() {
+                "the edge truncated them before the cloud had them (a user's truncate, \
+                 retention or a repair; the edge recorded no drop of its own)"
+                    .to_string()
+            } else {
+                reasons.join("; ")
+            },
+            dropped_ms: records.iter().map(|(_, d)| d.at_ms).min(),
+            noticed_ms: unix_ms(),
+        }
+    }
+
+    /// The cloud stored the gap record `gap`: count it, and forget the drops it covers.
+    fn gap_stored(&self, gap: &Gap) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
+        self.gap_bytes.fetch_add(gap.bytes(), Ordering::Relaxed);
+        let mut prefix = gap.segment.as_bytes().to_vec();
+        prefix.push(0);
+        for kv in self.dropped.scan_prefix(&prefix).flatten() {
+            let done = serde_json::from_slice::<Dropped>(&kv.1).map_or(true, |d| d.to <= gap.to);
+            if done {
+                let _ = self.dropped.remove(kv.0);
             }
         }
     }
@@ -200,6 +343,8 @@ impl Replica {
             connected: self.connected.load(Ordering::Relaxed),
             replicated_bytes: self.replicated_bytes.load(Ordering::Relaxed),
             duplicate_frames: self.duplicate_frames.load(Ordering::Relaxed),
+            gaps: self.gaps.load(Ordering::Relaxed),
+            gap_bytes: self.gap_bytes.load(Ordering::Relaxed),
             lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
             lag_ms: self.lag_ms.load(Ordering::Relaxed),
             last_error: lock(&self.last_error).clone(),
@@ -505,7 +650,7 @@ async fn copy(
         Ok(i) => i,
         Err(LogError::NoSuchSegment(_)) if offset > 0 => {
             // Truncated away locally after it was replicated.
-            r.set_acked(segment, offset);
+            r.set_acked(segment, offset, false);
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -517,27 +662,35 @@ async fn copy(
             info.length
         );
     }
-    if offset < info.start {
-        bail!(
-            "the edge truncated {segment} at {} before the cloud had it (the cloud holds {offset} bytes): \
-             that data is lost",
-            info.start
-        );
-    }
-    r.set_acked(segment, offset);
+    r.set_acked(segment, offset, false);
     let Some(mut acks) = session.take_acks() else {
         bail!("the mirror session has no acknowledgements");
     };
+    // The local segment starts after the cloud's copy ends: those bytes are gone.
+    let gap = (offset < info.start).then(|| r.gap(segment, offset, info.start));
     let acker = async {
+        let mut gap = gap.clone();
         while let Some(a) = acks.next().await? {
             if a.duplicate {
                 r.duplicate_frames.fetch_add(1, Ordering::Relaxed);
             }
-            r.set_acked(segment, a.end_offset);
+            match gap.take_if(|g| g.to == a.end_offset) {
+                Some(g) => {
+                    r.set_acked(segment, a.end_offset, false);
+                    r.gap_stored(&g);
+                }
+                None => r.set_acked(segment, a.end_offset, true),
+            }
         }
         anyhow::Ok(())
     };
     let sender = async {
+        if let Some(g) = &gap {
+            tracing::warn!(stream = %r.name, to = %r.spec.to(), %segment, from = g.from, to = g.to,
+                events = ?g.events, reason = %g.reason, "data given up before the cloud had it: sending a gap record");
+            session.send_gap(g).await?;
+            offset = g.to;
+        }
         let mut pace = Pace::new(r.spec.max_bytes_per_s);
         loop {
             let read = log.read(segment, offset, FRAME_BYTES, TAIL_WAIT).await?;

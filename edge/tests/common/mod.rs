@@ -410,6 +410,7 @@ pub async fn read_all(
         .expect("join");
     let mut out = Vec::new();
     while let Some(e) = r.next(quiet).await.expect("read") {
+        assert!(e.gap.is_none(), "a gap record at {}: {:?}", e.offset, e.gap);
         out.push((e.key.to_vec(), e.payload.to_vec()));
     }
     out

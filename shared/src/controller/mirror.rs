@@ -4,14 +4,30 @@
 //! once the segments it seals hold all of their source's bytes. Replaying the scale
 //! history gives the same segment numbers, so `scope/stream/N.#epoch.E` names the
 //! same data on both sides.
+//!
+//! Offsets match too, until the source gives up bytes the mirror never got: then the
+//! mirror stores a gap record ([`crate::event::Gap`]) where they would have been and
+//! goes on with the bytes after them. From there a source offset is the mirror's plus
+//! the segment's *shift*, kept as its attribute [`MIRROR_SHIFT`] (set by the append
+//! that stores the gap record, so the two never disagree).
 
-use crate::log::LogError;
+use crate::log::{AttributeId, LogError, SegmentLog};
 use crate::stream::{
     segment_name, segment_stream, validate_scoped_name, KeyRange, MirrorSource, ScaleRecord,
     SegmentId, StreamConfig, StreamMeta,
 };
 
 use super::{Controller, ControllerError, Result};
+
+/// The attribute of a mirror segment holding its shift: source offset minus mirror
+/// offset, for the bytes after its last gap record (absent: 0). Writers' ids never
+/// reach a mirror segment, which takes only its source's replication.
+pub const MIRROR_SHIFT: AttributeId = u128::MAX;
+
+/// The durable shift of mirror segment `name` (see [`MIRROR_SHIFT`]).
+pub fn mirror_shift(log: &SegmentLog, name: &str) -> std::result::Result<i64, LogError> {
+    Ok(log.attribute(name, MIRROR_SHIFT)?.unwrap_or(0))
+}
 
 impl Controller {
     /// Makes `scope/stream` the mirror of `source`, an edge stream configured with
@@ -101,8 +117,12 @@ impl Controller {
             }
             for id in &s.sealed {
                 let want = lengths.iter().find(|(i, _)| i == id).map(|(_, l)| *l);
-                let have = match self.log.info(&segment_name(scope, stream, *id)) {
-                    Ok(i) => i.length,
+                // In the source's offsets (past a gap record they differ).
+                let name = segment_name(scope, stream, *id);
+                let have = match self.log.info(&name) {
+                    Ok(i) => i
+                        .length
+                        .saturating_add_signed(mirror_shift(&self.log, &name)?),
                     Err(LogError::NoSuchSegment(_)) => 0,
                     Err(e) => return Err(e.into()),
                 };

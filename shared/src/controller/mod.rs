@@ -24,6 +24,7 @@ use crate::stream::{
 use crate::wire::WriterPosition;
 
 pub use large::LargeEventStored;
+pub use mirror::{mirror_shift, MIRROR_SHIFT};
 pub use policies::PolicySettings;
 
 /// What the controller refuses or fails with.

@@ -862,6 +862,19 @@ impl MirrorSession {
             .map_err(conn_err)
     }
 
+    /// Tells the mirror that the source no longer holds its bytes from `gap.from` (where
+    /// the mirror ends) to `gap.to`: the mirror stores a gap record and the session
+    /// goes on at `gap.to`.
+    pub async fn send_gap(&mut self, gap: &crate::event::Gap) -> Result<(), ClientError> {
+        let h = DataHeader::MirrorGap { offset: gap.from };
+        let mut body = Vec::new();
+        ciborium::into_writer(gap, &mut body)
+            .map_err(|e| ClientError::Protocol(format!("encoding a gap record: {e}")))?;
+        write_data_frame(&mut self.send, &h, &[Bytes::from(body)])
+            .await
+            .map_err(conn_err)
+    }
+
     /// Sets the QUIC priority of the session's data against the connection's other
     /// streams (higher goes first).
     pub fn set_priority(&self, priority: i32) {

@@ -59,7 +59,12 @@ impl Default for ReaderConfig {
 /// most 4 MiB; the frame limit is 16 MiB).
 const MAX_READ_BYTES: u64 = 8 << 20;
 
-/// An event with where it was read.
+/// An event with where it was read, or a gap record.
+///
+/// A mirror stream (the cloud's copy of an edge stream) may hold **gap records**: data
+/// its edge gave up before the cloud had it. The reader hands each out in its place
+/// in the segment, as an item with `gap` set and an empty key and payload; readers
+/// that take events only must skip those.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadEvent {
     /// Stream it is in (one of the group's).
@@ -72,6 +77,8 @@ pub struct ReadEvent {
     pub key: Bytes,
     /// Payload.
     pub payload: Bytes,
+    /// Set when this is a gap record, not an event: what was lost, and why.
+    pub gap: Option<crate::event::Gap>,
 }
 
 #[derive(Debug)]
@@ -292,12 +299,18 @@ impl EventReader {
             let h = self.held.get_mut(&seg)?;
             let (offset, e) = h.events.pop_front()?;
             h.position = offset + framed_len(&e.key, &e.payload) as u64;
+            // A gap record's payload is its encoding: nothing for the caller.
+            let (key, payload) = match e.gap {
+                Some(_) => (Bytes::new(), Bytes::new()),
+                None => (e.key, e.payload),
+            };
             let event = ReadEvent {
                 stream: h.stream.clone(),
                 segment: seg.id,
                 offset,
-                key: e.key,
-                payload: e.payload,
+                key,
+                payload,
+                gap: e.gap,
             };
             self.turn = Some(seg);
             return Some(event);

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::controller::Controller;
+use crate::controller::{mirror_shift, Controller, MIRROR_SHIFT};
+use crate::event::{frame_gap, Gap};
 use crate::log::{
     AppendOptions, AttributeCondition, AttributeUpdate, LogError, SegmentLog, Ticket,
 };
 use crate::node::http::label_value;
 use crate::service::access::Access;
 use crate::service::peers::{PeerCert, Peers, Policy};
-use crate::stream::{is_large_event_segment, MirrorSource};
+use crate::stream::{is_large_event_segment, segment_stream, MirrorSource};
 use crate::wire::{
     encode_control, read_data_frame, read_frame, write_data_frame, DataHeader, ErrorCode,
     ReplicationLag, Request, Response, SegmentInfoWire, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION,
@@ -54,6 +55,8 @@ pub struct ServiceMetrics {
     pub read_bytes: AtomicU64,
     /// The last replication lag each edge reported, per (edge identity, stream).
     lags: Mutex<BTreeMap<(String, String), (ReplicationLag, Instant)>>,
+    /// Gap records stored and the bytes they stand for, per (edge identity, stream).
+    gaps: Mutex<BTreeMap<(String, String), (u64, u64)>>,
 }
 
 impl ServiceMetrics {
@@ -64,6 +67,16 @@ impl ServiceMetrics {
         for l in streams {
             lags.insert((edge.to_string(), l.stream.clone()), (l, now));
         }
+    }
+
+    /// Counts a gap record `edge` stored in its mirror `stream`, for `bytes` lost.
+    pub fn record_gap(&self, edge: &str, stream: &str, bytes: u64) {
+        let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        let g = gaps
+            .entry((edge.to_string(), stream.to_string()))
+            .or_default();
+        g.0 += 1;
+        g.1 += bytes;
     }
 
     /// The last lag reported per (edge identity, stream), and how long ago.
@@ -113,6 +126,33 @@ impl ServiceMetrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
                 v.load(Ordering::Relaxed)
             ));
+        }
+        let gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !gaps.is_empty() {
+            for (name, help) in [
+                (
+                    "tributary_mirror_gaps_total",
+                    "Gap records stored: data an edge gave up before this node had it.",
+                ),
+                (
+                    "tributary_mirror_gap_bytes_total",
+                    "Bytes those gap records stand for.",
+                ),
+            ] {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+                for ((edge, stream), (count, bytes)) in &gaps {
+                    let v = if name == "tributary_mirror_gaps_total" {
+                        count
+                    } else {
+                        bytes
+                    };
+                    out.push_str(&format!(
+                        "{name}{{edge=\"{}\",stream=\"{}\"}} {v}\n",
+                        label_value(edge),
+                        label_value(stream)
+                    ));
+                }
+            }
         }
         let lags = self.lags();
         if !lags.is_empty() {
@@ -462,7 +502,10 @@ async fn serve_stream(
                 return session(send, recv, shared, segment, kind).await;
             }
             Request::SetupMirror { segment } => {
-                return session(send, recv, shared, segment, SessionKind::Mirror).await;
+                let kind = SessionKind::Mirror {
+                    edge: identity.into(),
+                };
+                return session(send, recv, shared, segment, kind).await;
             }
             Request::ReportReplication { streams } => {
                 shared.metrics.record_lag(identity, streams);
@@ -786,6 +829,8 @@ enum Pending {
         ticket: Ticket,
         events: u32,
         bytes: u64,
+        /// For a gap record: the bytes it stands for.
+        gap: Option<u64>,
         reply: Response,
     },
     /// Stored before (perhaps by an earlier session whose appends still wait for
@@ -796,12 +841,13 @@ enum Pending {
 }
 
 /// What a session's data frames are.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum SessionKind {
     /// Blocks of whole events of one writer (`SetupAppend`).
     Append { writer_id: u128 },
-    /// Bytes of a mirror's source segment at given offsets (`SetupMirror`).
-    Mirror,
+    /// Bytes of a mirror's source segment at given offsets, and gap records
+    /// (`SetupMirror`), from the edge `edge`.
+    Mirror { edge: Arc<str> },
 }
 
 /// An append or mirror session: data frames in, acknowledgements out, in order.
@@ -814,6 +860,8 @@ enum SessionKind {
 /// segment's length). What the segment already holds of a resent frame is
 /// acknowledged without being stored again, and only the rest is appended; a frame
 /// beyond the end is refused (`Conflict`) and the sender resumes from the length.
+/// Offsets on the wire are the source's: past a gap record, the segment's shift
+/// ([`MIRROR_SHIFT`]) tells them from the mirror's.
 async fn session(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -824,14 +872,19 @@ async fn session(
     let log = shared.controller.log().clone();
     // Appends of an earlier session may still wait for their fsync; what we report
     // must include them, or the client would resend them.
+    // Source minus mirror offsets, for a mirror session (0 for appends).
+    let mut shift = 0;
     let setup = log.settle().await.and_then(|()| {
         let last_event_number = match kind {
             SessionKind::Append { writer_id } => log.attribute(&segment, writer_id)?,
-            SessionKind::Mirror => None,
+            SessionKind::Mirror { .. } => {
+                shift = mirror_shift(&log, &segment)?;
+                None
+            }
         };
         Ok(Response::AppendSetup {
             last_event_number,
-            length: log.info(&segment)?.length,
+            length: log.info(&segment)?.length.saturating_add_signed(shift),
         })
     });
     let setup = setup.unwrap_or_else(|e| Response::error(&e));
@@ -847,6 +900,10 @@ async fn session(
         let controller = shared.controller.clone();
         let metrics = shared.metrics.clone();
         let segment = segment.clone();
+        let edge = match &kind {
+            SessionKind::Mirror { edge } => Some(edge.clone()),
+            SessionKind::Append { .. } => None,
+        };
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
                 let r = match p {
@@ -854,9 +911,15 @@ async fn session(
                         ticket,
                         events,
                         bytes,
+                        gap,
                         reply,
                     } => match log.durable(ticket).await {
                         Ok(()) => {
+                            if let (Some(lost), Some(edge), Some((scope, stream))) =
+                                (gap, &edge, segment_stream(&segment))
+                            {
+                                metrics.record_gap(edge, &format!("{scope}/{stream}"), lost);
+                            }
                             metrics
                                 .appended_events
                                 .fetch_add(u64::from(events), Ordering::Relaxed);
@@ -911,22 +974,25 @@ async fn session(
                 break;
             }
         };
-        let p = match (kind, frame) {
+        let p = match (&kind, frame) {
             (
                 SessionKind::Append { writer_id },
                 DataHeader::Append {
                     event_number,
                     event_count,
                 },
-            ) => append_block(&log, &segment, writer_id, event_number, event_count, &data).await,
-            (SessionKind::Mirror, DataHeader::Mirror { offset }) => {
-                mirror_block(&log, &segment, offset, &data).await
+            ) => append_block(&log, &segment, *writer_id, event_number, event_count, &data).await,
+            (SessionKind::Mirror { .. }, DataHeader::Mirror { offset }) => {
+                mirror_block(&log, &segment, offset, &data, shift).await
+            }
+            (SessionKind::Mirror { .. }, DataHeader::MirrorGap { offset }) => {
+                mirror_gap(&log, &segment, offset, &data, &mut shift).await
             }
             (kind, _) => Pending::Failed(error(
                 ErrorCode::UnexpectedMessage,
                 match kind {
                     SessionKind::Append { .. } => "expected an append data frame",
-                    SessionKind::Mirror => "expected a mirror data frame",
+                    SessionKind::Mirror { .. } => "expected a mirror data frame",
                 },
             )),
         };
@@ -964,6 +1030,7 @@ async fn append_block(
                     ticket,
                     events: event_count,
                     bytes: len as u64,
+                    gap: None,
                     reply: Response::Appended {
                         event_number,
                         end_offset: offset + len as u64,
@@ -985,12 +1052,25 @@ async fn append_block(
     }
 }
 
-/// Stores a mirror frame at `offset`, or what the segment does not hold of it yet.
-async fn mirror_block(log: &SegmentLog, segment: &str, offset: u64, data: &[Bytes]) -> Pending {
-    let end = offset + data.iter().map(|b| b.len() as u64).sum::<u64>();
+/// Stores a mirror frame at source offset `source_offset` (the segment's offset plus
+/// `shift`), or what the segment does not hold of it yet.
+async fn mirror_block(
+    log: &SegmentLog,
+    segment: &str,
+    source_offset: u64,
+    data: &[Bytes],
+    shift: i64,
+) -> Pending {
+    let len = data.iter().map(|b| b.len() as u64).sum::<u64>();
+    let end_source = source_offset + len;
+    // In the segment's offsets; bytes before its start (a frame resent from before a
+    // gap record) count as stored.
+    let first = i128::from(source_offset) - i128::from(shift);
+    let offset = u64::try_from(first.max(0)).unwrap_or(u64::MAX);
+    let end = u64::try_from((first + i128::from(len)).max(0)).unwrap_or(u64::MAX);
     let mut at = offset;
     loop {
-        let part = match at - offset {
+        let part = match at + len - end {
             0 => Cow::Borrowed(data),
             stored => Cow::Owned(skip(data, stored as usize)),
         };
@@ -1004,8 +1084,9 @@ async fn mirror_block(log: &SegmentLog, segment: &str, offset: u64, data: &[Byte
                     ticket,
                     events: 0,
                     bytes: end - at,
+                    gap: None,
                     reply: Response::Mirrored {
-                        end_offset: end,
+                        end_offset: end_source,
                         duplicate: false,
                     },
                 }
@@ -1013,20 +1094,95 @@ async fn mirror_block(log: &SegmentLog, segment: &str, offset: u64, data: &[Byte
             Err(LogError::Backpressure(_)) => log.wait_for_room().await,
             Err(LogError::BadOffset { actual, .. }) if actual >= end => {
                 return Pending::Duplicate(Response::Mirrored {
-                    end_offset: end,
+                    end_offset: end_source,
                     duplicate: true,
                 })
             }
             // The frame's beginning is stored (a resend with other boundaries).
             Err(LogError::BadOffset { actual, .. }) if actual > at => at = actual,
             Err(LogError::BadOffset { actual, .. }) => {
+                let actual = actual.saturating_add_signed(shift);
                 return Pending::Failed(error(
                     ErrorCode::Conflict,
                     format!(
-                        "segment {segment} holds {actual} bytes; a mirror frame at {offset} \
+                        "segment {segment} holds {actual} bytes; a mirror frame at {source_offset} \
                          would leave a gap (continue from {actual})"
                     ),
-                ))
+                ));
+            }
+            Err(e) => return Pending::Failed(Response::error(&e)),
+        }
+    }
+}
+
+/// Stores a gap record: the source gave up its bytes from `source_offset` (where the
+/// segment ends) to the record's end. The same append sets the segment's new shift,
+/// so the source's next bytes, at the record's end, go right after the record.
+async fn mirror_gap(
+    log: &SegmentLog,
+    segment: &str,
+    source_offset: u64,
+    data: &[Bytes],
+    shift: &mut i64,
+) -> Pending {
+    let body: Vec<u8> = data.iter().flat_map(|b| b.iter().copied()).collect();
+    let gap: Gap = match ciborium::from_reader(&body[..]) {
+        Ok(g) => g,
+        Err(e) => {
+            let why = format!("a gap record that does not decode: {e}");
+            return Pending::Failed(error(ErrorCode::Malformed, why));
+        }
+    };
+    if gap.from != source_offset || gap.to <= gap.from {
+        let why = format!(
+            "a gap record from {} to {} sent at {source_offset}",
+            gap.from, gap.to
+        );
+        return Pending::Failed(error(ErrorCode::Malformed, why));
+    }
+    let framed = frame_gap(&gap);
+    let at = i128::from(source_offset) - i128::from(*shift);
+    let after = at + framed.len() as i128;
+    let (Ok(at), Ok(new_shift)) = (u64::try_from(at), i64::try_from(i128::from(gap.to) - after))
+    else {
+        let why = format!("a gap record at {source_offset} out of this segment's range");
+        return Pending::Failed(error(ErrorCode::Malformed, why));
+    };
+    let opts = AppendOptions {
+        expected_length: Some(at),
+        attributes: vec![AttributeUpdate {
+            id: MIRROR_SHIFT,
+            value: new_shift,
+            condition: AttributeCondition::Always,
+        }],
+    };
+    loop {
+        match log.submit_append(segment, std::slice::from_ref(&framed), &opts) {
+            Ok((_, ticket)) => {
+                *shift = new_shift;
+                tracing::warn!(%segment, from = gap.from, to = gap.to, events = ?gap.events, reason = %gap.reason,
+                    "the edge gave up data before it was replicated: a gap record is stored");
+                return Pending::Stored {
+                    ticket,
+                    events: 0,
+                    bytes: framed.len() as u64,
+                    gap: Some(gap.bytes()),
+                    reply: Response::Mirrored {
+                        end_offset: gap.to,
+                        duplicate: false,
+                    },
+                };
+            }
+            Err(LogError::Backpressure(_)) => log.wait_for_room().await,
+            Err(LogError::BadOffset { actual, .. }) => {
+                let actual = actual.saturating_add_signed(*shift);
+                return Pending::Failed(error(
+                    ErrorCode::Conflict,
+                    format!(
+                        "segment {segment} holds {actual} bytes; a gap record from {source_offset} \
+                         does not follow them (continue from {actual})"
+                    ),
+                ));
             }
             Err(e) => return Pending::Failed(Response::error(&e)),
         }

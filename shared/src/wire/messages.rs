@@ -405,6 +405,14 @@ pub enum DataHeader {
         /// Offset of the first byte in the segment.
         offset: u64,
     },
+    /// The source gave up its bytes from `offset` before the mirror had them (after
+    /// `SetupMirror`; `offset` is where the mirror ends). The payload is the CBOR of a
+    /// [`crate::event::Gap`]; the mirror stores it as a gap record and continues at
+    /// the gap's end, which the reply ([`Response::Mirrored`]) says.
+    MirrorGap {
+        /// Offset of the first byte lost, in the source segment.
+        offset: u64,
+    },
     /// Bytes read.
     Read {
         /// Offset of the first byte.

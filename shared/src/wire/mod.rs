@@ -32,7 +32,9 @@ pub const ALPN: &[u8] = b"tributary";
 /// Protocol version this build speaks. 2: mirror streams have one source (`MirrorStream`
 /// says which edge stream it copies), reader groups read stream sets (segments named
 /// with their stream, positions a cut per stream). Version 1 peers are refused with
-/// `UnsupportedVersion` at the handshake.
+/// `UnsupportedVersion` at the handshake. Gap records (`DataHeader::MirrorGap`) came
+/// later within version 2: an older server refuses the frame, and an older reader stops
+/// at a gap record as at an event too large to take.
 pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame, header included: 16 MiB of payload plus room for headers.
 pub const MAX_FRAME_LEN: usize = (16 << 20) + 4096;
