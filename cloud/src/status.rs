@@ -166,10 +166,8 @@ pub fn render_table(s: &CloudStatus) -> String {
         out.push_str("disk full: appends wait until there is room on the log's disk\n");
     }
     for d in &s.damaged {
-        out.push_str(&format!(
-            "damaged: bytes {}..{} of segment {} cannot be read ({}); the rest of it reads\n",
-            d.from, d.to, d.segment, d.reason
-        ));
+        out.push_str(&tributary::node::damage_note(d));
+        out.push('\n');
     }
     for st in &s.streams {
         out.push_str(&format!("stream {st}\n"));

@@ -40,6 +40,13 @@ pub struct Status {
     /// Replication to the cloud, per replicated stream.
     #[serde(default)]
     pub replication: Vec<ReplicaStatus>,
+    /// Appends wait for room on the log's disk.
+    #[serde(default)]
+    pub disk_full: bool,
+    /// Byte ranges of the log that cannot be read (damaged frames), as found since the
+    /// start.
+    #[serde(default)]
+    pub damaged: Vec<tributary::log::repair::Damage>,
 }
 
 /// One serial source.
@@ -164,7 +171,11 @@ pub fn snapshot(
         .iter()
         .filter_map(|s| s.replica().map(|r| r.status()))
         .collect();
+    // Every local stream is in the node's one log.
+    let log = streams.first().map(|s| s.log());
     Status {
+        disk_full: log.is_some_and(|l| l.disk_full()),
+        damaged: log.map(|l| l.damaged()).unwrap_or_default(),
         streams: streams.iter().map(|s| stream_status(s)).collect(),
         mqtt: mqtt
             .iter()
@@ -517,6 +528,13 @@ pub fn render_table(s: &Status) -> String {
                 .as_ref()
                 .map_or_else(String::new, |e| format!(", last error: {e}"))
         ));
+    }
+    if s.disk_full {
+        out.push_str("disk full: appends wait until there is room on the log's disk\n");
+    }
+    for d in &s.damaged {
+        out.push_str(&tributary::node::damage_note(d));
+        out.push('\n');
     }
     out
 }

@@ -493,6 +493,7 @@ impl SegmentLog {
             syncer,
             replay_from,
             garbage,
+            damaged,
         } = recovered;
         if tier2.is_none() && index.tiered_ids().next().is_some() {
             return Err(LogError::Meta {
@@ -540,7 +541,7 @@ impl SegmentLog {
             fsync: FsyncHistogram::default(),
             direct_refused: AtomicBool::new(false),
             fetching: Mutex::new(HashMap::new()),
-            damage: Default::default(),
+            damage: super::repair::DamageLog::with(damaged),
         });
         let thread_inner = inner.clone();
         let writer = std::thread::Builder::new()
@@ -1433,6 +1434,19 @@ struct Recovered {
     syncer: Syncer,
     replay_from: u64,
     garbage: Vec<(u64, Chunk)>,
+    /// Damaged appends kept by the replay (see [`super::files::scan_file`]).
+    damaged: Vec<super::repair::Damage>,
+}
+
+/// A damaged append frame the replay kept: where it is, what it claims, and why it
+/// does not check.
+struct DamagedFrame {
+    file_id: u64,
+    pos: u64,
+    seg: u64,
+    data_offset: u64,
+    len: u64,
+    reason: String,
 }
 
 /// Rebuilds the durable state: checkpoint + older files' indexes + replay of the rest.
@@ -1486,7 +1500,8 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
 
     // Scan the files to replay.
     let mut files: BTreeMap<u64, Arc<File>> = BTreeMap::new();
-    let mut post: Vec<(u64, u64, Op)> = Vec::new();
+    let mut post: Vec<(u64, u64, Op, bool)> = Vec::new();
+    let mut damaged_frames: Vec<DamagedFrame> = Vec::new();
     let mut per_file: BTreeMap<u64, Vec<(u64, Extent)>> = BTreeMap::new();
     let mut last_seq = cp_seq;
     let mut last_len = FILE_HEADER_LEN;
@@ -1514,6 +1529,28 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
         let scan = scan_file(&file, &path, id)?;
         let mut extents = Vec::new();
         for (pos, frame) in scan.frames {
+            let damage = scan.damaged.iter().find(|(p, _)| *p == pos);
+            if let (
+                Some((_, reason)),
+                Op::Append {
+                    seg,
+                    data_offset,
+                    len,
+                    ..
+                },
+            ) = (damage, &frame.op)
+            {
+                tracing::error!(file = %path.display(), offset = pos, %reason, segment = seg, data_offset, len,
+                    "a damaged frame in the log: its bytes are kept and reads of them fail; the rest is served");
+                damaged_frames.push(DamagedFrame {
+                    file_id: id,
+                    pos,
+                    seg: *seg,
+                    data_offset: *data_offset,
+                    len: *len,
+                    reason: reason.clone(),
+                });
+            }
             if frame.seq < last_seq && frame.seq > cp_seq {
                 return Err(LogError::Corrupt {
                     path,
@@ -1543,7 +1580,7 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
             }
             if frame.seq > cp_seq {
                 last_seq = frame.seq;
-                post.push((id, pos, frame.op));
+                post.push((id, pos, frame.op, damage.is_some()));
             }
         }
         last_len = scan.valid_end;
@@ -1586,12 +1623,33 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
     }
 
     // Apply newer operations, then drop what the resulting table no longer holds.
-    for (file_id, pos, op) in post {
-        let released = table.apply(&op).map_err(|reason| LogError::Corrupt {
-            path: file_path(wal_dir, file_id),
-            offset: pos,
-            reason,
-        })?;
+    for (file_id, pos, op, damaged) in post {
+        // A damaged append takes the batch number of the frame after it, which may be
+        // one batch late: one the checkpoint already holds is not applied again.
+        let in_table = match &op {
+            Op::Append {
+                seg,
+                data_offset,
+                len,
+                ..
+            } if damaged => table
+                .by_id(*seg)
+                .is_some_and(|s| s.own_len >= data_offset + len),
+            _ => false,
+        };
+        let released = if in_table {
+            Vec::new()
+        } else {
+            table.apply(&op).map_err(|reason| LogError::Corrupt {
+                path: file_path(wal_dir, file_id),
+                offset: pos,
+                reason: if damaged {
+                    format!("a damaged frame (it fails its CRC) that does not fit: {reason}")
+                } else {
+                    reason
+                },
+            })?
+        };
         if let Op::Append {
             seg,
             data_offset,
@@ -1682,6 +1740,31 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
         sync_dir(wal_dir)?;
     }
 
+    let damaged = damaged_frames
+        .into_iter()
+        .filter_map(|f| {
+            let s = table.by_id(f.seg)?;
+            // Where the frame's data is in the segment now (after merges and
+            // truncations, if still there).
+            let p = s.pieces.iter().find(|p| {
+                p.data_id == f.seg
+                    && p.data_offset < f.data_offset + f.len
+                    && f.data_offset < p.data_offset + p.len
+            })?;
+            let from = p.seg_offset + f.data_offset.saturating_sub(p.data_offset);
+            Some(super::repair::Damage {
+                segment: s.name.clone(),
+                from,
+                to: from + f.len,
+                reason: format!(
+                    "{}, offset {}: {}",
+                    file_path(wal_dir, f.file_id).display(),
+                    f.pos,
+                    f.reason
+                ),
+            })
+        })
+        .collect();
     let seg_count = table.segments().count();
     tracing::info!(
         dir = %wal_dir.display(),
@@ -1701,5 +1784,6 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
         },
         replay_from,
         garbage,
+        damaged,
     })
 }

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use super::direct::{self, is_padding, BLOCK};
 use super::error::{LogError, Result};
 use super::format::{
-    check_file_header, decode_frame, encode_file_header, frame_len, Frame, APPEND_FIXED_LEN,
-    FILE_HEADER_LEN, FRAME_HEADER_LEN,
+    check_file_header, decode_damaged_frame, decode_frame, encode_file_header, frame_len, Frame,
+    Op, APPEND_FIXED_LEN, FILE_HEADER_LEN, FRAME_HEADER_LEN,
 };
 
 /// Largest frame body any configuration can produce; a length field above it is garbage.
@@ -183,8 +183,10 @@ pub(crate) fn read_frame_data_direct(
 /// What a scan of one log file found.
 #[derive(Debug)]
 pub struct Scan {
-    /// Valid frames with their positions.
+    /// Frames with their positions: valid ones, and the damaged appends of `damaged`.
     pub frames: Vec<(u64, Frame)>,
+    /// Positions of damaged append frames kept (see [`scan_file`]).
+    pub damaged: Vec<(u64, String)>,
     /// End of the last valid frame.
     pub valid_end: u64,
     /// A bad frame at this position that ends the file, and why it is bad.
@@ -192,7 +194,12 @@ pub struct Scan {
 }
 
 /// Reads every frame of a log file, stopping at the first that does not check (a
-/// direct write's zero padding after the last frame is no bad frame).
+/// direct write's zero padding after the last frame is no bad frame) — unless it is a
+/// *damaged append*: its length field leads to a valid frame, and its body reads as an
+/// append (a flipped bit in its data, the bulk of a log). That one is kept, with its
+/// attributes dropped (they may be what is damaged) and the next frame's batch number,
+/// and listed in `damaged`; reads of its bytes fail, the rest of the log serves.
+/// A crash cannot leave one: a torn write is the last frame.
 pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
     let io = |e| LogError::io(path, e);
     let file_len = f.metadata().map_err(io)?.len();
@@ -201,6 +208,7 @@ pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
     let mut pos = FILE_HEADER_LEN;
     let mut buf = Vec::new();
     let mut bad_tail = None;
+    let mut damaged = Vec::new();
     while pos < file_len {
         match read_frame_at(f, pos, &mut buf).map_err(io)? {
             Ok(fr) => {
@@ -209,6 +217,13 @@ pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
                 pos += len;
             }
             Err(reason) => {
+                if let Some(fr) = damaged_append(f, pos, file_len, &mut buf).map_err(io)? {
+                    let len = fr.frame_len as u64;
+                    damaged.push((pos, reason));
+                    frames.push((pos, fr));
+                    pos += len;
+                    continue;
+                }
                 let mut rest = vec![0u8; (file_len - pos).min(BLOCK as u64) as usize];
                 let n = read_up_to(f, &mut rest, pos).map_err(io)?;
                 if !is_padding(&rest[..n], file_len) {
@@ -220,9 +235,61 @@ pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
     }
     Ok(Scan {
         frames,
+        damaged,
         valid_end: pos,
         bad_tail,
     })
+}
+
+/// The frame at `pos`, which does not check, as a damaged append (see [`scan_file`]):
+/// `None` unless a valid frame starts where its length field says it ends and its body
+/// reads as an append.
+fn damaged_append(
+    f: &File,
+    pos: u64,
+    file_len: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Frame>> {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    let n = read_up_to(f, &mut h, pos)?;
+    let Some(len) = frame_len(&h[..n]).filter(|l| *l <= MAX_FRAME_BODY + FRAME_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let next = pos + len as u64;
+    if next >= file_len {
+        return Ok(None);
+    }
+    let mut after = Vec::new();
+    let Ok(following) = read_frame_at(f, next, &mut after)? else {
+        return Ok(None);
+    };
+    buf.resize(len, 0);
+    let n = read_up_to(f, buf, pos)?;
+    match decode_damaged_frame(&buf[..n], MAX_FRAME_BODY) {
+        Ok(Frame {
+            op:
+                Op::Append {
+                    seg,
+                    data_offset,
+                    len: data_len,
+                    ..
+                },
+            data_pos,
+            frame_len,
+            ..
+        }) => Ok(Some(Frame {
+            seq: following.seq,
+            op: Op::Append {
+                seg,
+                data_offset,
+                len: data_len,
+                attrs: Vec::new(),
+            },
+            data_pos,
+            frame_len,
+        })),
+        _ => Ok(None),
+    }
 }
 
 /// Whether log file `id` holds no frame: its creation was cut off (a short or missing

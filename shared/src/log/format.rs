@@ -301,6 +301,17 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
 /// bounds what a length field may claim, so garbage never makes us allocate or read
 /// gigabytes.
 pub fn decode_frame(buf: &[u8], max_body_len: usize) -> Result<Frame, FrameError> {
+    decode(buf, max_body_len, true)
+}
+
+/// Decodes the frame at the start of `buf` like [`decode_frame`], but without checking
+/// its CRC: for a frame known to be damaged, to learn what it claims to be (recovery
+/// keeps a damaged append whose neighbours are sound, and reads of it fail).
+pub fn decode_damaged_frame(buf: &[u8], max_body_len: usize) -> Result<Frame, FrameError> {
+    decode(buf, max_body_len, false)
+}
+
+fn decode(buf: &[u8], max_body_len: usize, check_crc: bool) -> Result<Frame, FrameError> {
     if buf.len() < FRAME_HEADER_LEN {
         return Err(FrameError::Incomplete {
             need: FRAME_HEADER_LEN,
@@ -318,7 +329,7 @@ pub fn decode_frame(buf: &[u8], max_body_len: usize) -> Result<Frame, FrameError
     }
     let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let body = &buf[FRAME_HEADER_LEN..total];
-    if crc32c::crc32c_append(crc32c::crc32c(&buf[0..4]), body) != crc {
+    if check_crc && crc32c::crc32c_append(crc32c::crc32c(&buf[0..4]), body) != crc {
         return Err(FrameError::Invalid("frame CRC mismatch".into()));
     }
     let mut r = Reader { b: body, pos: 0 };

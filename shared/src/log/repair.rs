@@ -230,6 +230,19 @@ impl DamageLog {
     /// Ranges kept at most.
     pub const MAX: usize = 64;
 
+    /// A log that knows of these ranges from the start (damaged frames its recovery
+    /// kept, already logged).
+    pub fn with(found: Vec<Damage>) -> DamageLog {
+        let ranges = found
+            .into_iter()
+            .take(Self::MAX)
+            .map(|d| ((d.segment.clone(), d.from), d))
+            .collect();
+        DamageLog {
+            ranges: std::sync::Mutex::new(ranges),
+        }
+    }
+
     /// Records a range a read could not serve (logged the first time).
     pub fn met(&self, d: &Damage) {
         let mut ranges = self.ranges.lock().unwrap_or_else(|e| e.into_inner());

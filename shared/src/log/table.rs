@@ -174,6 +174,11 @@ impl Table {
             .ok_or_else(|| LogError::NoSuchSegment(name.to_string()))
     }
 
+    /// The segment with this id.
+    pub fn by_id(&self, id: u64) -> Option<&SegmentState> {
+        self.segs.get(&id)
+    }
+
     /// All segments, by id.
     pub fn segments(&self) -> impl Iterator<Item = &SegmentState> {
         self.segs.values()

@@ -414,11 +414,33 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 fn health_check(log: Weak<SegmentLog>) -> HealthCheck {
-    Arc::new(move || match log.upgrade().map(|l| l.failure()) {
-        Some(None) => Ok(()),
-        Some(Some(reason)) => Err(format!("the segment log failed: {reason}")),
-        None => Err("the segment log is closed".into()),
+    Arc::new(move || {
+        let log = log.upgrade().ok_or("the segment log is closed")?;
+        if let Some(reason) = log.failure() {
+            return Err(format!("the segment log failed: {reason}"));
+        }
+        // Serving, and what the operator should know.
+        let mut notes = Vec::new();
+        if log.disk_full() {
+            notes.push(
+                "disk full: appends wait until there is room on the log's disk (free space, \
+                 or truncate a stream); reads go on"
+                    .to_string(),
+            );
+        }
+        notes.extend(log.damaged().iter().map(damage_note));
+        Ok(notes)
     })
+}
+
+/// One damaged range for `/health` and `status`: what, and what the operator can do.
+pub fn damage_note(d: &crate::log::repair::Damage) -> String {
+    format!(
+        "damaged: bytes {}..{} of segment {} cannot be read ({}); every other byte and \
+         segment is served. Readers stop there: read on with a stream cut past it, or \
+         truncate the stream past it to drop it for good",
+        d.from, d.to, d.segment, d.reason
+    )
 }
 
 fn metrics(

@@ -61,7 +61,7 @@ pub fn spawn_watchdog(health: HealthCheck) {
         loop {
             tick.tick().await;
             match health() {
-                Ok(()) => {
+                Ok(_) => {
                     failing = false;
                     report("WATCHDOG=1");
                 }
