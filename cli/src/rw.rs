@@ -1,14 +1,16 @@
 //! `trib write` and `trib read`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncBufReadExt;
+use tributary::event::framed_len;
 use tributary::reading::Reading;
 use tributary::service::{Client, EventReader, EventWriter, ReadEvent, ReaderConfig, WriterConfig};
-use tributary::stream::{GroupCut, StreamCut};
+use tributary::stream::{GroupCut, SegmentId, StreamCut};
 use tributary::wire::StartFrom;
 
 use crate::connect::scoped;
@@ -51,6 +53,11 @@ pub struct ReadArgs {
     /// Stop after this many events.
     #[arg(long)]
     max: Option<u64>,
+    /// Stop at this position: `tail` (the stream's end when the read starts: everything
+    /// up to now, then exit), or a stream cut as for --from. Events after it are not
+    /// printed. Not with --group (the group would lose the events read past it).
+    #[arg(long)]
+    to: Option<String>,
     /// Stop after this many seconds without an event (or a part of one: a large event
     /// still arriving keeps the read going). Default: tail until Ctrl-C.
     #[arg(long)]
@@ -98,12 +105,20 @@ pub async fn write(c: &Client, args: WriteArgs) -> Result<()> {
     let mut w = EventWriter::new(c, scope, stream, config).await?;
     let key = args.key.unwrap_or_default();
     if !args.files.is_empty() {
-        return write_files(w, key.as_bytes(), &args.files).await;
+        return write_files(w, key.as_bytes(), &args.files, args.writer_id.as_deref()).await;
     }
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // Lines are bytes: text in any encoding, or none (a line ends at \n or \r\n).
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
     let mut n: u64 = 0;
-    while let Some(line) = lines.next_line().await.context("reading standard input")? {
-        w.write(key.as_bytes(), line.as_bytes())
+    while let Some(mut line) = lines
+        .next_segment()
+        .await
+        .with_context(|| format!("reading line {} of standard input", n + 1))?
+    {
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        w.write(key.as_bytes(), &line)
             .await
             .with_context(|| format!("line {}", n + 1))?;
         n += 1;
@@ -113,6 +128,22 @@ pub async fn write(c: &Client, args: WriteArgs) -> Result<()> {
         "{n} events: {} stored, {} already stored before",
         stats.acknowledged, stats.already_stored
     );
+    if let Some(id) = &args.writer_id {
+        all_stored_before(id, stats.acknowledged, stats.already_stored)?;
+    }
+    Ok(())
+}
+
+/// A run with a writer id that stored nothing: the same input again (harmless), or new
+/// input under a used id (dropped). Either way the user must know.
+fn all_stored_before(id: &str, stored: u64, before: u64) -> Result<()> {
+    if stored == 0 && before > 0 {
+        bail!(
+            "every event was already stored by writer id {id:?}, so none of this run was \
+             stored. A writer id numbers its events (line or file i is event i), so a rerun \
+             of the same input stores nothing twice; new input needs a new --writer-id"
+        );
+    }
     Ok(())
 }
 
@@ -123,7 +154,12 @@ const FILE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// Writes each file as one event (streamed: a file is never held in memory whole). A
 /// file whose upload the connection or a server restart interrupted is read and sent
 /// again.
-async fn write_files(mut w: EventWriter, key: &[u8], files: &[PathBuf]) -> Result<()> {
+async fn write_files(
+    mut w: EventWriter,
+    key: &[u8],
+    files: &[PathBuf],
+    w_id: Option<&str>,
+) -> Result<()> {
     for path in files {
         let started = Instant::now();
         let (number, len) = loop {
@@ -153,7 +189,10 @@ async fn write_files(mut w: EventWriter, key: &[u8], files: &[PathBuf]) -> Resul
         stats.acknowledged,
         stats.already_stored
     );
-    Ok(())
+    match w_id {
+        Some(id) => all_stored_before(id, stats.acknowledged, stats.already_stored),
+        None => Ok(()),
+    }
 }
 
 /// Whether `streams` names more than one stream (a list or a pattern).
@@ -165,12 +204,82 @@ fn start_from(s: &str, streams: &str) -> Result<StartFrom> {
     Ok(match s {
         "head" => StartFrom::Head,
         "tail" => StartFrom::Tail,
-        cut if cut.contains('=') => StartFrom::Cut(cut.parse::<GroupCut>()?),
-        cut if !is_set(streams) => StartFrom::Cut(GroupCut {
-            streams: [(streams.to_string(), cut.parse::<StreamCut>()?)].into(),
-        }),
-        _ => bail!("--from of a stream set names each stream: STREAM=CUT;STREAM=CUT"),
+        cut => StartFrom::Cut(group_cut(cut, streams, "--from")?),
     })
+}
+
+/// A position given as a stream cut, or STREAM=CUT;... for a stream set.
+fn group_cut(cut: &str, streams: &str, flag: &str) -> Result<GroupCut> {
+    if cut.contains('=') {
+        Ok(cut.parse::<GroupCut>()?)
+    } else if !is_set(streams) {
+        Ok(GroupCut {
+            streams: [(streams.to_string(), cut.parse::<StreamCut>()?)].into(),
+        })
+    } else {
+        bail!("{flag} of a stream set names each stream: STREAM=CUT;STREAM=CUT")
+    }
+}
+
+/// Where `--to` stops a read: per stream and segment, the offset events must start
+/// below; segments of a stream numbered above its cut's came after it.
+struct Until {
+    ends: BTreeMap<(String, SegmentId), u64>,
+    last_number: BTreeMap<String, u32>,
+}
+
+impl Until {
+    /// The end `to` (per stream), for a read starting at `start`.
+    fn new(to: GroupCut, start: &GroupCut) -> Until {
+        let mut ends = BTreeMap::new();
+        let mut last_number = BTreeMap::new();
+        for (stream, cut) in to.streams {
+            let from = start.streams.get(&stream);
+            for (seg, end) in cut.positions {
+                let number = last_number.entry(stream.clone()).or_insert(seg.number);
+                *number = (*number).max(seg.number);
+                // Nothing to read in it: done from the start.
+                if from
+                    .and_then(|f| f.positions.get(&seg))
+                    .copied()
+                    .unwrap_or(0)
+                    < end
+                {
+                    ends.insert((stream.clone(), seg), end);
+                }
+            }
+        }
+        Until { ends, last_number }
+    }
+
+    /// Whether `e` (taking `len` bytes) comes before the end; notes the segments done.
+    fn before(&mut self, e: &ReadEvent, len: u64) -> bool {
+        let Some(last) = self.last_number.get(&*e.stream) else {
+            return false;
+        };
+        if e.segment.number > *last {
+            return false;
+        }
+        let key = (e.stream.to_string(), e.segment);
+        match self.ends.get(&key) {
+            Some(end) if e.offset >= *end => {
+                self.ends.remove(&key);
+                false
+            }
+            Some(end) => {
+                if e.offset + len >= *end {
+                    self.ends.remove(&key);
+                }
+                true
+            }
+            // A segment the cut sealed: read before the end.
+            None => true,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.ends.is_empty()
+    }
 }
 
 pub async fn read(c: &Client, args: ReadArgs) -> Result<()> {
@@ -191,16 +300,46 @@ pub async fn read(c: &Client, args: ReadArgs) -> Result<()> {
         Some(g) => (g.clone(), false),
         None => (format!("trib-read-{pid}-{nanos:x}"), true),
     };
+    if args.to.is_some() && args.group.is_some() {
+        bail!("--to reads privately: not with --group (the group would lose what is read past the end)");
+    }
     c.create_reader_group(scope, &group, stream, from).await?;
-    let r = read_events(
-        c,
-        scope,
-        &group,
-        &format!("trib-{pid}-{nanos:x}"),
-        &args,
-        idle,
-    )
-    .await;
+    let until = match &args.to {
+        None => Ok(None),
+        Some(to) => {
+            async {
+                let start = c.group_position(scope, &group, None).await?;
+                let end = match to.as_str() {
+                    "tail" => {
+                        let mut end = GroupCut::default();
+                        for s in start.streams.keys() {
+                            end.streams
+                                .insert(s.clone(), c.stream_tail(scope, s).await?);
+                        }
+                        end
+                    }
+                    cut => group_cut(cut, stream, "--to")?,
+                };
+                Ok(Some(Until::new(end, &start)))
+            }
+            .await
+        }
+    };
+    let r = match until {
+        Ok(until) => {
+            read_events(
+                c,
+                scope,
+                &group,
+                &format!("trib-{pid}-{nanos:x}"),
+                &args,
+                idle,
+                until,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     if temporary {
         c.delete_reader_group(scope, &group).await?;
     }
@@ -214,6 +353,7 @@ async fn read_events(
     reader: &str,
     args: &ReadArgs,
     idle: Option<Duration>,
+    mut until: Option<Until>,
 ) -> Result<()> {
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -226,7 +366,7 @@ async fn read_events(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let result: Result<()> = loop {
-        if args.max.is_some_and(|m| count >= m) {
+        if args.max.is_some_and(|m| count >= m) || until.as_ref().is_some_and(Until::done) {
             break Ok(());
         }
         let wait = match idle {
@@ -258,6 +398,11 @@ async fn read_events(
             Err(e) => break Err(e.into()),
         };
         last = Instant::now();
+        if let Some(u) = &mut until {
+            if !u.before(&e, framed_len(&e.key, &e.payload) as u64) {
+                continue;
+            }
+        }
         if let Some(gap) = &e.gap {
             // Not an event: JSON output says it in line, other output on stderr.
             let written = if args.json {

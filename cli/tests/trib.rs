@@ -55,28 +55,7 @@ impl Server {
 
 /// Runs trib with the profile and `stdin`, off the async runtime.
 async fn trib(profile: &Path, args: &[&str], stdin: &str) -> Output {
-    let (profile, stdin) = (profile.to_path_buf(), stdin.to_string());
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trib"))
-            .arg("--profile")
-            .arg(&profile)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn trib");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        child.wait_with_output().expect("trib output")
-    })
-    .await
-    .expect("trib task")
+    trib_bytes(profile, args, stdin.as_bytes()).await
 }
 
 fn ok(o: &Output) -> (String, String) {
@@ -126,6 +105,14 @@ async fn scopes_streams_write_with_a_writer_id_and_read_back() {
     // The rerun after a "failure" stores only what is missing.
     let (_, err) = ok(&trib(p, &w, &all8).await);
     assert!(err.contains("3 stored, 5 already stored"), "{err}");
+    // New input under a used writer id stores nothing: said loudly, exit non-zero.
+    let o = trib(p, &w, "new 1\nnew 2\n").await;
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("0 stored, 2 already stored") && err.contains("needs a new --writer-id"),
+        "{err}"
+    );
 
     let (out, _) = ok(&trib(p, &["read", "site/temps", "--timeout", "1", "--json"], "").await);
     let events: Vec<serde_json::Value> = out
@@ -404,6 +391,60 @@ async fn a_gap_record_reads_as_gap_in_json_and_on_stderr_otherwise() {
     drop(s.server);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_to_tail_prints_everything_up_to_now_and_exits() {
+    let s = Server::start().await;
+    let p = &s.profile;
+    ok(&trib(p, &["scope", "create", "f"], "").await);
+    ok(&trib(p, &["stream", "create", "f/t", "--segments", "3"], "").await);
+    // An empty stream: nothing, at once.
+    let (out, _) = ok(&trib(p, &["read", "f/t", "--to", "tail"], "").await);
+    assert_eq!(out, "");
+    // Lines are bytes: one that is not UTF-8 is stored as it is.
+    let mut input: Vec<u8> = (0..30)
+        .flat_map(|i| format!("event {i}\n").into_bytes())
+        .collect();
+    input.extend_from_slice(b"\xff\xfe not utf-8\r\n");
+    let o = trib_bytes(p, &["write", "f/t", "--key", "k"], &input).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (out, _) = ok(&trib(p, &["read", "f/t", "--to", "tail", "--json"], "").await);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 31, "{out}");
+    assert_eq!(lines[30]["payload_hex"], "fffe206e6f74207574662d38");
+    let e = failed(&trib(p, &["read", "f/t", "--to", "tail", "--group", "g"], "").await);
+    assert!(e.contains("not with --group"), "{e}");
+    drop(s.server);
+}
+
+/// Runs trib with the profile and raw bytes on stdin, off the async runtime.
+async fn trib_bytes(profile: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let (profile, stdin) = (profile.to_path_buf(), stdin.to_vec());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trib"))
+            .arg("--profile")
+            .arg(&profile)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trib");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&stdin)
+            .expect("write stdin");
+        child.wait_with_output().expect("trib output")
+    })
+    .await
+    .expect("trib task")
+}
+
 /// `len` pseudo-random bytes (xorshift).
 fn payload(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -453,8 +494,10 @@ async fn files_written_as_single_events_read_back_byte_identical_into_files() {
         "{err}"
     );
     assert!(err.contains("50000000 bytes, event 2"), "{err}");
-    // A rerun with the same writer id sends nothing again.
-    let (_, err) = ok(&trib(p, &w, "").await);
+    // A rerun with the same writer id sends nothing again (and says so, exit 1).
+    let o = trib(p, &w, "").await;
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("0 stored, 2 already stored"), "{err}");
 
     let out_dir = dir.path().join("out");
