@@ -68,7 +68,7 @@ fn main() {
         },
     };
     if let Err(e) = r {
-        eprintln!("trib: {e:#}");
+        eprintln!("trib: {}", tributary::node::error_line(e.chain()));
         std::process::exit(1);
     }
 }

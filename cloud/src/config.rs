@@ -207,8 +207,9 @@ struct RawTier2 {
 
 /// Parses and validates a cloud node's file; relative paths are joined to `base`.
 pub fn parse(text: &str, base: &Path) -> Result<CloudSettings, Vec<ConfigError>> {
-    let raw: RawFile = from_toml(text)?;
+    let (raw, unknown): (RawFile, _) = from_toml(text)?;
     let mut v = Validator::new(text, base);
+    v.extend(unknown);
     let mut node = v.node(
         RawNode {
             data_dir: raw.data_dir,

@@ -115,7 +115,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tributary-cloud: error: {e:#}");
+            eprintln!(
+                "tributary-cloud: error: {}",
+                tributary::node::error_line(e.chain())
+            );
             ExitCode::FAILURE
         }
     }
@@ -123,7 +126,17 @@ fn main() -> ExitCode {
 
 fn check_config(file: &std::path::Path) -> ExitCode {
     match load(file, config::parse) {
-        Ok(_) => {
+        Ok(settings) => {
+            // The [tls] files: there, readable, matching, valid now.
+            let ids: Vec<_> = settings
+                .node
+                .tls
+                .iter()
+                .map(|t| ("[tls]", t.identity(), true))
+                .collect();
+            if !tributary::node::config::report_identities(file, &ids) {
+                return ExitCode::FAILURE;
+            }
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
         }

@@ -245,3 +245,50 @@ fn repair_reports_a_damaged_frame_then_cuts_the_log_there_with_yes() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to repair"));
 }
+
+#[test]
+fn check_config_checks_the_certificate_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let p = pki.to_str().expect("utf-8 path");
+    let o = run(&[
+        "certs",
+        "--out",
+        p,
+        "--server-name",
+        "localhost",
+        "--client",
+        "gw",
+        "--days",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = |key: &str| {
+        format!(
+            "[tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/server.pem\"\nkey = \"{p}/{key}\"\n\
+             [[grant]]\nidentity = \"gw\"\nadmin = true\n"
+        )
+    };
+    let file = dir.path().join("cloud.toml");
+    let f = file.to_str().expect("utf-8 path");
+    // Valid, but expiring within 30 days: ok, with a warning.
+    std::fs::write(&file, config("server.key")).expect("write");
+    let o = run(&["check-config", f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning") && stderr(&o).contains("renew it"),
+        "{}",
+        stderr(&o)
+    );
+    // Another identity's key; a key file that is not there.
+    for (key, want) in [("gw.key", "KeyMismatch"), ("nope.key", "nope.key")] {
+        std::fs::write(&file, config(key)).expect("write");
+        let o = run(&["check-config", f]);
+        assert!(!o.status.success(), "accepted {key}");
+        assert!(
+            stderr(&o).contains("[tls]") && stderr(&o).contains(want),
+            "{}",
+            stderr(&o)
+        );
+    }
+}

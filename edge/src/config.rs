@@ -239,8 +239,9 @@ impl KeyFrom {
 
 /// Parses and validates an edge configuration; relative paths are joined to `base`.
 pub fn parse(text: &str, base: &Path) -> Result<EdgeConfig, Vec<ConfigError>> {
-    let raw: RawFile = from_toml(text)?;
+    let (raw, unknown): (RawFile, _) = from_toml(text)?;
     let mut v = Validator::new(text, base);
+    v.extend(unknown);
     let node = v.node(
         RawNode {
             data_dir: raw.data_dir,
@@ -801,6 +802,28 @@ mod tests {
     }
 
     #[test]
+    fn every_unknown_key_is_named_in_its_table_with_the_other_errors() {
+        let e = errors(
+            "[[stream]]\nname = \"a/b\"\nsegmnts = 3\n\
+             [[mqtt]]\nbroker = \"h:1\"\nclient_id = \"x\"\n\
+             [[mqtt.route]]\nfilter = \"t\"\nstream = \"a/b\"\n\
+             [[mqtt]]\nbroker = \"h:1\"\nclient_id = \"y\"\nkeepalive = 5\n\
+             [[mqtt.route]]\nfilter = \"t\"\nstream = \"a/b\"\n\
+             [[mqtt.route]]\nfilter = \"u\"\nstream = \"a/b\"\nqos = 7\npriority = 1\n",
+        );
+        let want = [
+            "line 3: stream[0].segmnts: unknown field",
+            "line 13: mqtt[1].keepalive: unknown field",
+            "line 20: mqtt[1].route[1].qos: must be 0, 1 or 2",
+            "line 21: mqtt[1].route[1].priority: unknown field",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
     fn replication_errors_name_key_and_line() {
         let e = errors(
             "[[stream]]\nname = \"a/b\"\n\
@@ -810,9 +833,9 @@ mod tests {
              [[replicate]]\nstream = \"a/b\"\nmax_kib_per_s = 0\n",
         );
         let want = [
-            "line 4: cloud.endpoints[0]: \"nohost\" is not HOST:PORT",
             "line 3: cloud.cert: missing",
             "line 3: cloud.key: missing",
+            "line 4: cloud.endpoints[0]: \"nohost\" is not HOST:PORT",
             "line 7: replicate[0].stream: \"a/c\" is not a configured [[stream]]",
             "line 10: replicate[1].to: \"x\" is not SCOPE/STREAM",
             "line 13: replicate[2].max_kib_per_s: must be between 1",
@@ -881,9 +904,9 @@ mod tests {
         );
         let want = [
             "line 5: sensor[0].driver: \"bme999\": expected",
-            "line 12: sensor[1].slave: not a key of the sht3x driver",
             "line 7: sensor[1].bus: missing: the sht3x driver needs it",
             "line 11: sensor[1].address: 0x50: the sht3x answers at 0x44 to 0x45",
+            "line 12: sensor[1].slave: not a key of the sht3x driver",
             "line 21: sensor[2].register[0].address: the value runs past register 65535",
             "line 26: serial[0].columns: the csv format needs columns",
             "line 31: serial[1].units: only with format = \"json\"",

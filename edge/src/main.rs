@@ -97,7 +97,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tributary-edge: error: {e:#}");
+            eprintln!(
+                "tributary-edge: error: {}",
+                tributary::node::error_line(e.chain())
+            );
             ExitCode::FAILURE
         }
     }
@@ -106,13 +109,32 @@ fn main() -> ExitCode {
 fn check_config(file: &Path) -> ExitCode {
     let checked = load(file, |text, base| {
         if fleet::is_fleet(text) {
-            fleet::check(text, base).map(|gateways| format!("{} gateways", gateways.len()))
+            // A fleet's certificates are on its gateways, not here.
+            fleet::check(text, base)
+                .map(|gateways| (format!("{} gateways", gateways.len()), Vec::new()))
         } else {
-            config::parse(text, base).map(|_| "ok".to_string())
+            config::parse(text, base).map(|cfg| {
+                let mut ids: Vec<_> = cfg
+                    .node
+                    .tls
+                    .iter()
+                    .map(|t| ("[tls]", t.identity(), true))
+                    .collect();
+                ids.extend(
+                    cfg.cloud
+                        .iter()
+                        .map(|c| ("[cloud]", c.identity.clone(), false)),
+                );
+                ("ok".to_string(), ids)
+            })
         }
     });
     match checked {
-        Ok(what) => {
+        // The certificate files: there, readable, matching, valid now.
+        Ok((_, ids)) if !tributary::node::config::report_identities(file, &ids) => {
+            ExitCode::FAILURE
+        }
+        Ok((what, _)) => {
             println!("{}: {what}", file.display());
             ExitCode::SUCCESS
         }

@@ -398,6 +398,77 @@ fn load(
     Ok((roots, certs, key))
 }
 
+/// Warned of by [`check_files`]: a certificate that expires within this many days.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// What `check-config` says of an identity's files before a node relies on them:
+/// problems (a file missing, unreadable or not PEM; the key not the certificate's; a
+/// certificate expired or not valid yet) and warnings (one expiring within
+/// [`EXPIRY_WARNING_DAYS`]). `server`: the identity a node serves with (else a client's).
+pub fn check_files(id: &Identity, server: bool) -> (Vec<String>, Vec<String>) {
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    let (roots_der, certs, _) = match (load(id), load_ca_der(&id.ca)) {
+        (Ok(l), Ok(cas)) => (cas, l.1, l.2),
+        (Err(e), _) | (_, Err(e)) => return (vec![e.to_string()], warnings),
+    };
+    // Building the TLS configuration checks that the key is the certificate's.
+    let built = if server {
+        server_config(id).map(drop)
+    } else {
+        client_config(id).map(drop)
+    };
+    if let Err(e) = built {
+        problems.push(format!(
+            "{} and {}: {e}",
+            id.cert.display(),
+            id.key.display()
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let files = std::iter::once((&id.cert, certs[0].as_ref()))
+        .chain(roots_der.iter().map(|d| (&id.ca, d.as_ref())));
+    for (path, der) in files {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            problems.push(format!("{}: not an X.509 certificate", path.display()));
+            continue;
+        };
+        let v = cert.validity();
+        let (from, until) = (v.not_before.timestamp(), v.not_after.timestamp());
+        let subject = cert.subject().to_string();
+        if until < now {
+            problems.push(format!(
+                "{}: the certificate of {subject} expired on {}",
+                path.display(),
+                v.not_after
+            ));
+        } else if from > now {
+            problems.push(format!(
+                "{}: the certificate of {subject} is not valid before {}",
+                path.display(),
+                v.not_before
+            ));
+        } else if until - now < EXPIRY_WARNING_DAYS * 86_400 {
+            warnings.push(format!(
+                "{}: the certificate of {subject} expires on {} (in {} days): renew it",
+                path.display(),
+                v.not_after,
+                (until - now) / 86_400
+            ));
+        }
+    }
+    (problems, warnings)
+}
+
+/// The CA file's certificates, as DER.
+fn load_ca_der(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -503,6 +574,39 @@ fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportConfig
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_files_finds_missing_mismatched_expired_and_expiring_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let ca = CertAuthority::generate("test CA").expect("ca");
+        ca.write(d).expect("write ca");
+        let id = |name: &str, key: &str| Identity {
+            ca: d.join("ca.pem"),
+            cert: d.join(format!("{name}.pem")),
+            key: d.join(format!("{key}.key")),
+        };
+        for (name, days) in [("good", 365), ("old", 0), ("soon", 10)] {
+            let c = ca.issue_client(name, days).expect("issue");
+            c.write(
+                &d.join(format!("{name}.pem")),
+                &d.join(format!("{name}.key")),
+            )
+            .expect("write");
+        }
+        assert_eq!(check_files(&id("good", "good"), false), (vec![], vec![]));
+        let (p, _) = check_files(&id("old", "old"), false);
+        assert!(p.len() == 1 && p[0].contains("expired"), "{p:?}");
+        let (p, w) = check_files(&id("soon", "soon"), false);
+        assert!(
+            p.is_empty() && w.len() == 1 && w[0].contains("renew it"),
+            "{p:?} {w:?}"
+        );
+        let (p, _) = check_files(&id("good", "soon"), false);
+        assert!(p.len() == 1 && p[0].contains("good.pem and"), "{p:?}");
+        let (p, _) = check_files(&id("none", "good"), false);
+        assert!(p.len() == 1 && p[0].contains("none.pem"), "{p:?}");
+    }
 
     #[test]
     fn issued_certificates_carry_their_serial_and_validity() {

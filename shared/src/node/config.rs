@@ -73,6 +73,36 @@ pub struct TlsFiles {
     pub revoked: Option<PathBuf>,
 }
 
+impl TlsFiles {
+    /// The node's own identity: its certificate and key, and the CA of its clients.
+    pub fn identity(&self) -> crate::tls::Identity {
+        crate::tls::Identity {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// What `check-config` prints of a file's certificates, after the file itself checked:
+/// per (section, identity, serves?) the problems and warnings of
+/// [`crate::tls::check_files`], each line starting with `file: section:`. True when
+/// there is no problem.
+pub fn report_identities(file: &Path, identities: &[(&str, crate::tls::Identity, bool)]) -> bool {
+    let mut ok = true;
+    for (section, id, server) in identities {
+        let (problems, warnings) = crate::tls::check_files(id, *server);
+        for p in &problems {
+            eprintln!("{}: {section}: {p}", file.display());
+        }
+        for w in &warnings {
+            eprintln!("{}: {section}: warning: {w}", file.display());
+        }
+        ok &= problems.is_empty();
+    }
+    ok
+}
+
 /// What the node sections of a file say, validated; `None` where they say nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeSettings {
@@ -227,25 +257,62 @@ pub fn load<T>(
 /// Parses a file of only the node sections (the cloud's standalone node); relative
 /// paths are joined to `base`.
 pub fn parse(text: &str, base: &Path) -> Result<NodeSettings, Vec<ConfigError>> {
-    let raw: RawNode = from_toml(text)?;
+    let (raw, unknown): (RawNode, _) = from_toml(text)?;
     let mut v = Validator::new(text, base);
+    v.extend(unknown);
     let settings = v.node(raw, LogConfig::default());
     v.finish(settings)
 }
 
-/// Deserializes TOML, a syntax or type error named by its key and line.
-pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, Vec<ConfigError>> {
-    toml::from_str(text).map_err(|e| {
-        let (line, key) = match e.span() {
-            Some(span) => (Some(line_of(text, span.start)), key_at(text, span.start)),
-            None => (None, "(file)".into()),
+/// Unknown keys reported from one file at most (each costs a parse).
+const MAX_UNKNOWN_KEYS: usize = 50;
+
+/// Deserializes TOML, a syntax or type error named by its key and line. Unknown keys
+/// do not stop it: each is reported and the rest of the file read on, so the value
+/// comes back with every unknown key (for the validator to add its own problems to);
+/// any other error ends it, with the unknown keys found before.
+pub fn from_toml<T: DeserializeOwned>(
+    text: &str,
+) -> Result<(T, Vec<ConfigError>), Vec<ConfigError>> {
+    let mut text = text.to_string();
+    let mut unknown = Vec::new();
+    loop {
+        let e = match toml::from_str(&text) {
+            Ok(v) => return Ok((v, unknown)),
+            Err(e) => e,
         };
-        vec![ConfigError {
-            line,
-            key,
+        let at = e.span().map(|s| s.start);
+        unknown.push(ConfigError {
+            line: at.map(|a| line_of(&text, a)),
+            key: at.map_or_else(|| "(file)".into(), |a| key_at(&text, a)),
             message: e.message().trim().to_string(),
-        }]
-    })
+        });
+        // An unknown `key = value` line is read past by blanking it (same length, so
+        // offsets and lines stay); an unknown section is not (its keys would move).
+        let line = at.and_then(|a| line_span(&text, a));
+        match line {
+            Some((start, end))
+                if e.message().contains("unknown field")
+                    && !text[start..end].trim_start().starts_with('[')
+                    && unknown.len() < MAX_UNKNOWN_KEYS =>
+            {
+                let blank = " ".repeat(end - start);
+                text.replace_range(start..end, &blank);
+            }
+            _ => {
+                unknown.sort_by_key(|e| e.line);
+                return Err(unknown);
+            }
+        }
+    }
+}
+
+/// The byte range of the line holding byte `offset` (without its newline).
+fn line_span(text: &str, offset: usize) -> Option<(usize, usize)> {
+    let offset = offset.min(text.len());
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    Some((start, end))
 }
 
 /// The node sections as written. A file with more sections declares these fields
@@ -334,11 +401,17 @@ impl<'a> Validator<'a> {
         }
     }
 
-    /// `value` if no problem was found, else every problem.
-    pub fn finish<T>(self, value: T) -> Result<T, Vec<ConfigError>> {
+    /// Adds problems found before validation (unknown keys).
+    pub fn extend(&mut self, errors: Vec<ConfigError>) {
+        self.errors.extend(errors);
+    }
+
+    /// `value` if no problem was found, else every problem (in the file's order).
+    pub fn finish<T>(mut self, value: T) -> Result<T, Vec<ConfigError>> {
         if self.errors.is_empty() {
             Ok(value)
         } else {
+            self.errors.sort_by_key(|e| e.line);
             Err(self.errors)
         }
     }
@@ -637,17 +710,34 @@ impl<'a> Validator<'a> {
 /// `key =` of the line itself.
 fn key_at(text: &str, offset: usize) -> String {
     let line_no = line_of(text, offset);
-    let header = |l: &str| {
+    // Elements of arrays of tables seen so far, per path (`mqtt`, `mqtt[0].route`).
+    let mut arrays: std::collections::HashMap<String, usize> = Default::default();
+    // `[a.b]` or `[[a.b]]` as a path, each array named with its element's index:
+    // `mqtt[1].route[0]`.
+    let mut header = |l: &str| {
         let l = l.trim();
-        (l.starts_with('[') && !l.starts_with("[["))
-            .then(|| {
-                l.trim_start_matches('[')
-                    .split(']')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-            })
-            .map(str::to_string)
+        if !l.starts_with('[') {
+            return None;
+        }
+        let array = l.starts_with("[[");
+        let name = l.trim_start_matches('[').split(']').next().unwrap_or("");
+        let parts: Vec<&str> = name.split('.').map(str::trim).collect();
+        let mut path = String::new();
+        for (i, p) in parts.iter().enumerate() {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(p);
+            let last = i + 1 == parts.len();
+            if array && last {
+                let n = arrays.entry(path.clone()).or_insert(0);
+                *n += 1;
+                path.push_str(&format!("[{}]", *n - 1));
+            } else if let Some(n) = arrays.get(&path) {
+                path.push_str(&format!("[{}]", n - 1));
+            }
+        }
+        Some(path)
     };
     let mut section = None;
     let mut key = None;

@@ -433,6 +433,26 @@ fn health_check(log: Weak<SegmentLog>) -> HealthCheck {
     })
 }
 
+/// An error and its causes on one line (as `{:#}` prints them), each once: a cause
+/// whose text the line holds already (an error that prints its source too) is left
+/// out, where `{:#}` would say it twice.
+pub fn error_line<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut out = String::new();
+    for e in chain {
+        let text = e.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// One damaged range for `/health` and `status`: what, and what the operator can do.
 pub fn damage_note(d: &crate::log::repair::Damage) -> String {
     format!(
