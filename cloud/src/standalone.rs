@@ -38,6 +38,10 @@ pub async fn tiering(cfg: &NodeConfig, t: &Tier2Settings) -> anyhow::Result<Opti
     let backend: Arc<dyn Tier2> = match &t.backend {
         Backend::None => return Ok(None),
         Backend::Fs(path) => {
+            // The data dir first, so a problem with it is named as such.
+            std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+                format!("creating the data directory {}", cfg.data_dir.display())
+            })?;
             let path = path.clone().unwrap_or_else(|| cfg.data_dir.join("tier2"));
             Arc::new(
                 FsTier2::new(&path)

@@ -22,8 +22,12 @@ pub struct CloudStatus {
     pub segments: usize,
     /// Streams, `scope/stream`.
     pub streams: Vec<String>,
-    /// Events acknowledged as durable since the start.
+    /// Events acknowledged as durable since the start (written to this node).
     pub appended_events: u64,
+    /// Bytes edges replicated into mirror streams since the start (their events are
+    /// counted on the edges).
+    #[serde(default)]
+    pub replicated_bytes: u64,
     /// Group-commit fsyncs since the start.
     pub fsyncs: u64,
     /// Tier-2, if configured.
@@ -126,6 +130,7 @@ impl Source {
             segments: log.list().len(),
             streams,
             appended_events: self.service.appended_events.load(Ordering::Relaxed),
+            replicated_bytes: self.service.mirrored_bytes.load(Ordering::Relaxed),
             fsyncs: log.fsync_histogram().count(),
             tier2: self.tiered.then(|| Tier2Status {
                 backlog_bytes: log.tier2_backlog(),
@@ -150,11 +155,13 @@ impl Source {
 /// The status as a table for people.
 pub fn render_table(s: &CloudStatus) -> String {
     let mut out = format!(
-        "cloud node on {}: {} streams, {} segments, {} events appended since the start\n",
+        "cloud node on {}: {} streams, {} segments; since the start, {} events appended \
+         and {} bytes replicated from edges\n",
         s.quic,
         s.streams.len(),
         s.segments,
-        s.appended_events
+        s.appended_events,
+        s.replicated_bytes
     );
     if let Some(t) = &s.tier2 {
         out.push_str(&format!(

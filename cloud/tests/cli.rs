@@ -292,3 +292,34 @@ fn check_config_checks_the_certificate_files() {
         );
     }
 }
+
+#[test]
+fn a_read_only_data_dir_is_named_as_the_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ro = dir.path().join("ro");
+    std::fs::create_dir_all(&ro).expect("mount point");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let data = ro.join("data");
+    let o = run(&[
+        "standalone",
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    let _ = Command::new("umount").arg("-l").arg(&ro).status();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("creating the data directory {}", data.display()))
+            && err.contains("Read-only file system"),
+        "{err}"
+    );
+}

@@ -22,10 +22,7 @@ use crate::replicate::Replica;
 /// How often a source waiting for room on a full disk tries again.
 const DISK_FULL_WAIT: Duration = Duration::from_millis(250);
 
-/// Attribute: events stored in the segment by the edge's sources.
-pub const EVENTS_ATTRIBUTE: AttributeId = 0x7472_6962_6564_6765_0000_0000_0000_0001;
-/// Attribute: when the last of them was stored, in milliseconds since the Unix epoch.
-pub const LAST_EVENT_ATTRIBUTE: AttributeId = 0x7472_6962_6564_6765_0000_0000_0000_0002;
+pub use tributary::event::{EVENTS_ATTRIBUTE, LAST_EVENT_ATTRIBUTE};
 /// Attributes `[LARGE_EVENTS, LARGE_EVENTS + 2^32)`: large events stored in the segment,
 /// one counter per source that writes them (each source the only writer of its own).
 pub const LARGE_EVENTS: AttributeId = 0x7472_6962_6564_6765_0000_0000_8000_0000;
@@ -94,7 +91,6 @@ pub enum Submitted {
 struct Route {
     range: KeyRange,
     segment: String,
-    events: i64,
 }
 
 /// A local stream, shared by every source that feeds it.
@@ -180,15 +176,12 @@ impl LocalStream {
             .controller
             .describe_settled(&self.spec.scope, &self.spec.stream)
             .await?;
-        let log = self.controller.log();
         let mut routes = Vec::new();
         for r in meta.active() {
             let segment = segment_name(&self.spec.scope, &self.spec.stream, r.id);
-            let events = log.attribute(&segment, EVENTS_ATTRIBUTE)?.unwrap_or(0);
             routes.push(Route {
                 range: r.range,
                 segment,
-                events,
             });
         }
         *lock(&self.routes) = routes;
@@ -224,21 +217,7 @@ impl LocalStream {
                 match route {
                     None => Err(LogError::Sealed(self.spec.name())),
                     Some(route) => {
-                        let now = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as i64);
-                        let mut attributes = vec![
-                            AttributeUpdate {
-                                id: EVENTS_ATTRIBUTE,
-                                value: route.events + 1,
-                                condition: AttributeCondition::Always,
-                            },
-                            AttributeUpdate {
-                                id: LAST_EVENT_ATTRIBUTE,
-                                value: now,
-                                condition: AttributeCondition::Always,
-                            },
-                        ];
+                        let mut attributes = tributary::event::counted(1).to_vec();
                         attributes.extend(condition);
                         let opts = AppendOptions {
                             expected_length: None,
@@ -246,7 +225,6 @@ impl LocalStream {
                         };
                         let r = self.log().submit_append(&route.segment, &frame[..], &opts);
                         if r.is_ok() {
-                            route.events += 1;
                             self.controller
                                 .record_append(&route.segment, 1, frame.len() as u64);
                         }

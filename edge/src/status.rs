@@ -71,7 +71,8 @@ pub struct SerialStatus {
 pub struct StreamStatus {
     /// `scope/stream`.
     pub name: String,
-    /// Events the edge's sources stored in it (in segments still kept).
+    /// Events stored in it, by the edge's sources and through its segment service (in
+    /// segments still kept).
     pub events: u64,
     /// Bytes ever appended (segment lengths).
     pub bytes: u64,
@@ -229,7 +230,7 @@ pub fn render_metrics(s: &Status) -> String {
     family(
         "tributary_edge_stream_events",
         "gauge",
-        "Events stored by the edge's sources.",
+        "Events stored in the stream (by the edge's sources and through its segment service).",
         per_stream(&|st| st.events.to_string()),
     );
     family(

@@ -571,7 +571,10 @@ async fn a_rotated_certificate_is_taken_without_a_restart_and_a_revoked_one_is_c
     .await;
     let pid = edge.pid();
     write_events(&edge, 0, 100).await;
-    wait_status(&edge, 60, "replicated", all_replicated).await;
+    let s = wait_status(&edge, 60, "replicated", all_replicated).await;
+    // Events written through the segment service count as the sources' do.
+    assert_eq!(s.streams[0].events, 100, "{s:?}");
+    assert!(s.streams[0].last_event_ms.is_some(), "{s:?}");
 
     // Rotation: a new certificate in place of the old files. The edge connects again
     // with it by itself; then the old one is revoked, and replication goes on.
@@ -952,6 +955,14 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
     ] {
         assert!(m.contains(&line), "{line} in\n{m}");
     }
+    let mirrored = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tributary_mirrored_bytes_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        mirrored.is_some_and(|b| b > 0),
+        "replicated bytes counted:\n{m}"
+    );
 
     // Restarts of both sides change nothing: the copy resumes after the gap record.
     cloud.kill();

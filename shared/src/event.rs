@@ -25,6 +25,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::log::{AttributeCondition, AttributeId, AttributeUpdate};
+
 /// Bytes of framing around the key and the payload.
 pub const EVENT_HEADER_LEN: usize = 6;
 /// Longest routing key.
@@ -35,6 +37,32 @@ pub const MAX_LARGE_EVENT_BYTES: u64 = 1 << 30;
 /// routing key and the framing. Readers hold up to this much by default.
 pub const MAX_FRAMED_EVENT_BYTES: u64 =
     MAX_LARGE_EVENT_BYTES + (EVENT_HEADER_LEN + MAX_KEY_LEN) as u64;
+
+/// Segment attribute: the events stored in the segment. Every path that appends events
+/// keeps it (the segment service's appends and large events, the edge's sources), by
+/// adding to it ([`AttributeCondition::Add`]), so `status` counts every event.
+pub const EVENTS_ATTRIBUTE: AttributeId = 0x7472_6962_6564_6765_0000_0000_0000_0001;
+/// Segment attribute: when the last of them was stored, in ms since the Unix epoch.
+pub const LAST_EVENT_ATTRIBUTE: AttributeId = 0x7472_6962_6564_6765_0000_0000_0000_0002;
+
+/// The attribute updates that count `n` events stored now (see [`EVENTS_ATTRIBUTE`]).
+pub fn counted(n: u64) -> [AttributeUpdate; 2] {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    [
+        AttributeUpdate {
+            id: EVENTS_ATTRIBUTE,
+            value: i64::try_from(n).unwrap_or(i64::MAX),
+            condition: AttributeCondition::Add,
+        },
+        AttributeUpdate {
+            id: LAST_EVENT_ATTRIBUTE,
+            value: now,
+            condition: AttributeCondition::Always,
+        },
+    ]
+}
 
 /// The bit of an event's length field that marks a gap record.
 const GAP_FLAG: u32 = 1 << 31;

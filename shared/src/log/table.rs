@@ -44,6 +44,9 @@ pub enum AttributeCondition {
     /// edge's MQTT ingest stores a redelivered message unless the packet id's
     /// attribute holds that message's fingerprint.
     NotEquals(i64),
+    /// Always, and the value is added to the current one (absent: 0): a counter that
+    /// any number of writers keep. What is stored (and logged) is the sum.
+    Add,
 }
 
 /// One attribute update carried by an append or a merge.
@@ -510,6 +513,11 @@ fn check_attributes(
             }
             AttributeCondition::Equals(e) => Some(current()).filter(|c| *c != e),
             AttributeCondition::NotEquals(v) => Some(current()).filter(|c| *c == Some(v)),
+            AttributeCondition::Add => None,
+        };
+        let value = match u.condition {
+            AttributeCondition::Add => current().unwrap_or(0).saturating_add(u.value),
+            _ => u.value,
         };
         if let Some(current) = refused {
             return Err(LogError::AttributeConflict {
@@ -519,7 +527,7 @@ fn check_attributes(
             });
         }
         attrs.retain(|(id, _)| *id != u.id);
-        attrs.push((u.id, u.value));
+        attrs.push((u.id, value));
     }
     Ok(attrs)
 }

@@ -51,6 +51,9 @@ pub struct ServiceMetrics {
     pub appended_bytes: AtomicU64,
     /// Blocks recognised as resends and not stored again.
     pub duplicate_blocks: AtomicU64,
+    /// Bytes edges replicated into mirror streams, durable (their events are counted
+    /// on the edge: a mirror frame is bytes, not whole events).
+    pub mirrored_bytes: AtomicU64,
     /// Bytes served to readers.
     pub read_bytes: AtomicU64,
     /// The last replication lag each edge reported, per (edge identity, stream).
@@ -110,6 +113,11 @@ impl ServiceMetrics {
                 "tributary_appended_bytes_total",
                 "Event bytes acknowledged as durable.",
                 &self.appended_bytes,
+            ),
+            (
+                "tributary_mirrored_bytes_total",
+                "Bytes edges replicated into mirror streams, acknowledged as durable.",
+                &self.mirrored_bytes,
             ),
             (
                 "tributary_duplicate_blocks_total",
@@ -806,7 +814,12 @@ async fn merge(
         Ok(i) => i.length,
         Err(e) => return (None, Response::error(&e)),
     };
-    match log.merge_with(target, source, attributes).await {
+    // A large event merged into a stream segment is one more event there.
+    let mut attributes = attributes.to_vec();
+    if large {
+        attributes.extend(crate::event::counted(1));
+    }
+    match log.merge_with(target, source, &attributes).await {
         Ok(offset) => {
             forget(temps, source);
             if large {
@@ -920,10 +933,14 @@ async fn session(
                             {
                                 metrics.record_gap(edge, &format!("{scope}/{stream}"), lost);
                             }
-                            metrics
-                                .appended_events
-                                .fetch_add(u64::from(events), Ordering::Relaxed);
-                            metrics.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            if edge.is_some() {
+                                metrics.mirrored_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            } else {
+                                metrics
+                                    .appended_events
+                                    .fetch_add(u64::from(events), Ordering::Relaxed);
+                                metrics.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            }
                             // A large event's chunks count when it is merged.
                             if events > 0 && !is_large_event_segment(&segment) {
                                 controller.record_append(&segment, u64::from(events), bytes);
@@ -1015,13 +1032,15 @@ async fn append_block(
     data: &[Bytes],
 ) -> Pending {
     let len: usize = data.iter().map(Bytes::len).sum();
+    let mut attributes = vec![AttributeUpdate {
+        id: writer_id,
+        value: event_number,
+        condition: AttributeCondition::Greater,
+    }];
+    attributes.extend(crate::event::counted(u64::from(event_count)));
     let opts = AppendOptions {
         expected_length: None,
-        attributes: vec![AttributeUpdate {
-            id: writer_id,
-            value: event_number,
-            condition: AttributeCondition::Greater,
-        }],
+        attributes,
     };
     loop {
         match log.submit_append(segment, data, &opts) {
