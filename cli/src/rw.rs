@@ -200,6 +200,58 @@ fn is_set(streams: &str) -> bool {
     streams.contains([',', '*'])
 }
 
+/// Segment bytes a cut is checked against at most: from the segment's start to the
+/// cut's offset (a cut further in is taken as given).
+const CUT_CHECK_BYTES: u64 = 64 << 20;
+
+/// Refuses a position of `cut` that is not where an event starts, naming the event
+/// boundaries around it. Checked by reading the segment from its start up to the
+/// position (up to [`CUT_CHECK_BYTES`]); a reader started off a boundary would read
+/// garbage lengths.
+async fn check_cut(c: &Client, scope: &str, cut: &GroupCut) -> Result<()> {
+    for (stream, positions) in &cut.streams {
+        for (seg, offset) in &positions.positions {
+            let name = tributary::stream::segment_name(scope, stream, *seg);
+            let info = c.segment_info(&name).await?;
+            let (start, offset) = (info.start, *offset);
+            if offset <= start || offset >= info.length || offset - start > CUT_CHECK_BYTES {
+                continue;
+            }
+            let mut buf = Vec::new();
+            let mut at = start;
+            while at < offset {
+                let want = (offset - at).clamp(1 << 16, 4 << 20) as u32;
+                let (b, _) = c
+                    .read(&name, at + buf.len() as u64, want, Duration::ZERO)
+                    .await?;
+                if b.is_empty() {
+                    break;
+                }
+                buf.extend_from_slice(&b);
+                // Step over whole events in what was read.
+                while let Some(len) = tributary::event::framed_len_at(&buf) {
+                    if (buf.len() as u64) < len || at + len > offset {
+                        break;
+                    }
+                    at += len;
+                    buf.drain(..len as usize);
+                }
+                let next = tributary::event::framed_len_at(&buf).map(|len| at + len);
+                if let Some(next) = next.filter(|n| at < offset && *n > offset) {
+                    bail!(
+                        "offset {offset} of segment {}.{} of {stream} is not where an event \
+                         starts (events start at {at} and {next}): a stream cut must be at \
+                         event boundaries",
+                        seg.number,
+                        seg.epoch
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn start_from(s: &str, streams: &str) -> Result<StartFrom> {
     Ok(match s {
         "head" => StartFrom::Head,
@@ -300,6 +352,9 @@ pub async fn read(c: &Client, args: ReadArgs) -> Result<()> {
         Some(g) => (g.clone(), false),
         None => (format!("trib-read-{pid}-{nanos:x}"), true),
     };
+    if let StartFrom::Cut(cut) = &from {
+        check_cut(c, scope, cut).await?;
+    }
     if args.to.is_some() && args.group.is_some() {
         bail!("--to reads privately: not with --group (the group would lose what is read past the end)");
     }

@@ -416,6 +416,25 @@ async fn read_to_tail_prints_everything_up_to_now_and_exits() {
     assert_eq!(lines[30]["payload_hex"], "fffe206e6f74207574662d38");
     let e = failed(&trib(p, &["read", "f/t", "--to", "tail", "--group", "g"], "").await);
     assert!(e.contains("not with --group"), "{e}");
+    // A cut off an event boundary: said so, with the segment as users name it.
+    ok(&trib(p, &["stream", "create", "f/one"], "").await);
+    ok(&trib(p, &["write", "f/one", "--key", "k"], "aaaaaaaa\nbbbbbbbb\n").await);
+    for at in ["3", "8"] {
+        let from = format!("0.0:{at}");
+        let r = ["read", "f/one", "--from", &from, "--to", "tail"];
+        let e = failed(&trib(p, &r, "").await);
+        assert!(
+            e.contains(&format!("offset {at} of segment 0.0 of one is not where an event starts (events start at 0 and 15)")),
+            "{e}"
+        );
+    }
+    let (out, _) = ok(&trib(
+        p,
+        &["read", "f/one", "--from", "0.0:15", "--to", "tail"],
+        "",
+    )
+    .await);
+    assert_eq!(out, "bbbbbbbb\n", "from the second event");
     drop(s.server);
 }
 

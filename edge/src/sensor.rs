@@ -65,7 +65,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use toml::Spanned;
 use tributary::node::config::Validator;
-use tributary::reading::{Quality, Reading, Value};
+use tributary::reading::{from_f32, scaled, Quality, Reading, Value};
 use tributary_adapters::sensors::ads1115::{Input, Range};
 use tributary_adapters::serial::modbus::{Function, ModbusError};
 
@@ -851,7 +851,8 @@ async fn poll_modbus(
             }
             other => other?,
         };
-        values.push(Value::new(&r.name, r.kind.decode(&regs) * r.scale, &r.unit));
+        let v = scaled(r.kind.decode(&regs), r.scale);
+        values.push(Value::new(&r.name, v, &r.unit));
     }
     Ok((values, quality))
 }
@@ -918,8 +919,8 @@ mod linux {
                     .measure(&mut Delay)
                     .map_err(|e| e.to_string())?;
                 Ok(vec![
-                    Value::new("temperature", f64::from(m.temperature_c), "Cel"),
-                    Value::new("humidity", f64::from(m.humidity_pct), "%RH"),
+                    Value::new("temperature", from_f32(m.temperature_c), "Cel"),
+                    Value::new("humidity", from_f32(m.humidity_pct), "%RH"),
                 ])
             }
             I2cChip::Ads1115 { inputs, range } => {
@@ -928,7 +929,7 @@ mod linux {
                     .iter()
                     .map(|(name, input)| {
                         adc.measure(*input, *range, &mut Delay)
-                            .map(|volts| Value::new(name, f64::from(volts), "V"))
+                            .map(|volts| Value::new(name, from_f32(volts), "V"))
                             .map_err(|e| format!("{name}: {e}"))
                     })
                     .collect()

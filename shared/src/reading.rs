@@ -161,6 +161,26 @@ impl Reading {
     }
 }
 
+/// A value a device gave as an `f32`, as the `f64` nearest its shortest decimal form:
+/// 21.7 stays 21.7 (not 21.700000762939453).
+pub fn from_f32(v: f32) -> f64 {
+    format!("{v}").parse().unwrap_or(f64::from(v))
+}
+
+/// `raw * scale`, with the decimals of `scale` (a register of 169 scaled by 0.1 is
+/// 16.9, not 16.900000000000002). A raw value with decimals of its own (an `f32`
+/// register) keeps its precision: the product as its shortest `f32` form.
+pub fn scaled(raw: f64, scale: f64) -> f64 {
+    if raw.fract() != 0.0 {
+        return from_f32((raw * scale) as f32);
+    }
+    let decimals = format!("{scale}")
+        .split_once('.')
+        .map_or(0, |(_, d)| d.len().min(15)) as i32;
+    let p = 10f64.powi(decimals);
+    (raw * scale * p).round() / p
+}
+
 impl Value {
     /// A value.
     pub fn new(name: &str, value: f64, unit: &str) -> Value {
@@ -175,6 +195,16 @@ impl Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_keep_the_precision_of_their_source() {
+        assert_eq!(format!("{}", scaled(169.0, 0.1)), "16.9");
+        assert_eq!(format!("{}", scaled(-5.0, 0.01)), "-0.05");
+        assert_eq!(format!("{}", scaled(7.0, 2.5)), "17.5");
+        assert_eq!(format!("{}", scaled(1234.0, 1.0)), "1234");
+        assert_eq!(format!("{}", scaled(f64::from(12.3456f32), 1.0)), "12.3456");
+        assert_eq!(format!("{}", from_f32(21.7)), "21.7");
+    }
 
     #[test]
     fn round_trips_and_ignores_unknown_keys() {

@@ -37,6 +37,8 @@ pub struct LogConfig {
     /// [`LogError::DiskFull`] until there is room again, so that rolls, checkpoints and
     /// the batches already taken always find space. Default 32 MiB.
     pub reserve_bytes: u64,
+    /// Fault injection, for tests only (see [`super::faults`]); `None` in any node.
+    pub faults: Option<super::faults::FaultSeam>,
 }
 
 impl Default for LogConfig {
@@ -50,6 +52,7 @@ impl Default for LogConfig {
             cache_bytes: 64 << 20,
             max_tier2_backlog_bytes: 1 << 30,
             reserve_bytes: 32 << 20,
+            faults: None,
         }
     }
 }

@@ -501,6 +501,15 @@ impl SegmentLog {
                 reason: "segment data is on Tier-2, but no Tier-2 is configured".into(),
             });
         }
+        if let Some(seam) = &config.faults {
+            // What recovery left is durable (the seam's power loss keeps it).
+            for id in files.keys() {
+                let path = file_path(&wal_dir, *id);
+                if let Ok(m) = std::fs::metadata(&path) {
+                    seam.0.durable(&path, m.len());
+                }
+            }
+        }
         let last_seq = syncer.last_seq;
         let untiered = Arc::new(Backlog::new(index.log_bytes()));
         let inner = Arc::new(Inner {

@@ -25,6 +25,7 @@ mod config;
 mod container;
 pub mod direct;
 mod error;
+pub mod faults;
 mod files;
 pub mod format;
 pub mod fsync;

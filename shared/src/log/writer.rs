@@ -26,6 +26,7 @@ use foldhash::{HashMap, HashMapExt};
 use super::container::{lock, Inner};
 use super::direct::{DirectFile, Prepared};
 use super::error::{LogError, Result};
+use super::faults::Point;
 use super::files::{create_file, file_path};
 use super::format::{
     encode_frame_head, frame_crc, frame_head_len, seal_frame, set_frame_crc, Op, APPEND_FIXED_LEN,
@@ -604,6 +605,14 @@ impl Writer {
     }
 }
 
+/// Passes a fault-injection point (see [`super::faults`]; nothing without a seam).
+fn fault(inner: &Inner, at: Point) -> std::io::Result<()> {
+    match &inner.config.faults {
+        Some(s) => s.0.point(at),
+        None => Ok(()),
+    }
+}
+
 /// Whether the log is being closed (a batch waiting for room gives up then).
 fn closing(inner: &Inner) -> bool {
     lock(&inner.pending).closing
@@ -612,8 +621,15 @@ fn closing(inner: &Inner) -> bool {
 /// Creates the file a roll goes to; on a full disk, removes what it made of it and
 /// tries again until there is room (or the log closes).
 fn create_rolled(inner: &Inner, file_id: u64) -> Result<File> {
+    let path = file_path(&inner.wal_dir, file_id);
     loop {
-        match create_file(&inner.wal_dir, file_id) {
+        let created = fault(inner, Point::Create)
+            .map_err(|e| LogError::io(&path, e))
+            .and_then(|()| create_file(&inner.wal_dir, file_id));
+        if let (Ok(_), Some(s)) = (&created, &inner.config.faults) {
+            s.0.durable(&path, super::format::FILE_HEADER_LEN);
+        }
+        match created {
             Err(LogError::Io { source, .. }) if is_full(&source) && !closing(inner) => {
                 inner.disk.filled();
                 let _ = std::fs::remove_file(file_path(&inner.wal_dir, file_id));
@@ -641,7 +657,7 @@ impl Syncer {
                 } => {
                     let path = || file_path(&inner.wal_dir, file_id);
                     let frame_bytes = &buf[frames_at..frames_at + frames_len];
-                    let written = match &direct {
+                    let written = fault(inner, Point::Write).and_then(|()| match &direct {
                         Some(d) => match d.write(&buf) {
                             // Opened for direct I/O but not allowed to write that way
                             // (some FUSE and network file systems): through the page
@@ -654,25 +670,33 @@ impl Syncer {
                             r => r,
                         },
                         None => file.write_all_at(frame_bytes, base),
-                    };
+                    });
                     let started = std::time::Instant::now();
-                    let mut synced = written.and_then(|()| file.sync_data());
+                    let mut synced = written
+                        .and_then(|()| fault(inner, Point::Sync))
+                        .and_then(|()| file.sync_data());
                     inner.fsync.record(started.elapsed());
                     // A full disk: the whole batch again, at the same place, until it
                     // goes through (see `room`).
                     while synced.as_ref().is_err_and(is_full) && !closing(inner) {
                         inner.disk.filled();
                         std::thread::sleep(RETRY_FULL_EVERY);
-                        let again = match direct.as_ref() {
-                            Some(d) if !inner.direct_refused.load(Ordering::Relaxed) => {
-                                d.write(&buf)
-                            }
-                            _ => file.write_all_at(frame_bytes, base),
-                        };
-                        synced = again.and_then(|()| file.sync_data());
+                        let again =
+                            fault(inner, Point::Write).and_then(|()| match direct.as_ref() {
+                                Some(d) if !inner.direct_refused.load(Ordering::Relaxed) => {
+                                    d.write(&buf)
+                                }
+                                _ => file.write_all_at(frame_bytes, base),
+                            });
+                        synced = again
+                            .and_then(|()| fault(inner, Point::Sync))
+                            .and_then(|()| file.sync_data());
                         if synced.is_ok() {
                             inner.disk.look();
                         }
+                    }
+                    if let (Ok(()), Some(s)) = (&synced, &inner.config.faults) {
+                        s.0.durable(&path(), base + frames_len as u64);
                     }
                     let held = buf.capacity();
                     let data = Bytes::from(buf).slice(frames_at..frames_at + frames_len);
@@ -756,6 +780,7 @@ impl Syncer {
                 .encode_checkpoint(self.last_seq, new_id, &d.table)?
         };
         let index = std::mem::take(&mut self.file_extents);
+        fault(inner, Point::Checkpoint).map_err(|e| LogError::io(&inner.dir, e))?;
         inner.meta.save(cp, &[(self.file_id, index)])?;
         let dead: Vec<u64> = {
             let mut d = inner.durable.write().unwrap_or_else(|e| e.into_inner());

@@ -49,14 +49,25 @@ pub enum ClientError {
     Failed(String),
     /// An event longer than the reader takes ([`crate::service::ReaderConfig::max_event_bytes`]).
     #[error(
-        "the event at offset {offset} of segment {segment} takes {size} bytes; this reader \
-         takes at most {max} (ReaderConfig::max_event_bytes)"
+        "the event at offset {offset} of segment {}.{} takes {size} bytes; this reader \
+         takes at most {max} (ReaderConfig::max_event_bytes){}",
+        segment.number,
+        segment.epoch,
+        if *offset == *started_at {
+            " — or no event starts there: a stream cut must be at an event boundary \
+             (as `trib stream describe`, a group's position or an event's offset give it)"
+        } else {
+            ""
+        }
     )]
     EventTooLarge {
         /// Segment it is in.
         segment: SegmentId,
         /// Its offset there.
         offset: u64,
+        /// Where the reader started reading the segment (a stream cut's offset there):
+        /// if it is `offset`, the cut may be off an event boundary.
+        started_at: u64,
         /// Bytes it takes, framing included.
         size: u64,
         /// The reader's limit.

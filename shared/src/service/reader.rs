@@ -87,6 +87,8 @@ struct Held {
     stream: Arc<str>,
     /// Delivered up to here.
     position: u64,
+    /// Where reading the segment started.
+    started_at: u64,
     /// Bytes read end here.
     fetched: u64,
     /// Read bytes not yet decoded (a partial event).
@@ -108,6 +110,7 @@ impl Held {
         Held {
             stream,
             position: offset,
+            started_at: offset,
             fetched: offset,
             partial: BytesMut::new(),
             need: None,
@@ -402,6 +405,7 @@ impl EventReader {
                         too_large = Some(ClientError::EventTooLarge {
                             segment: id.id,
                             offset: start + whole as u64,
+                            started_at: h.started_at,
                             size: len,
                             max: self.config.max_event_bytes,
                         });

@@ -32,7 +32,7 @@ pub enum StreamError {
     #[error("invalid stream cut: {0}")]
     InvalidCut(String),
     /// No such segment in this stream.
-    #[error("segment {0} is not part of this stream")]
+    #[error("segment {}.{} is not part of this stream", .0.number, .0.epoch)]
     NoSuchSegment(SegmentId),
 }
 
