@@ -60,6 +60,9 @@ struct State {
 pub struct Faults {
     passed: AtomicU64,
     state: Mutex<State>,
+    /// Where durable lengths are also written, one `PATH LEN` line each (a whole node
+    /// under test, SIGKILLed: the test reads it to apply the power loss).
+    ledger: Option<Mutex<std::fs::File>>,
 }
 
 /// A [`Faults`] held by a [`super::LogConfig`]: equal only to itself.
@@ -78,6 +81,36 @@ impl Faults {
     /// A seam that counts points and fails none.
     pub fn counting() -> Arc<Faults> {
         Arc::new(Faults::default())
+    }
+
+    /// A seam that fails nothing and appends each durable length to the file `path`
+    /// (created or truncated), for [`Faults::apply_ledger`] after the process is killed.
+    pub fn ledger(path: &Path) -> io::Result<Arc<Faults>> {
+        let file = std::fs::File::create(path)?;
+        Ok(Arc::new(Faults {
+            ledger: Some(Mutex::new(file)),
+            ..Faults::default()
+        }))
+    }
+
+    /// A power loss after a process using [`Faults::ledger`] was killed: each log file
+    /// in `wal_dir` is cut to the last durable length the ledger at `path` gives for
+    /// it, and one it does not name is removed (never made durable).
+    pub fn apply_ledger(path: &Path, wal_dir: &Path) -> io::Result<()> {
+        let text = std::fs::read_to_string(path)?;
+        let mut durable: BTreeMap<PathBuf, u64> = BTreeMap::new();
+        for line in text.lines() {
+            // A line cut short by the kill is not a record.
+            if let Some((p, len)) = line.rsplit_once(' ') {
+                if let Ok(len) = len.parse::<u64>() {
+                    let d = durable.entry(PathBuf::from(p)).or_insert(0);
+                    *d = (*d).max(len);
+                }
+            }
+        }
+        let f = Faults::default();
+        f.lock().durable = durable;
+        f.lose_unsynced(wal_dir, false)
     }
 
     /// A seam whose point `n` (from 0) fails with `fault`.
@@ -117,6 +150,12 @@ impl Faults {
         let mut s = self.lock();
         let d = s.durable.entry(path.to_path_buf()).or_insert(0);
         *d = (*d).max(len);
+        if let Some(l) = &self.ledger {
+            use std::io::Write;
+            let mut f = l.lock().unwrap_or_else(|e| e.into_inner());
+            // Written whole, in one call; the page cache keeps it through a SIGKILL.
+            let _ = f.write_all(format!("{} {len}\n", path.display()).as_bytes());
+        }
     }
 
     /// Points passed so far.

@@ -571,7 +571,12 @@ mod packed_attributes {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<BTreeMap<AttributeId, i64>, D::Error> {
-        d.deserialize_bytes(Packed)
+        // Not `deserialize_bytes`: ciborium reads a byte string that way only up to its
+        // 4 KiB scratch buffer, and refuses a longer one ("invalid type: bytes,
+        // expected bytes"), so a segment with more than about 400 attributes (an MQTT
+        // source keeps one per packet id) made the checkpoint unreadable, and the node
+        // would not start.
+        d.deserialize_byte_buf(Packed)
     }
 
     pub(super) struct Packed;
@@ -715,6 +720,27 @@ mod tests {
         back.reindex();
         assert_eq!(back, t);
         assert_eq!(back.get("s").expect("s").attributes.len(), ids.len());
+        // As many attributes as an MQTT source keeps (one per packet id): far more
+        // than a CBOR decoder's scratch buffer.
+        let many = (0..5_000u128)
+            .map(|id| AttributeUpdate {
+                id: (1 << 100) + (id << 16),
+                value: id as i64 * 7919,
+                condition: AttributeCondition::Always,
+            })
+            .collect();
+        let opts = AppendOptions {
+            expected_length: None,
+            attributes: many,
+        };
+        let mut big = t.clone();
+        big.append("s", 1, &opts, &nothing).expect("append");
+        let mut buf = Vec::new();
+        ciborium::into_writer(&big, &mut buf).expect("encode");
+        assert!(buf.len() > 40_000, "{}", buf.len());
+        let mut back: Table = ciborium::from_reader(&buf[..]).expect("decode a big table");
+        back.reindex();
+        assert_eq!(back, big);
         // Damaged packed attributes are an error, never a wrong table.
         use serde::de::Visitor;
         type E = serde::de::value::Error;

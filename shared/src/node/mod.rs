@@ -135,6 +135,14 @@ impl Node {
                 log_dir.display()
             )
         };
+        let mut log_config = cfg.log.clone();
+        if let Some(ledger) = std::env::var_os(DURABLE_LEDGER_ENV) {
+            // Power-loss tests only: see `log::faults::Faults::ledger`.
+            let seam = context(crate::log::faults::Faults::ledger(ledger.as_ref()), || {
+                format!("{DURABLE_LEDGER_ENV}: opening the ledger")
+            })?;
+            log_config.faults = Some(crate::log::faults::FaultSeam(seam));
+        }
         let mut restored = None;
         let log = match &tiering {
             Some(t) => {
@@ -146,11 +154,11 @@ impl Node {
                     tracing::warn!("{report}");
                 }
                 context(
-                    SegmentLog::open_tiered(&log_dir, cfg.log.clone(), t.backend.clone()),
+                    SegmentLog::open_tiered(&log_dir, log_config, t.backend.clone()),
                     opening,
                 )?
             }
-            None => context(SegmentLog::open(&log_dir, cfg.log.clone()), opening)?,
+            None => context(SegmentLog::open(&log_dir, log_config), opening)?,
         };
         let log = Arc::new(log);
         let controller = Arc::new(context(Controller::open(log.clone()).await, || {
@@ -452,6 +460,11 @@ pub fn error_line<'a>(
     }
     out
 }
+
+/// For power-loss tests of a whole node: a file to which the log appends each log file's
+/// durable length as it grows (see [`crate::log::faults::Faults::ledger`]). Never set in
+/// production.
+pub const DURABLE_LEDGER_ENV: &str = "TRIBUTARY_TEST_DURABLE_LEDGER";
 
 /// One damaged range for `/health` and `status`: what, and what the operator can do.
 pub fn damage_note(d: &crate::log::repair::Damage) -> String {
