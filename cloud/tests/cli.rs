@@ -323,3 +323,25 @@ fn a_read_only_data_dir_is_named_as_the_data_dir() {
         "{err}"
     );
 }
+
+#[test]
+fn an_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let data = dir.path().join("data");
+    let o = run(&[
+        "standalone",
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+        "--listen",
+        &addr,
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.contains(&format!("listening on {addr}")), "{err}");
+    assert_eq!(last.matches("Address already in use").count(), 1, "{last}");
+}

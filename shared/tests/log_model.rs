@@ -1,6 +1,7 @@
 //! Model-based property test: random operations and restarts against a simple
 //! in-memory model of segments. Tiny log files make rolls, checkpoints and file
-//! deletion happen constantly.
+//! deletion happen constantly. Fault steps: a power loss in the middle of an append
+//! (through the log's fault seam), the loss of the local disk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use tributary::log::faults::{Fault, FaultSeam, Faults};
 use tributary::log::{
     AppendOptions, AttributeCondition, AttributeUpdate, FsTier2, LogConfig, LogError, MoveStats,
     Payload, SegmentLog, Tier2,
@@ -36,6 +38,15 @@ enum Step {
     Restart,
     /// Move everything to Tier-2, lose the local disk, restore from Tier-2 alone.
     LoseDisk,
+    /// Power goes during an append: the process dies at its write (or at its fsync, the
+    /// bytes written then kept as a torn block with a flipped bit), the disk keeps what
+    /// was fsync'ed. The append was not acknowledged: the log comes back without it,
+    /// or (its bytes on disk whole) with all of it.
+    CrashingAppend {
+        seg: usize,
+        len: usize,
+        at_sync: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -50,10 +61,12 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (seg.clone(), 0.0..1.0f64).prop_map(|(s, f)| Step::Truncate(s, f)),
         1 => (seg.clone(), seg.clone()).prop_map(|(a, b)| Step::Merge(a, b)),
         1 => seg.clone().prop_map(Step::Delete),
-        3 => (seg, 0.0..1.0f64, 1..5000usize).prop_map(|(s, f, n)| Step::Read(s, f, n)),
+        3 => (seg.clone(), 0.0..1.0f64, 1..5000usize).prop_map(|(s, f, n)| Step::Read(s, f, n)),
         1 => Just(Step::MoveToTier2),
         1 => Just(Step::Restart),
         1 => Just(Step::LoseDisk),
+        1 => (seg, 1..3000usize, any::<bool>())
+            .prop_map(|(seg, len, at_sync)| Step::CrashingAppend { seg, len, at_sync }),
     ]
 }
 
@@ -85,6 +98,13 @@ fn config() -> LogConfig {
         cache_bytes: 16 << 10,
         max_frame_data_bytes: 2 << 10,
         ..LogConfig::default()
+    }
+}
+
+fn config_with(seam: &Arc<Faults>) -> LogConfig {
+    LogConfig {
+        faults: Some(FaultSeam(seam.clone())),
+        ..config()
     }
 }
 
@@ -281,6 +301,36 @@ async fn run(steps: Vec<Step>) {
             Step::Restart => {
                 log.close().expect("close");
                 log = open().expect("reopen");
+                check_all(&log, &model).await;
+            }
+            Step::CrashingAppend { seg, len, at_sync } => {
+                log.close().expect("close");
+                // The append's write is the first point after opening, its fsync the
+                // second (a roll before it would come first: it fails there instead).
+                let seam = Faults::failing(u64::from(at_sync), Fault::Crash);
+                log = SegmentLog::open_tiered(dir.path(), config_with(&seam), tier2.clone())
+                    .expect("open with the seam");
+                let data = vec![0xab; len];
+                let got = log
+                    .append(NAMES[seg], &data, &AppendOptions::default())
+                    .await;
+                if seam.crashed() {
+                    assert!(got.is_err(), "acknowledged through a crash");
+                } else if let Ok(off) = got {
+                    let m = model.get_mut(&seg).expect("appended to a known segment");
+                    assert_eq!(off as usize, m.data.len());
+                    m.data.extend_from_slice(&data);
+                }
+                let _ = log.close();
+                seam.lose_unsynced(&dir.path().join("wal"), at_sync)
+                    .expect("power loss");
+                log = open().expect("recovers after the power loss");
+                if let (true, Some(m)) = (seam.crashed(), model.get_mut(&seg)) {
+                    let now = log.info(NAMES[seg]).expect("info").length as usize;
+                    if now == m.data.len() + len {
+                        m.data.extend_from_slice(&data);
+                    }
+                }
                 check_all(&log, &model).await;
             }
             Step::LoseDisk => {

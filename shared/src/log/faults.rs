@@ -176,7 +176,8 @@ impl Faults {
     /// A power loss, after the log is closed: every log file in `wal_dir` is cut to
     /// what was durable, and one never made durable is removed (its creation was not).
     /// `torn`: the 4 KiB block where the durable part ends was being written and is
-    /// kept whole, its unsynced bytes with one bit flipped (a torn, garbled block).
+    /// kept whole, with one bit flipped in the first frame past the durable end (a
+    /// torn, garbled block).
     pub fn lose_unsynced(&self, wal_dir: &Path, torn: bool) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         let s = self.lock();
@@ -200,7 +201,9 @@ impl Faults {
                 f.set_len(keep)?;
             }
             if keep > durable {
-                let at = durable + (keep - durable) / 2;
+                // In the frame header or the first bytes after it (not in the zero
+                // padding a direct write leaves after the last frame).
+                let at = durable + (keep - durable - 1).min(12);
                 let mut b = [0u8; 1];
                 f.read_exact_at(&mut b, at)?;
                 f.write_all_at(&[b[0] ^ 0x10], at)?;
