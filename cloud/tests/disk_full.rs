@@ -161,4 +161,59 @@ fn a_full_disk_refuses_appends_and_the_node_goes_on_by_itself_once_there_is_room
     });
     let status = node.terminate();
     assert!(status.success(), "exit status {status}");
+
+    // A restart on a disk full to the last byte: the node waits for room (its metadata
+    // store cannot open), says so, and starts by itself once there is room.
+    let filler = disk.0.join("filler");
+    fill(&filler);
+    let mut node = Node::spawn(
+        tmp.path(),
+        "node-full.log",
+        &["--config", &config.to_string_lossy()],
+        http,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !node
+        .log()
+        .contains("the disk is full: the log opens once there is room")
+    {
+        assert!(node.running(), "the node gave up:\n{}", node.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not waiting for room:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(http_get(http, "/health").is_err(), "not serving yet");
+    std::fs::remove_file(&filler).expect("free the disk");
+    node.wait_healthy();
+    let profile = ClientProfile::load(data.join("client/profile.toml")).expect("profile");
+    rt.block_on(async {
+        let c = connect(&profile).await;
+        let s = write_all(&c).await.expect("rerun");
+        assert_eq!(
+            (s.acknowledged, s.already_stored),
+            (0, EVENTS as u64),
+            "{s:?}"
+        );
+    });
+    let status = node.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+/// Writes `path` until the disk is full to the last byte.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    let block = vec![0u8; 1 << 16];
+    loop {
+        match f.write(&block) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    // The last bytes a block did not fit in.
+    while f.write(&[0u8]).is_ok_and(|n| n == 1) {}
+    let _ = f.sync_all();
 }

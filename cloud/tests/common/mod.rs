@@ -28,8 +28,16 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the node in `dir` (its working directory), its log going to `dir/name`.
+    /// Starts the node in `dir` (its working directory), its log going to `dir/name`,
+    /// once it answers `/health`.
     pub fn start(dir: &Path, name: &str, args: &[&str], http: SocketAddr) -> Node {
+        let mut node = Node::spawn(dir, name, args, http);
+        node.wait_healthy();
+        node
+    }
+
+    /// Starts the node without waiting for it to answer.
+    pub fn spawn(dir: &Path, name: &str, args: &[&str], http: SocketAddr) -> Node {
         let stderr = dir.join(name);
         let err = std::fs::File::create(&stderr).expect("stderr file");
         let child = Command::new(BIN)
@@ -42,13 +50,18 @@ impl Node {
             .stderr(err)
             .spawn()
             .expect("spawn tributary-cloud");
-        let mut node = Node {
+        Node {
             child: Some(child),
             http,
             stderr,
-        };
-        node.wait_healthy();
-        node
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn log(&self) -> String {

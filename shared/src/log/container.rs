@@ -448,6 +448,10 @@ impl std::fmt::Debug for SegmentLog {
     }
 }
 
+/// Free bytes a log needs on its disk to open (its metadata store writes then); at
+/// most the configured reserve.
+const OPEN_ROOM: u64 = 8 << 20;
+
 impl SegmentLog {
     /// Opens the container in `dir` (created if absent), recovering from whatever a crash
     /// left: a torn tail is cut, corruption is refused with an error naming the file and
@@ -466,13 +470,53 @@ impl SegmentLog {
         Self::open_with(dir, config, Some(tier2))
     }
 
+    /// Opens the log; on a full disk, waits for room and tries again (recovery is
+    /// idempotent), so a node restarted on a full disk starts by itself once there is
+    /// room instead of failing in its metadata store.
     fn open_with(
         dir: impl AsRef<Path>,
         config: LogConfig,
         tier2: Option<Arc<dyn Tier2>>,
     ) -> Result<SegmentLog> {
+        let dir = dir.as_ref();
+        let mut warned = false;
+        let mut wait = |why: &dyn std::fmt::Display| {
+            if !warned {
+                tracing::warn!(dir = %dir.display(), reason = %why,
+                    "the disk is full: the log opens once there is room");
+                warned = true;
+            }
+            std::thread::sleep(super::room::RETRY_FULL_EVERY);
+        };
+        loop {
+            // The metadata store writes as it opens, and a write it cannot finish
+            // leaves it unreadable (sled: an empty snapshot file, then "corrupted
+            // data"): it opens only with room for that.
+            let need = config.reserve_bytes.min(OPEN_ROOM);
+            match super::room::free_bytes(dir.parent().unwrap_or(dir)) {
+                Some(free) if free < need => {
+                    wait(&format!("{free} bytes free, {need} needed to open"));
+                    continue;
+                }
+                _ => {}
+            }
+            match Self::open_once(dir, config.clone(), tier2.clone()) {
+                Err(e) if e.is_disk_full() => {
+                    super::meta::forget_empty_snapshots(&dir.join("meta"));
+                    wait(&e);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(
+        dir: &Path,
+        config: LogConfig,
+        tier2: Option<Arc<dyn Tier2>>,
+    ) -> Result<SegmentLog> {
         config.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(|e| LogError::io(&wal_dir, e))?;
         let meta_dir = dir.join("meta");

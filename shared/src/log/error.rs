@@ -180,6 +180,17 @@ impl LogError {
             source,
         }
     }
+
+    /// Whether this is the disk being full (ENOSPC, in a log file or, by its text, in
+    /// the metadata store, whose errors are kept as text).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            LogError::DiskFull { .. } => true,
+            LogError::Io { source, .. } => super::room::is_full(source),
+            LogError::Meta { reason, .. } => reason.contains("No space left on device"),
+            _ => false,
+        }
+    }
 }
 
 /// Result with [`LogError`].

@@ -38,6 +38,21 @@ pub struct Meta {
     path: PathBuf,
 }
 
+/// Removes the empty snapshot files an open of the metadata store leaves when the disk
+/// fills under it: sled takes an empty `snap.*` file for a corrupt snapshot and will not
+/// open again. An empty file holds nothing to lose.
+pub(crate) fn forget_empty_snapshots(meta_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(meta_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let empty = e.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+        if empty && e.file_name().to_string_lossy().starts_with("snap.") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 impl Meta {
     /// Opens (or creates) the store at `path`. sled locks its directory; a container
     /// closed a moment ago may still hold the lock while sled's threads wind down, so
