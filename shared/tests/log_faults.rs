@@ -1,5 +1,6 @@
 //! Every fault point of a realistic workload, one run each: appends to several segments,
-//! file rolls (each a new file and a checkpoint), a truncation, a seal and a merge. At
+//! file rolls (each a new file and a checkpoint), a truncation, a seal and a merge, two
+//! moves to Tier-2 (chunks recorded, log files deleted). At
 //! each point the run injects a crash (that point and every later one fail, then a power
 //! loss drops all that was not fsync'ed) or an I/O error (the log fails; then a power
 //! loss that keeps a torn 4 KiB block with a flipped bit past the durable end), and at a
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tributary::log::faults::{Fault, FaultSeam, Faults, Point};
-use tributary::log::{AppendOptions, LogConfig, SegmentLog};
+use tributary::log::{AppendOptions, FsTier2, LogConfig, MoveStats, SegmentLog, Tier2};
 
 const SEGMENTS: [&str; 3] = ["a", "b", "c"];
 const APPENDS: usize = 90;
@@ -73,6 +74,10 @@ async fn workload(log: &SegmentLog) -> Acked {
             }
             acked.truncated_a = Some(cut);
         }
+        let mut stats = MoveStats::default();
+        if (i == 50 || i == 85) && log.move_to_tier2(2048, &mut stats).await.is_err() {
+            return acked;
+        }
         if i == 60 {
             // A seal and a merge: "tmp" onto the end of "b".
             let t = b"merged bytes".to_vec();
@@ -96,12 +101,13 @@ async fn workload(log: &SegmentLog) -> Acked {
 /// Opens the log in `dir` with `seam`, runs the workload, closes it, applies the power
 /// loss, opens it again without faults and checks every acknowledged append.
 async fn run(dir: &std::path::Path, seam: &Arc<Faults>, torn: bool, what: &str) {
-    let log = SegmentLog::open(dir, config(seam)).expect("open");
+    let tier2: Arc<dyn Tier2> = Arc::new(FsTier2::new(dir.join("tier2")).expect("tier2"));
+    let log = SegmentLog::open_tiered(dir.join("log"), config(seam), tier2.clone()).expect("open");
     let acked = workload(&log).await;
     let _ = log.close();
-    seam.lose_unsynced(&dir.join("wal"), torn)
+    seam.lose_unsynced(&dir.join("log/wal"), torn)
         .expect("power loss");
-    let log = SegmentLog::open(dir, LogConfig::default())
+    let log = SegmentLog::open_tiered(dir.join("log"), LogConfig::default(), tier2)
         .unwrap_or_else(|e| panic!("{what}: the log does not open: {e}"));
     for (seg, offset, d) in &acked.appends {
         let start = log
@@ -151,6 +157,11 @@ async fn every_fault_point_of_a_workload_recovers_with_every_acknowledged_append
         creates >= 3 && checkpoints >= 3,
         "rolls: {creates}, {checkpoints}"
     );
+    let (chunks, deletes) = (count(Point::Chunk), count(Point::Delete));
+    assert!(
+        chunks >= 2 && deletes >= 1,
+        "Tier-2: {chunks} chunks, {deletes} deletions"
+    );
 
     let mut runs = 0;
     for n in 0..points {
@@ -172,8 +183,8 @@ async fn every_fault_point_of_a_workload_recovers_with_every_acknowledged_append
     }
     println!(
         "fault points visited: {points} ({} writes, {} fsyncs, {creates} file creations, \
-         {checkpoints} checkpoints); {runs} runs, every one recovered with every \
-         acknowledged append",
+         {checkpoints} checkpoints, {chunks} Tier-2 chunk records, {deletes} file \
+         deletions); {runs} runs, every one recovered with every acknowledged append",
         count(Point::Write),
         count(Point::Sync),
     );

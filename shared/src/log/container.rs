@@ -292,6 +292,10 @@ impl Inner {
                 }
                 d.files.remove(&id);
             }
+            if let Some(s) = &self.config.faults {
+                s.0.point(super::faults::Point::Delete)
+                    .map_err(|e| LogError::io(file_path(&self.wal_dir, id), e))?;
+            }
             remove_log_file(&self.wal_dir, &self.meta, id)?;
             lock(&self.cache).forget_file(id);
             tracing::debug!(
@@ -1325,6 +1329,10 @@ impl SegmentLog {
         manifests: &mut ManifestWriter,
     ) -> Result<()> {
         let len = chunk.len;
+        if let Some(s) = &self.inner.config.faults {
+            s.0.point(super::faults::Point::Chunk)
+                .map_err(|e| LogError::io(&self.inner.dir, e))?;
+        }
         self.inner.meta.put_chunk(data_id, &chunk)?;
         let emptied = {
             let mut d = self

@@ -10,8 +10,8 @@
 //! can enumerate them one run each. Production code never sets it
 //! ([`super::LogConfig::faults`] is `None`).
 //!
-//! Not covered: sled's own writes (the checkpoint is one point, as a whole) and the
-//! Tier-2 directory's.
+//! Not covered: sled's own writes (a checkpoint or a chunk record is one point, as a
+//! whole) and the Tier-2 directory's writes.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -41,6 +41,10 @@ pub enum Point {
     Create,
     /// Saving a checkpoint and the full file's index (a roll).
     Checkpoint,
+    /// Recording a chunk Tier-2 holds (a move), after the chunk is written.
+    Chunk,
+    /// Deleting a log file nothing needs any more.
+    Delete,
 }
 
 #[derive(Debug, Default)]
