@@ -136,16 +136,8 @@ fn a_full_disk_refuses_appends_and_the_node_goes_on_by_itself_once_there_is_room
     let status = node.terminate();
     assert!(status.success(), "exit status {status}");
     let node = start(tmp.path(), &config, http);
-    // A new QUIC port: the node wrote the profile anew.
-    let profile = ClientProfile::load(data.join("client/profile.toml")).expect("profile");
     rt.block_on(async {
-        let c = connect(&profile).await;
-        let s = write_all(&c).await.expect("rerun");
-        assert_eq!(
-            (s.acknowledged, s.already_stored),
-            (0, EVENTS as u64),
-            "{s:?}"
-        );
+        let c = rerun_stores_nothing(&data).await;
         c.create_reader_group("s", "g", "t", StartFrom::Head)
             .await
             .expect("group");
@@ -188,18 +180,23 @@ fn a_full_disk_refuses_appends_and_the_node_goes_on_by_itself_once_there_is_room
     assert!(http_get(http, "/health").is_err(), "not serving yet");
     std::fs::remove_file(&filler).expect("free the disk");
     node.wait_healthy();
-    let profile = ClientProfile::load(data.join("client/profile.toml")).expect("profile");
-    rt.block_on(async {
-        let c = connect(&profile).await;
-        let s = write_all(&c).await.expect("rerun");
-        assert_eq!(
-            (s.acknowledged, s.already_stored),
-            (0, EVENTS as u64),
-            "{s:?}"
-        );
-    });
+    rt.block_on(rerun_stores_nothing(&data));
     let status = node.terminate();
     assert!(status.success(), "exit status {status}");
+}
+
+/// Writes every event again through the node whose data dir is `data` (a new QUIC port
+/// after a restart: the node wrote its profile anew): every one is stored already.
+async fn rerun_stores_nothing(data: &Path) -> Client {
+    let profile = ClientProfile::load(data.join("client/profile.toml")).expect("profile");
+    let c = connect(&profile).await;
+    let s = write_all(&c).await.expect("rerun");
+    assert_eq!(
+        (s.acknowledged, s.already_stored),
+        (0, EVENTS as u64),
+        "{s:?}"
+    );
+    c
 }
 
 /// Writes `path` until the disk is full to the last byte.

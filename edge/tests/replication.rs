@@ -778,6 +778,45 @@ async fn replication_survives_a_change_of_the_edges_address() {
     );
 }
 
+/// An edge in `dir` with MQTT ingest from `broker` into one segment with a 1 MiB
+/// budget, full as `when_full` says, replicating as edge-1 to `cloud`.
+async fn budgeted_edge(
+    dir: &std::path::Path,
+    pki: &Pki,
+    cloud: &Cloud,
+    broker: &Broker,
+    when_full: &str,
+) -> Edge {
+    let body = edge_body(1, Some(broker.port), pki, "edge-1", cloud.quic, "").replace(
+        "segments = 1\n",
+        &format!("segments = 1\ndisk_budget_mb = 1\nwhen_full = \"{when_full}\"\n"),
+    );
+    start_edge(dir, "edge", &body).await
+}
+
+/// Messages `k0:i:` for each i of `r`, padded to 1 KiB: each takes [`K0_FRAMED`] bytes in
+/// a segment.
+fn k0_messages(r: std::ops::Range<u64>) -> Vec<(String, Vec<u8>)> {
+    r.map(|i| {
+        let mut p = format!("k0:{i}:").into_bytes();
+        p.resize(1024, b'.');
+        ("sensors/k0/reading".to_string(), p)
+    })
+    .collect()
+}
+
+/// Bytes a [`k0_messages`] message takes in a segment (framing and key included).
+const K0_FRAMED: u64 = 1024 + 6 + 2;
+
+/// The number i of a `k0:i:` payload.
+fn k0_number(p: &[u8]) -> u64 {
+    let p = String::from_utf8_lossy(p);
+    p.split(':')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("k0:i:")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
     let World {
@@ -787,21 +826,10 @@ async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
         mut cloud,
     } = world(EDGE_GRANT);
     let broker = Broker::start(dir.path());
-    let body = edge_body(1, Some(broker.port), &pki, "edge-1", cloud.quic, "").replace(
-        "segments = 1\n",
-        "segments = 1\ndisk_budget_mb = 1\nwhen_full = \"drop-oldest\"\n",
-    );
-    let edge = start_edge(dir.path(), "edge", &body).await;
+    let edge = budgeted_edge(dir.path(), &pki, &cloud, &broker, "drop-oldest").await;
     // 2 MiB for a 1 MiB budget, while the cloud is away.
     let n = 2048;
-    let msgs: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let mut p = format!("k0:{i}:").into_bytes();
-            p.resize(1024, b'.');
-            ("sensors/k0/reading".to_string(), p)
-        })
-        .collect();
-    publish(broker.port, msgs).await;
+    publish(broker.port, k0_messages(0..n)).await;
     wait_status(&edge, 30, "paused at the budget, nothing dropped", |s| {
         s.streams[0].paused && s.streams[0].disk_bytes >= 1 << 20
     })
@@ -828,18 +856,8 @@ async fn drop_oldest_never_drops_what_the_cloud_does_not_hold() {
     // The cloud holds every message, once, in order.
     let c = cloud.admin(&pki).await;
     let events = events_of(&segment_bytes(&c, &name).await);
-    let got: Vec<String> = events
-        .iter()
-        .map(|(_, p)| {
-            String::from_utf8_lossy(p)
-                .split(':')
-                .nth(1)
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
-    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    assert_eq!(got, want);
+    let got: Vec<u64> = events.iter().map(|(_, p)| k0_number(p)).collect();
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -851,39 +869,19 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
         mut cloud,
     } = world(EDGE_GRANT);
     let broker = Broker::start(dir.path());
-    let body = edge_body(1, Some(broker.port), &pki, "edge-1", cloud.quic, "").replace(
-        "segments = 1\n",
-        "segments = 1\ndisk_budget_mb = 1\nwhen_full = \"drop-oldest-unreplicated\"\n",
-    );
-    let edge = start_edge(dir.path(), "edge", &body).await;
-    // Message i: "k0:i:" padded to 1 KiB, so each takes FRAMED bytes in a segment.
-    const FRAMED: u64 = 1024 + 6 + 2;
-    let msgs = |r: std::ops::Range<u64>| -> Vec<(String, Vec<u8>)> {
-        r.map(|i| {
-            let mut p = format!("k0:{i}:").into_bytes();
-            p.resize(1024, b'.');
-            ("sensors/k0/reading".to_string(), p)
-        })
-        .collect()
-    };
-    let number = |p: &[u8]| -> u64 {
-        let p = String::from_utf8_lossy(p);
-        p.split(':')
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .expect("k0:i:")
-    };
+    let when_full = "drop-oldest-unreplicated";
+    let edge = budgeted_edge(dir.path(), &pki, &cloud, &broker, when_full).await;
 
     // 200 replicated; then 2 MiB for a 1 MiB budget while the cloud is away: the
     // budget drops data the cloud never got.
     cloud.start().await;
-    publish(broker.port, msgs(0..200)).await;
+    publish(broker.port, k0_messages(0..200)).await;
     wait_status(&edge, 30, "200 replicated", |s| {
         s.streams[0].events == 200 && all_replicated(s)
     })
     .await;
     cloud.kill();
-    publish(broker.port, msgs(200..2248)).await;
+    publish(broker.port, k0_messages(200..2248)).await;
     let e = edge.client().await;
     let name = segment0();
     wait_status(
@@ -895,14 +893,14 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
     .await;
     let start = e.segment_info(&name).await.expect("info").start;
     assert!(
-        start > 200 * FRAMED,
+        start > 200 * K0_FRAMED,
         "unreplicated data was dropped: start {start}"
     );
 
     // The cloud comes back, and more arrives: everything the edge still has reaches
     // the cloud after one gap record for what it gave up.
     cloud.start().await;
-    publish(broker.port, msgs(2248..2348)).await;
+    publish(broker.port, k0_messages(2248..2348)).await;
     let s = wait_status(&edge, 60, "replicated again", |s| {
         s.streams[0].events == 2348 && s.replication[0].lag_bytes == 0 && s.replication[0].gaps == 1
     })
@@ -910,22 +908,16 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
     assert!(s.replication[0].last_error.is_none(), "{s:?}");
 
     let c = cloud.admin(&pki).await;
-    c.create_reader_group(SCOPE, "gaps", STREAM, tributary::wire::StartFrom::Head)
-        .await
-        .expect("group");
-    let mut r = EventReader::join(&c, SCOPE, "gaps", "r", ReaderConfig::default())
-        .await
-        .expect("join");
     let (mut numbers, mut gaps) = (Vec::new(), Vec::new());
-    while let Some(item) = r.next(Duration::from_secs(2)).await.expect("read") {
+    for item in read_items(&c).await {
         match item.gap {
             Some(g) => gaps.push((numbers.len(), item.offset, g)),
-            None => numbers.push(number(&item.payload)),
+            None => numbers.push(k0_number(&item.payload)),
         }
     }
     // (The budget may have dropped more while the cloud came back.)
     let first_kept = numbers.get(200).copied().expect("messages after the gap");
-    assert!(first_kept * FRAMED >= start, "{first_kept}");
+    assert!(first_kept * K0_FRAMED >= start, "{first_kept}");
     let want: Vec<u64> = (0..200).chain(first_kept..2348).collect();
     assert_eq!(numbers, want, "every message the edge kept, once, in order");
     assert_eq!(gaps.len(), 1, "one gap record: {gaps:?}");
@@ -934,10 +926,14 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
         *at, 200,
         "the gap record stands where the lost messages were"
     );
-    assert_eq!(*offset, 200 * FRAMED);
-    assert_eq!((g.from, g.to), (200 * FRAMED, first_kept * FRAMED), "{g:?}");
+    assert_eq!(*offset, 200 * K0_FRAMED);
+    assert_eq!(
+        (g.from, g.to),
+        (200 * K0_FRAMED, first_kept * K0_FRAMED),
+        "{g:?}"
+    );
     let lost = first_kept - 200;
-    assert_eq!(s.replication[0].gap_bytes, lost * FRAMED, "{s:?}");
+    assert_eq!(s.replication[0].gap_bytes, lost * K0_FRAMED, "{s:?}");
     assert_eq!(
         g.events,
         Some(lost),
@@ -950,7 +946,7 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
         format!("tributary_mirror_gaps_total{{edge=\"edge-1\",stream=\"{SCOPE}/{STREAM}\"}} 1"),
         format!(
             "tributary_mirror_gap_bytes_total{{edge=\"edge-1\",stream=\"{SCOPE}/{STREAM}\"}} {}",
-            lost * FRAMED
+            lost * K0_FRAMED
         ),
     ] {
         assert!(m.contains(&line), "{line} in\n{m}");
@@ -967,17 +963,12 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
     // Restarts of both sides change nothing: the copy resumes after the gap record.
     cloud.kill();
     cloud.start().await;
-    publish(broker.port, msgs(2348..2400)).await;
+    publish(broker.port, k0_messages(2348..2400)).await;
     let c = cloud.admin(&pki).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let all = loop {
         let all = read_items(&c).await;
-        if all
-            .last()
-            .cloned()
-            .flatten()
-            .is_some_and(|p| number(&p) == 2399)
-        {
+        if all.last().is_some_and(|i| k0_number(&i.payload) == 2399) {
             break all;
         }
         assert!(
@@ -986,7 +977,7 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
         );
     };
     assert_eq!(
-        all.iter().filter(|i| i.is_none()).count(),
+        all.iter().filter(|i| i.gap.is_some()).count(),
         1,
         "still one gap"
     );
@@ -994,15 +985,13 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
         .iter()
         .rev()
         .take(52)
-        .flatten()
-        .map(|p| number(p))
+        .map(|i| k0_number(&i.payload))
         .collect();
     assert_eq!(last, (2348..2400).rev().collect::<Vec<_>>());
 }
 
-/// Every item of the stream, from a new group: an event's payload, or `None` for a
-/// gap record.
-async fn read_items(c: &Client) -> Vec<Option<Vec<u8>>> {
+/// Every item of the stream (events and gap records), from a new group.
+async fn read_items(c: &Client) -> Vec<tributary::service::ReadEvent> {
     let group = format!("items-{}", rand::random::<u32>());
     c.create_reader_group(SCOPE, &group, STREAM, tributary::wire::StartFrom::Head)
         .await
@@ -1012,7 +1001,7 @@ async fn read_items(c: &Client) -> Vec<Option<Vec<u8>>> {
         .expect("join");
     let mut out = Vec::new();
     while let Some(item) = r.next(Duration::from_secs(2)).await.expect("read") {
-        out.push(item.gap.is_none().then(|| item.payload.to_vec()));
+        out.push(item);
     }
     out
 }
