@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncBufReadExt;
-use tributary::event::framed_len;
 use tributary::reading::Reading;
 use tributary::service::{Client, EventReader, EventWriter, ReadEvent, ReaderConfig, WriterConfig};
 use tributary::stream::{GroupCut, SegmentId, StreamCut};
@@ -454,7 +453,7 @@ async fn read_events(
         };
         last = Instant::now();
         if let Some(u) = &mut until {
-            if !u.before(&e, framed_len(&e.key, &e.payload) as u64) {
+            if !u.before(&e, e.size) {
                 continue;
             }
         }

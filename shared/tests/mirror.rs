@@ -486,6 +486,28 @@ async fn a_gap_record_stands_for_what_the_source_gave_up_and_the_copy_goes_on_af
         e.to_string().contains(&format!("continue from {end}")),
         "{e}"
     );
+    // Two sessions at once: once one stores a gap record, the other's offsets are
+    // stale, and its next frame is refused rather than stored past the record.
+    let mut a = c.mirror_session(&name).await.expect("session a");
+    let mut b = c.mirror_session(&name).await.expect("session b");
+    let (mut a_acks, mut b_acks) = (a.take_acks().expect("acks"), b.take_acks().expect("acks"));
+    let second = tributary::event::Gap {
+        from: end,
+        to: end + 100,
+        ..gap.clone()
+    };
+    b.send_gap(&second).await.expect("gap");
+    assert_eq!(
+        b_acks.next().await.expect("ack").expect("ack").end_offset,
+        end + 100
+    );
+    // Longer than the record: before, its tail was stored after it, at wrong offsets.
+    a.send(end, &[events(30, 40)]).await.expect("send");
+    let e = a_acks.next().await.expect_err("stale");
+    assert_eq!(code(&e), Some(ErrorCode::Conflict), "{e}");
+    assert!(e.to_string().contains("open a new session"), "{e}");
+    let end = end + 100;
+
     let history = src.scale_history();
     let m = c
         .mirror_stream("m", "g", &source(1), fixed(1), history, vec![(seg0(), end)])
@@ -520,5 +542,6 @@ async fn a_gap_record_stands_for_what_the_source_gave_up_and_the_copy_goes_on_af
     let mut want: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
     want.push(format!("gap {gap_from}..{gap_to} Some(10)"));
     want.extend((20..25).map(|i| format!("e{i}")));
+    want.push(format!("gap {}..{end} Some(10)", end - 100));
     assert_eq!(items, want);
 }

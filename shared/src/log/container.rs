@@ -20,7 +20,7 @@ use super::direct::open_direct_read;
 use super::error::{LogError, Result};
 use super::files::{
     create_file, file_path, holds_no_frame, later_batch_follows, list_files, open_file,
-    read_frame_data, read_frame_data_direct, scan_file, sync_dir,
+    read_frame_data, read_frame_data_direct, scan_file, sync_dir, BATCHES_AFTER_DURABLE,
 };
 use super::format::{Op, FILE_HEADER_LEN};
 use super::fsync::FsyncHistogram;
@@ -1659,7 +1659,9 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
                 rolled_empty.push(*later);
             }
             let at_the_end = is_last || rolled_empty.len() == replay.len() - i - 1;
-            if !at_the_end || later_batch_follows(&file, &path, pos + 1, last_seq + 2)? {
+            if !at_the_end
+                || later_batch_follows(&file, &path, pos + 1, last_seq + BATCHES_AFTER_DURABLE)?
+            {
                 return Err(LogError::Corrupt {
                     path,
                     offset: pos,
@@ -1812,11 +1814,15 @@ fn recover(wal_dir: &Path, meta: &Meta, on_disk: &[u64]) -> Result<Recovered> {
                     && p.data_offset < f.data_offset + f.len
                     && f.data_offset < p.data_offset + p.len
             })?;
-            let from = p.seg_offset + f.data_offset.saturating_sub(p.data_offset);
+            // The part of the frame's data this piece still holds.
+            let (lo, hi) = (
+                f.data_offset.max(p.data_offset),
+                (f.data_offset + f.len).min(p.data_offset + p.len),
+            );
             Some(super::repair::Damage {
                 segment: s.name.clone(),
-                from,
-                to: from + f.len,
+                from: p.seg_offset + (lo - p.data_offset),
+                to: p.seg_offset + (hi - p.data_offset),
                 reason: format!(
                     "{}, offset {}: {}",
                     file_path(wal_dir, f.file_id).display(),

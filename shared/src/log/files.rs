@@ -217,12 +217,22 @@ pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
                 pos += len;
             }
             Err(reason) => {
-                if let Some(fr) = damaged_append(f, pos, file_len, &mut buf).map_err(io)? {
-                    let len = fr.frame_len as u64;
-                    damaged.push((pos, reason));
-                    frames.push((pos, fr));
-                    pos += len;
-                    continue;
+                if let Some((fr, claimed)) =
+                    damaged_append(f, pos, file_len, &mut buf).map_err(io)?
+                {
+                    // Corruption, not a torn write, only if a frame follows that was
+                    // written after this one was durable (see `later_batch_follows`).
+                    // Its batch is between the sound frames around it; its own number,
+                    // unchecked, says which (a torn write's header is usually whole).
+                    let before = frames.last().map_or(fr.seq, |(_, p): &(u64, Frame)| p.seq);
+                    let batch = claimed.clamp(before, fr.seq);
+                    if later_batch_follows(f, path, pos + 1, batch + BATCHES_AFTER_DURABLE)? {
+                        let len = fr.frame_len as u64;
+                        damaged.push((pos, reason));
+                        frames.push((pos, fr));
+                        pos += len;
+                        continue;
+                    }
                 }
                 let mut rest = vec![0u8; (file_len - pos).min(BLOCK as u64) as usize];
                 let n = read_up_to(f, &mut rest, pos).map_err(io)?;
@@ -241,15 +251,15 @@ pub fn scan_file(f: &File, path: &Path, id: u64) -> Result<Scan> {
     })
 }
 
-/// The frame at `pos`, which does not check, as a damaged append (see [`scan_file`]):
-/// `None` unless a valid frame starts where its length field says it ends and its body
-/// reads as an append.
+/// The frame at `pos`, which does not check, as a damaged append (see [`scan_file`]),
+/// with the batch number it claims: `None` unless a valid frame starts where its length
+/// field says it ends and its body reads as an append.
 fn damaged_append(
     f: &File,
     pos: u64,
     file_len: u64,
     buf: &mut Vec<u8>,
-) -> std::io::Result<Option<Frame>> {
+) -> std::io::Result<Option<(Frame, u64)>> {
     let mut h = [0u8; FRAME_HEADER_LEN];
     let n = read_up_to(f, &mut h, pos)?;
     let Some(len) = frame_len(&h[..n]).filter(|l| *l <= MAX_FRAME_BODY + FRAME_HEADER_LEN) else {
@@ -267,6 +277,7 @@ fn damaged_append(
     let n = read_up_to(f, buf, pos)?;
     match decode_damaged_frame(&buf[..n], MAX_FRAME_BODY) {
         Ok(Frame {
+            seq: claimed,
             op:
                 Op::Append {
                     seg,
@@ -276,18 +287,20 @@ fn damaged_append(
                 },
             data_pos,
             frame_len,
-            ..
-        }) => Ok(Some(Frame {
-            seq: following.seq,
-            op: Op::Append {
-                seg,
-                data_offset,
-                len: data_len,
-                attrs: Vec::new(),
+        }) => Ok(Some((
+            Frame {
+                seq: following.seq,
+                op: Op::Append {
+                    seg,
+                    data_offset,
+                    len: data_len,
+                    attrs: Vec::new(),
+                },
+                data_pos,
+                frame_len,
             },
-            data_pos,
-            frame_len,
-        })),
+            claimed,
+        ))),
         _ => Ok(None),
     }
 }
@@ -311,9 +324,14 @@ pub fn holds_no_frame(wal_dir: &Path, id: u64) -> Result<bool> {
     }
 }
 
+/// A frame of batch `q` was written after batch `q - 2` was durable: the writer hands
+/// each batch to the syncer through a rendezvous, so it writes batch `q` only once the
+/// syncer took `q - 1`, having made `q - 2` durable.
+pub const BATCHES_AFTER_DURABLE: u64 = 2;
+
 /// Whether a valid frame from a batch numbered `min_seq` or later starts anywhere in
-/// `[from, end of file)`. Such a frame was written after the batch holding the bad frame
-/// at `from - 1` was fsync'ed, so that bad frame is corruption, not a torn write.
+/// `[from, end of file)`. With `min_seq` [`BATCHES_AFTER_DURABLE`] past the bad frame's
+/// batch at `from - 1`, that bad frame is corruption, not a torn write.
 pub fn later_batch_follows(f: &File, path: &Path, from: u64, min_seq: u64) -> Result<bool> {
     let io = |e| LogError::io(path, e);
     let file_len = f.metadata().map_err(io)?.len();

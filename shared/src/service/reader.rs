@@ -79,6 +79,9 @@ pub struct ReadEvent {
     pub payload: Bytes,
     /// Set when this is a gap record, not an event: what was lost, and why.
     pub gap: Option<crate::event::Gap>,
+    /// Bytes it takes in the segment, framing included: the next item is at
+    /// `offset + size`.
+    pub size: u64,
 }
 
 #[derive(Debug)]
@@ -301,7 +304,8 @@ impl EventReader {
         if let Some(seg) = next {
             let h = self.held.get_mut(&seg)?;
             let (offset, e) = h.events.pop_front()?;
-            h.position = offset + framed_len(&e.key, &e.payload) as u64;
+            let size = framed_len(&e.key, &e.payload) as u64;
+            h.position = offset + size;
             // A gap record's payload is its encoding: nothing for the caller.
             let (key, payload) = match e.gap {
                 Some(_) => (Bytes::new(), Bytes::new()),
@@ -314,6 +318,7 @@ impl EventReader {
                 key,
                 payload,
                 gap: e.gap,
+                size,
             };
             self.turn = Some(seg);
             return Some(event);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::controller::{mirror_shift, Controller, MIRROR_SHIFT};
+use crate::controller::{Controller, MIRROR_SHIFT};
 use crate::event::{frame_gap, Gap};
 use crate::log::{
     AppendOptions, AttributeCondition, AttributeUpdate, LogError, SegmentLog, Ticket,
@@ -885,19 +885,23 @@ async fn session(
     let log = shared.controller.log().clone();
     // Appends of an earlier session may still wait for their fsync; what we report
     // must include them, or the client would resend them.
-    // Source minus mirror offsets, for a mirror session (0 for appends).
-    let mut shift = 0;
+    // A mirror session's view of the segment's shift attribute (source minus mirror
+    // offsets; see `MIRROR_SHIFT`): every append it makes is conditional on it.
+    let mut shift: Option<i64> = None;
     let setup = log.settle().await.and_then(|()| {
         let last_event_number = match kind {
             SessionKind::Append { writer_id } => log.attribute(&segment, writer_id)?,
             SessionKind::Mirror { .. } => {
-                shift = mirror_shift(&log, &segment)?;
+                shift = log.attribute(&segment, MIRROR_SHIFT)?;
                 None
             }
         };
         Ok(Response::AppendSetup {
             last_event_number,
-            length: log.info(&segment)?.length.saturating_add_signed(shift),
+            length: log
+                .info(&segment)?
+                .length
+                .saturating_add_signed(shift.unwrap_or(0)),
         })
     });
     let setup = setup.unwrap_or_else(|e| Response::error(&e));
@@ -1000,7 +1004,7 @@ async fn session(
                 },
             ) => append_block(&log, &segment, *writer_id, event_number, event_count, &data).await,
             (SessionKind::Mirror { .. }, DataHeader::Mirror { offset }) => {
-                mirror_block(&log, &segment, offset, &data, shift).await
+                mirror_block(&log, &segment, offset, &data, &mut shift).await
             }
             (SessionKind::Mirror { .. }, DataHeader::MirrorGap { offset }) => {
                 mirror_gap(&log, &segment, offset, &data, &mut shift).await
@@ -1071,17 +1075,39 @@ async fn append_block(
     }
 }
 
+/// The condition every append of a mirror session carries: the segment's shift is
+/// still what the session saw (`seen`), else another session stored a gap record since
+/// and this one's offsets are stale. It sets the value it checks (`value`).
+fn shift_guard(seen: Option<i64>, value: i64) -> Vec<AttributeUpdate> {
+    vec![AttributeUpdate {
+        id: MIRROR_SHIFT,
+        value,
+        condition: AttributeCondition::Equals(seen),
+    }]
+}
+
+fn stale_session(segment: &str) -> Pending {
+    Pending::Failed(error(
+        ErrorCode::Conflict,
+        format!("{segment} took a gap record from another session: open a new session"),
+    ))
+}
+
 /// Stores a mirror frame at source offset `source_offset` (the segment's offset plus
-/// `shift`), or what the segment does not hold of it yet.
+/// the shift), or what the segment does not hold of it yet.
 async fn mirror_block(
     log: &SegmentLog,
     segment: &str,
     source_offset: u64,
     data: &[Bytes],
-    shift: i64,
+    seen: &mut Option<i64>,
 ) -> Pending {
+    let shift = seen.unwrap_or(0);
     let len = data.iter().map(|b| b.len() as u64).sum::<u64>();
-    let end_source = source_offset + len;
+    let Some(end_source) = source_offset.checked_add(len) else {
+        let why = format!("a mirror frame at {source_offset} runs past the largest offset");
+        return Pending::Failed(error(ErrorCode::Malformed, why));
+    };
     // In the segment's offsets; bytes before its start (a frame resent from before a
     // gap record) count as stored.
     let first = i128::from(source_offset) - i128::from(shift);
@@ -1095,10 +1121,11 @@ async fn mirror_block(
         };
         let opts = AppendOptions {
             expected_length: Some(at),
-            attributes: Vec::new(),
+            attributes: shift_guard(*seen, shift),
         };
         match log.submit_append(segment, &*part, &opts) {
             Ok((_, ticket)) => {
+                *seen = Some(shift);
                 return Pending::Stored {
                     ticket,
                     events: 0,
@@ -1108,7 +1135,7 @@ async fn mirror_block(
                         end_offset: end_source,
                         duplicate: false,
                     },
-                }
+                };
             }
             Err(LogError::Backpressure(_)) => log.wait_for_room().await,
             Err(LogError::BadOffset { actual, .. }) if actual >= end => {
@@ -1119,6 +1146,7 @@ async fn mirror_block(
             }
             // The frame's beginning is stored (a resend with other boundaries).
             Err(LogError::BadOffset { actual, .. }) if actual > at => at = actual,
+            Err(LogError::AttributeConflict { .. }) => return stale_session(segment),
             Err(LogError::BadOffset { actual, .. }) => {
                 let actual = actual.saturating_add_signed(shift);
                 return Pending::Failed(error(
@@ -1142,8 +1170,9 @@ async fn mirror_gap(
     segment: &str,
     source_offset: u64,
     data: &[Bytes],
-    shift: &mut i64,
+    seen: &mut Option<i64>,
 ) -> Pending {
+    let shift = seen.unwrap_or(0);
     let body: Vec<u8> = data.iter().flat_map(|b| b.iter().copied()).collect();
     let gap: Gap = match ciborium::from_reader(&body[..]) {
         Ok(g) => g,
@@ -1160,7 +1189,7 @@ async fn mirror_gap(
         return Pending::Failed(error(ErrorCode::Malformed, why));
     }
     let framed = frame_gap(&gap);
-    let at = i128::from(source_offset) - i128::from(*shift);
+    let at = i128::from(source_offset) - i128::from(shift);
     let after = at + framed.len() as i128;
     let (Ok(at), Ok(new_shift)) = (u64::try_from(at), i64::try_from(i128::from(gap.to) - after))
     else {
@@ -1169,16 +1198,12 @@ async fn mirror_gap(
     };
     let opts = AppendOptions {
         expected_length: Some(at),
-        attributes: vec![AttributeUpdate {
-            id: MIRROR_SHIFT,
-            value: new_shift,
-            condition: AttributeCondition::Always,
-        }],
+        attributes: shift_guard(*seen, new_shift),
     };
     loop {
         match log.submit_append(segment, std::slice::from_ref(&framed), &opts) {
             Ok((_, ticket)) => {
-                *shift = new_shift;
+                *seen = Some(new_shift);
                 tracing::warn!(%segment, from = gap.from, to = gap.to, events = ?gap.events, reason = %gap.reason,
                     "the edge gave up data before it was replicated: a gap record is stored");
                 return Pending::Stored {
@@ -1193,8 +1218,9 @@ async fn mirror_gap(
                 };
             }
             Err(LogError::Backpressure(_)) => log.wait_for_room().await,
+            Err(LogError::AttributeConflict { .. }) => return stale_session(segment),
             Err(LogError::BadOffset { actual, .. }) => {
-                let actual = actual.saturating_add_signed(*shift);
+                let actual = actual.saturating_add_signed(shift);
                 return Pending::Failed(error(
                     ErrorCode::Conflict,
                     format!(
