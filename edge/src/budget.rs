@@ -119,9 +119,16 @@ async fn drop_oldest(s: &LocalStream, amount: u64) -> anyhow::Result<u64> {
     let unreplicated_too = spec.when_full == WhenFull::DropOldestUnreplicated;
     for (id, name, start, length) in kept {
         let share = ((length - start) as u128 * amount as u128 / total.max(1) as u128) as u64;
-        // What the cloud holds, in a replicated stream: never passed unless allowed.
+        // What the cloud holds, in a replicated stream: never passed unless allowed,
+        // and not while frames are in flight (the cloud may hold more than
+        // acknowledged, up to inside an event: a gap must not start there).
         let acked = s.replica().map_or(length, |r| r.acked(&name).min(length));
-        let limit = if unreplicated_too { length } else { acked };
+        let sending = s.replica().is_some_and(|r| r.is_sending(&name));
+        let limit = if unreplicated_too && !sending {
+            length
+        } else {
+            acked
+        };
         let (offset, lost_events) =
             event_boundary(s, &name, start, limit, start + share, acked).await?;
         if let (Some(r), true) = (s.replica(), offset > acked.max(start)) {
@@ -154,7 +161,9 @@ async fn drop_oldest(s: &LocalStream, amount: u64) -> anyhow::Result<u64> {
 
 /// The first event boundary at or after `target`, or the last one at or below `limit`
 /// if that comes first, reading events from `start`; with the number of events before
-/// it that start at or after `count_from`.
+/// it that start at or after `count_from`. Never past an event that `count_from` (what
+/// the cloud holds) falls inside: the cloud holds its beginning, and a gap record
+/// after that would break its framing.
 async fn event_boundary(
     s: &LocalStream,
     segment: &str,
@@ -182,7 +191,7 @@ async fn event_boundary(
         let mut pos = offset;
         for e in &events {
             let next = pos + tributary::event::framed_len(&e.key, &e.payload) as u64;
-            if next > limit {
+            if next > limit || (pos < count_from && next > count_from) {
                 return Ok((pos, counted));
             }
             counted += u64::from(pos >= count_from);

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -73,6 +74,8 @@ pub struct Replica {
     dropped: sled::Tree,
     /// Per local segment: the offset below which the cloud holds every byte durably.
     acked: Mutex<HashMap<String, u64>>,
+    /// Local segments a copier is sending frames of now.
+    sending: Mutex<std::collections::HashSet<String>>,
     /// Per local segment: (length, when first seen) samples not yet acknowledged.
     samples: Mutex<HashMap<String, VecDeque<(u64, Instant)>>>,
     connected: AtomicBool,
@@ -83,6 +86,15 @@ pub struct Replica {
     lag_bytes: AtomicU64,
     lag_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+}
+
+/// While it lives, its segment is being sent (see [`Replica::is_sending`]).
+struct Sending<'a>(&'a Replica, String);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.sending).remove(&self.1);
+    }
 }
 
 /// What `status` shows of a replicated stream.
@@ -169,6 +181,7 @@ impl Replica {
             tree,
             dropped,
             acked: Mutex::new(acked),
+            sending: Mutex::new(Default::default()),
             samples: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
             replicated_bytes: AtomicU64::new(0),
@@ -189,6 +202,19 @@ impl Replica {
     /// The offset below which the cloud holds every byte of the local `segment`.
     pub fn acked(&self, segment: &str) -> u64 {
         lock(&self.acked).get(segment).copied().unwrap_or(0)
+    }
+
+    /// Marks `segment` as being sent until the guard is dropped: frames may be in
+    /// flight, and the cloud may hold more of it than is acknowledged.
+    fn sending<'a>(&'a self, segment: &str) -> Sending<'a> {
+        lock(&self.sending).insert(segment.to_string());
+        Sending(self, segment.to_string())
+    }
+
+    /// Whether frames of `segment` may be in flight (the cloud may hold more of it
+    /// than [`Replica::acked`] says).
+    pub fn is_sending(&self, segment: &str) -> bool {
+        lock(&self.sending).contains(segment)
     }
 
     /// Records that the cloud holds `segment` up to `offset`; `copied` when it got the
@@ -691,7 +717,11 @@ async fn copy(
             session.send_gap(g).await?;
             offset = g.to;
         }
+        let _sending = r.sending(segment);
         let mut pace = Pace::new(r.spec.max_bytes_per_s);
+        // An event boundary at or after `offset` (the session starts at one: every
+        // frame ends at one, but for the pieces of an event longer than a frame).
+        let mut boundary = offset;
         loop {
             let read = log.read(segment, offset, FRAME_BYTES, TAIL_WAIT).await?;
             if read.is_empty() {
@@ -701,10 +731,11 @@ async fn copy(
                 }
                 continue;
             }
-            let len = read.len();
-            pace.take(len).await;
-            session.send(offset, &read.parts).await?;
-            offset += len as u64;
+            let take = frame_len(&read.parts, offset, &mut boundary);
+            let parts = prefix(&read.parts, take);
+            pace.take(take).await;
+            session.send(offset, &parts).await?;
+            offset += take as u64;
         }
     };
     tokio::pin!(acker);
@@ -721,6 +752,60 @@ async fn copy(
         bail!("the cloud acknowledged {remote} up to {acked}, not to its end {end}");
     }
     Ok(())
+}
+
+/// Bytes of `parts` (read at `start`) to send as one frame: up to the last event
+/// boundary in them, so that the cloud's copy ends between events (a gap record that
+/// follows it then follows a whole event); all of them when they are a piece of one
+/// event longer than a read. `boundary` is an event boundary at or after `start`, moved
+/// on to the last one known.
+fn frame_len(parts: &[Bytes], start: u64, boundary: &mut u64) -> usize {
+    let len: usize = parts.iter().map(Bytes::len).sum();
+    let end = start + len as u64;
+    let mut last = None;
+    while *boundary <= end {
+        if *boundary > start {
+            last = Some(*boundary);
+        }
+        let at = (*boundary - start) as usize;
+        let Some(event) = tributary::event::framed_len_at(&bytes_at(parts, at, 4)) else {
+            break;
+        };
+        *boundary += event;
+    }
+    last.map_or(len, |b| (b - start) as usize)
+}
+
+/// Up to `n` bytes of `parts` from byte `at`.
+fn bytes_at(parts: &[Bytes], mut at: usize, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    for p in parts {
+        if at >= p.len() {
+            at -= p.len();
+            continue;
+        }
+        let take = (p.len() - at).min(n - out.len());
+        out.extend_from_slice(&p[at..at + take]);
+        at = 0;
+        if out.len() == n {
+            break;
+        }
+    }
+    out
+}
+
+/// The first `n` bytes of `parts`, as slices of them.
+fn prefix(parts: &[Bytes], mut n: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    for p in parts {
+        if n == 0 {
+            break;
+        }
+        let take = p.len().min(n);
+        out.push(p.slice(..take));
+        n -= take;
+    }
+    out
 }
 
 /// A bandwidth cap: `take(n)` waits until `n` more bytes fit under the rate.
@@ -752,6 +837,32 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_end_at_event_boundaries_but_for_pieces_of_long_events() {
+        use tributary::event::frame_event;
+        let (a, b, c) = (
+            frame_event(b"k", &[1; 10]),
+            frame_event(b"k", &[2; 20]),
+            frame_event(b"k", &[3; 5000]),
+        );
+        let (la, lb) = (a.len(), b.len());
+        // a, b whole and the start of c, split over parts: a and b go.
+        let parts = [a.clone(), b.slice(..5), b.slice(5..), c.slice(..100)];
+        let mut boundary = 0;
+        assert_eq!(frame_len(&parts, 0, &mut boundary), la + lb);
+        assert_eq!(boundary, (la + lb + c.len()) as u64);
+        // Inside c: pieces, up to its end, then whole events again.
+        let start = (la + lb) as u64;
+        let piece = [c.slice(..1000)];
+        assert_eq!(frame_len(&piece, start, &mut boundary), 1000);
+        let rest = [c.slice(1000..), a.clone(), b.slice(..3)];
+        assert_eq!(
+            frame_len(&rest, start + 1000, &mut boundary),
+            c.len() - 1000 + la
+        );
+        assert_eq!(prefix(&rest, 10).iter().map(Bytes::len).sum::<usize>(), 10);
+    }
 
     #[test]
     fn backoff_doubles_while_tries_fail_quickly_and_starts_over_after_a_long_run() {
