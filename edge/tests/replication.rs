@@ -990,6 +990,87 @@ async fn data_the_edge_gives_up_reaches_the_cloud_as_a_gap_record_and_replicatio
     assert_eq!(last, (2348..2400).rev().collect::<Vec<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_damaged_on_the_edge_reaches_the_cloud_as_a_gap_record() {
+    let World {
+        dir,
+        net: _net,
+        pki,
+        mut cloud,
+    } = world(EDGE_GRANT);
+    let body = edge_body(1, None, &pki, "edge-1", cloud.quic, "");
+    let mut edge = start_edge(dir.path(), "edge", &body).await;
+    // Ten blocks of ten events (each its own log frame) while the cloud is away.
+    for b in 0..10 {
+        write_events(&edge, b * 10, 10).await;
+    }
+    edge.kill();
+    // A bit rots in the data of the edge's fifth append frame.
+    let wal = edge.dir.join("data/log/wal");
+    let mut files: Vec<_> = std::fs::read_dir(&wal)
+        .expect("wal")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let active = files.last().expect("a log file").clone();
+    let mut bytes = std::fs::read(&active).expect("read");
+    let (mut pos, mut appends) = (32, 0);
+    let data_at = loop {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4")) as usize;
+        if bytes[pos + 8] == 1 {
+            appends += 1;
+            if appends == 5 {
+                let attrs = u16::from_le_bytes(bytes[pos + 33..pos + 35].try_into().expect("2"));
+                break pos + 8 + 27 + attrs as usize * 24;
+            }
+        }
+        pos += 8 + len;
+    };
+    bytes[data_at + 20] ^= 0x04;
+    std::fs::write(&active, bytes).expect("write");
+
+    edge.start();
+    edge.ready().await;
+    cloud.start().await;
+    let s = wait_status(&edge, 60, "the damaged frame sent as a gap", |s| {
+        s.replication[0].gaps == 1
+    })
+    .await;
+    assert!(s.replication[0].gap_bytes > 0, "{s:?}");
+    let c = cloud.admin(&pki).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let items = loop {
+        let items = read_items(&c).await;
+        if items
+            .last()
+            .is_some_and(|i| i.payload.as_ref() == b"event 99")
+        {
+            break items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last event never reached the cloud"
+        );
+    };
+    let gaps: Vec<_> = items.iter().filter_map(|i| i.gap.as_ref()).collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(
+        gaps[0].reason.contains("unreadable on the edge"),
+        "{gaps:?}"
+    );
+    let events: Vec<String> = items
+        .iter()
+        .filter(|i| i.gap.is_none())
+        .map(|i| String::from_utf8_lossy(&i.payload).into_owned())
+        .collect();
+    // One block of ten is lost, the others arrive once, in order.
+    let want: Vec<String> = (0..100)
+        .filter(|i| !(40..50).contains(i))
+        .map(|i| format!("event {i}"))
+        .collect();
+    assert_eq!(events, want);
+}
+
 /// Every item of the stream (events and gap records), from a new group.
 async fn read_items(c: &Client) -> Vec<tributary::service::ReadEvent> {
     let group = format!("items-{}", rand::random::<u32>());

@@ -258,9 +258,9 @@ impl Replica {
     }
 
     /// The gap record for `segment`'s bytes from `from` to `to`, which the cloud lacks
-    /// and the edge no longer holds: events and reason from the drops recorded, when
-    /// they cover the range exactly.
-    fn gap(&self, segment: &str, from: u64, to: u64) -> Gap {
+    /// and the edge no longer holds (or cannot read: `why`): events and reason from the
+    /// drops recorded, when they cover the range exactly.
+    fn gap(&self, segment: &str, from: u64, to: u64, why: Option<String>) -> Gap {
         let mut prefix = segment.as_bytes().to_vec();
         prefix.push(0);
         let mut records = Vec::new();
@@ -289,12 +289,13 @@ impl Replica {
             from,
             to,
             events: exact.then(|| records.iter().map(|(_, d)| d.events).sum()),
-            reason: if reasons.is_empty() {
-                "the edge truncated them before the cloud had them (a user's truncate, \
-                 retention or a repair; the edge recorded no drop of its own)"
-                    .to_string()
-            } else {
-                reasons.join("; ")
+            reason: match (why, reasons.is_empty()) {
+                (Some(why), _) => why,
+                (None, true) => "the edge truncated them before the cloud had them (a user's \
+                                 truncate, retention or a repair; the edge recorded no drop \
+                                 of its own)"
+                    .to_string(),
+                (None, false) => reasons.join("; "),
             },
             dropped_ms: records.iter().map(|(_, d)| d.at_ms).min(),
             noticed_ms: unix_ms(),
@@ -692,15 +693,23 @@ async fn copy(
     let Some(mut acks) = session.take_acks() else {
         bail!("the mirror session has no acknowledgements");
     };
+    // Gap records sent and not acknowledged yet, in order.
+    let gaps: Mutex<VecDeque<Gap>> = Mutex::new(VecDeque::new());
     // The local segment starts after the cloud's copy ends: those bytes are gone.
-    let gap = (offset < info.start).then(|| r.gap(segment, offset, info.start));
+    let gap = (offset < info.start).then(|| r.gap(segment, offset, info.start, None));
     let acker = async {
-        let mut gap = gap.clone();
         while let Some(a) = acks.next().await? {
             if a.duplicate {
                 r.duplicate_frames.fetch_add(1, Ordering::Relaxed);
             }
-            match gap.take_if(|g| g.to == a.end_offset) {
+            let stored_gap = {
+                let mut q = lock(&gaps);
+                match q.front() {
+                    Some(g) if g.to == a.end_offset => q.pop_front(),
+                    _ => None,
+                }
+            };
+            match stored_gap {
                 Some(g) => {
                     r.set_acked(segment, a.end_offset, false);
                     r.gap_stored(&g);
@@ -710,11 +719,16 @@ async fn copy(
         }
         anyhow::Ok(())
     };
+    let send_gap = |g: Gap| {
+        tracing::warn!(stream = %r.name, to = %r.spec.to(), %segment, from = g.from, to = g.to,
+            events = ?g.events, reason = %g.reason, "data the cloud will not get: sending a gap record");
+        lock(&gaps).push_back(g.clone());
+        g
+    };
     let sender = async {
-        if let Some(g) = &gap {
-            tracing::warn!(stream = %r.name, to = %r.spec.to(), %segment, from = g.from, to = g.to,
-                events = ?g.events, reason = %g.reason, "data given up before the cloud had it: sending a gap record");
-            session.send_gap(g).await?;
+        if let Some(g) = gap {
+            let g = send_gap(g);
+            session.send_gap(&g).await?;
             offset = g.to;
         }
         let _sending = r.sending(segment);
@@ -723,7 +737,21 @@ async fn copy(
         // frame ends at one, but for the pieces of an event longer than a frame).
         let mut boundary = offset;
         loop {
-            let read = log.read(segment, offset, FRAME_BYTES, TAIL_WAIT).await?;
+            let read = match log.read(segment, offset, FRAME_BYTES, TAIL_WAIT).await {
+                Ok(read) => read,
+                // Damaged on the edge (a bad frame, a lost file): the cloud cannot have
+                // those bytes; it gets a gap record and the rest.
+                Err(LogError::Unreadable {
+                    from, to, reason, ..
+                }) if from == offset && to > from => {
+                    let why = format!("unreadable on the edge: {reason}");
+                    let g = send_gap(r.gap(segment, from, to, Some(why)));
+                    session.send_gap(&g).await?;
+                    (offset, boundary) = (to, to);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if read.is_empty() {
                 if read.end_of_segment {
                     session.finish()?;
