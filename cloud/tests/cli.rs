@@ -1,5 +1,7 @@
 //! `tributary-cloud check-config` and `tributary-cloud certs`, run as the real binary.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -209,13 +211,7 @@ fn repair_reports_a_damaged_frame_then_cuts_the_log_there_with_yes() {
             log.close().expect("close");
         });
     // A bad byte in the first frame of the file recovery replays.
-    let wal = data.join("log").join("wal");
-    let mut files: Vec<_> = std::fs::read_dir(&wal)
-        .expect("wal")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    let last = files.last().expect("a log file").clone();
+    let last = common::last_log_file(&data);
     let mut bytes = std::fs::read(&last).expect("read");
     bytes[40] ^= 0x40;
     std::fs::write(&last, bytes).expect("write");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{connect, free_tcp_port, http_get, runtime, Node};
+use common::{connect, free_tcp_port, http_get, last_log_file, runtime, Node};
 use tributary::event::decode_events;
 use tributary::profile::ClientProfile;
 use tributary::service::{Client, ClientError, EventWriter, WriterConfig};
@@ -134,13 +134,7 @@ fn a_flipped_byte_in_the_replayed_log_file_is_kept_to_its_range_and_the_node_sta
     node.kill();
 
     // A bit rots in the data of the 5th append frame of the file recovery replays.
-    let wal = data.join("log").join("wal");
-    let mut files: Vec<_> = std::fs::read_dir(&wal)
-        .expect("wal")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    let active = files.last().expect("a log file").clone();
+    let active = last_log_file(&data);
     let (at, _) = nth_append_data(&active, 5);
     let mut bytes = std::fs::read(&active).expect("read");
     bytes[at as usize + 100] ^= 0x08;

@@ -531,7 +531,8 @@ pub fn render_table(s: &Status) -> String {
         ));
     }
     if s.disk_full {
-        out.push_str("disk full: appends wait until there is room on the log's disk\n");
+        out.push_str(tributary::node::DISK_FULL_NOTE);
+        out.push('\n');
     }
     for d in &s.damaged {
         out.push_str(&tributary::node::damage_note(d));

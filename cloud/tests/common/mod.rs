@@ -202,6 +202,16 @@ pub async fn connect(profile: &ClientProfile) -> Client {
         .expect("connect with the profile")
 }
 
+/// The newest log file of the node whose data dir is `data`: the one recovery replays.
+pub fn last_log_file(data: &Path) -> PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(data.join("log").join("wal"))
+        .expect("wal")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files.pop().expect("a log file")
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -430,11 +430,7 @@ fn health_check(log: Weak<SegmentLog>) -> HealthCheck {
         // Serving, and what the operator should know.
         let mut notes = Vec::new();
         if log.disk_full() {
-            notes.push(
-                "disk full: appends wait until there is room on the log's disk (free space, \
-                 or truncate a stream); reads go on"
-                    .to_string(),
-            );
+            notes.push(DISK_FULL_NOTE.to_string());
         }
         notes.extend(log.damaged().iter().map(damage_note));
         Ok(notes)
@@ -465,6 +461,10 @@ pub fn error_line<'a>(
 /// durable length as it grows (see [`crate::log::faults::Faults::ledger`]). Never set in
 /// production.
 pub const DURABLE_LEDGER_ENV: &str = "TRIBUTARY_TEST_DURABLE_LEDGER";
+
+/// What `/health` and `status` say of a full disk.
+pub const DISK_FULL_NOTE: &str = "disk full: appends wait until there is room on the log's \
+     disk (free space, or truncate a stream); reads go on";
 
 /// One damaged range for `/health` and `status`: what, and what the operator can do.
 pub fn damage_note(d: &crate::log::repair::Damage) -> String {

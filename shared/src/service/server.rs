@@ -136,64 +136,69 @@ impl ServiceMetrics {
             ));
         }
         let gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if !gaps.is_empty() {
-            for (name, help) in [
-                (
-                    "tributary_mirror_gaps_total",
-                    "Gap records stored: data an edge gave up before this node had it.",
-                ),
-                (
-                    "tributary_mirror_gap_bytes_total",
-                    "Bytes those gap records stand for.",
-                ),
-            ] {
-                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-                for ((edge, stream), (count, bytes)) in &gaps {
-                    let v = if name == "tributary_mirror_gaps_total" {
-                        count
-                    } else {
-                        bytes
-                    };
-                    out.push_str(&format!(
-                        "{name}{{edge=\"{}\",stream=\"{}\"}} {v}\n",
-                        label_value(edge),
-                        label_value(stream)
-                    ));
-                }
-            }
-        }
+        let gap_rows = |f: fn(&(u64, u64)) -> u64| {
+            gaps.iter()
+                .map(|((edge, stream), g)| (edge.as_str(), stream.as_str(), f(g) as f64))
+                .collect::<Vec<_>>()
+        };
+        edge_family(
+            &mut out,
+            "tributary_mirror_gaps_total",
+            "counter",
+            "Gap records stored: data an edge gave up before this node had it.",
+            &gap_rows(|g| g.0),
+        );
+        edge_family(
+            &mut out,
+            "tributary_mirror_gap_bytes_total",
+            "counter",
+            "Bytes those gap records stand for.",
+            &gap_rows(|g| g.1),
+        );
         let lags = self.lags();
-        if !lags.is_empty() {
-            for (name, help) in [
-                (
-                    "tributary_edge_replication_lag_bytes",
-                    "Bytes an edge holds that its mirror stream does not (as the edge last reported).",
-                ),
-                (
-                    "tributary_edge_replication_lag_seconds",
-                    "Age of the oldest of them (as the edge last reported).",
-                ),
-                (
-                    "tributary_edge_replication_report_age_seconds",
-                    "Seconds since the edge last reported its lag.",
-                ),
-            ] {
-                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-                for (edge, l, age) in &lags {
-                    let v = match name {
-                        "tributary_edge_replication_lag_bytes" => l.bytes as f64,
-                        "tributary_edge_replication_lag_seconds" => l.millis as f64 / 1000.0,
-                        _ => age.as_secs_f64(),
-                    };
-                    out.push_str(&format!(
-                        "{name}{{edge=\"{}\",stream=\"{}\"}} {v}\n",
-                        label_value(edge),
-                        label_value(&l.stream)
-                    ));
-                }
-            }
-        }
+        let lag_rows = |f: fn(&ReplicationLag, &Duration) -> f64| {
+            lags.iter()
+                .map(|(edge, l, age)| (edge.as_str(), l.stream.as_str(), f(l, age)))
+                .collect::<Vec<_>>()
+        };
+        edge_family(
+            &mut out,
+            "tributary_edge_replication_lag_bytes",
+            "gauge",
+            "Bytes an edge holds that its mirror stream does not (as the edge last reported).",
+            &lag_rows(|l, _| l.bytes as f64),
+        );
+        edge_family(
+            &mut out,
+            "tributary_edge_replication_lag_seconds",
+            "gauge",
+            "Age of the oldest of them (as the edge last reported).",
+            &lag_rows(|l, _| l.millis as f64 / 1000.0),
+        );
+        edge_family(
+            &mut out,
+            "tributary_edge_replication_report_age_seconds",
+            "gauge",
+            "Seconds since the edge last reported its lag.",
+            &lag_rows(|_, age| age.as_secs_f64()),
+        );
         out
+    }
+}
+
+/// A metric family labelled by edge and stream, in the Prometheus text format; nothing
+/// without rows.
+fn edge_family(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(&str, &str, f64)]) {
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (edge, stream, v) in rows {
+        out.push_str(&format!(
+            "{name}{{edge=\"{}\",stream=\"{}\"}} {v}\n",
+            label_value(edge),
+            label_value(stream)
+        ));
     }
 }
 
